@@ -1,0 +1,405 @@
+//! The config file: one typed, documented struct tree read from TOML (DESIGN.md §4).
+//!
+//! Owns parsing, defaults and validation, and compiling a valid config into the immutable
+//! [`Snapshot`] the shards share. Every problem names the file, the line and the key path.
+//! Must not touch sockets or shard state: resolving upstream addresses (once, at load) is the
+//! only I/O besides reading the file.
+
+mod source;
+mod units;
+mod validate;
+
+pub use units::{ByteSize, ConfigDuration, parse_duration, parse_size};
+
+use serde::{Deserialize, Deserializer, de};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use validate::{
+    CompiledTransform, EffectiveLimits, ListenerSpec, RouteAction, RouteSpec, Snapshot, TargetSpec,
+    UpstreamSpec, compile,
+};
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Defaults for every listener; a listener may override single fields.
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[server]`: process-wide settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// `"auto"` (one shard per available core) or a number of shards.
+    #[serde(default)]
+    pub workers: Workers,
+    /// Pin shard i to core i.
+    #[serde(default = "default_true")]
+    pub pin_cores: bool,
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: ConfigDuration,
+    /// io_uring submission queue size per shard.
+    #[serde(default = "default_io_uring_entries")]
+    pub io_uring_entries: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            workers: Workers::Auto,
+            pin_cores: true,
+            drain_timeout: default_drain_timeout(),
+            io_uring_entries: default_io_uring_entries(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Workers {
+    #[default]
+    Auto,
+    Count(usize),
+}
+
+impl<'de> Deserialize<'de> for Workers {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = Workers;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"auto\" or a number of workers")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Workers, E> {
+                match usize::try_from(v) {
+                    Ok(n) if (1..=1024).contains(&n) => Ok(Workers::Count(n)),
+                    _ => Err(E::custom(format!(
+                        "workers must be \"auto\" or between 1 and 1024, got {v}"
+                    ))),
+                }
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Workers, E> {
+                if v == "auto" {
+                    Ok(Workers::Auto)
+                } else {
+                    Err(E::custom(format!(
+                        "workers must be \"auto\" or a number, got {v:?}"
+                    )))
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// `[limits]`: bounds on everything a client controls.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Whole request head (request line + headers); beyond it: 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: ByteSize,
+    /// Number of header fields; beyond it: 431.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Request-target length; beyond it: 414.
+    #[serde(default = "default_max_uri_bytes")]
+    pub max_uri_bytes: ByteSize,
+    /// Request body; beyond it: 413 (up front from Content-Length, or mid-stream when chunked).
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: ByteSize,
+    /// From the first byte of a request until its head is complete; beyond it: 408 and close.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: ConfigDuration,
+    /// How long a keep-alive client connection may sit between requests, and how long a
+    /// request body may stall between reads.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: ConfigDuration,
+    /// Open client connections per shard; beyond it new connections are closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
+            max_uri_bytes: default_max_uri_bytes(),
+            max_body_bytes: default_max_body_bytes(),
+            header_read_timeout: default_header_read_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+/// A listener's partial override of `[limits]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsOverride {
+    pub max_header_bytes: Option<ByteSize>,
+    pub max_headers: Option<usize>,
+    pub max_uri_bytes: Option<ByteSize>,
+    pub max_body_bytes: Option<ByteSize>,
+    pub header_read_timeout: Option<ConfigDuration>,
+    pub idle_timeout: Option<ConfigDuration>,
+    pub max_connections: Option<usize>,
+}
+
+impl Limits {
+    pub fn with_override(&self, o: &LimitsOverride) -> Limits {
+        Limits {
+            max_header_bytes: o.max_header_bytes.unwrap_or(self.max_header_bytes),
+            max_headers: o.max_headers.unwrap_or(self.max_headers),
+            max_uri_bytes: o.max_uri_bytes.unwrap_or(self.max_uri_bytes),
+            max_body_bytes: o.max_body_bytes.unwrap_or(self.max_body_bytes),
+            header_read_timeout: o.header_read_timeout.unwrap_or(self.header_read_timeout),
+            idle_timeout: o.idle_timeout.unwrap_or(self.idle_timeout),
+            max_connections: o.max_connections.unwrap_or(self.max_connections),
+        }
+    }
+}
+
+/// `[[listeners]]`: an address clients connect to. Every shard binds it with SO_REUSEPORT.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: String,
+    /// `IP:PORT`, e.g. `"0.0.0.0:8080"` or `"[::1]:8080"`.
+    pub bind: String,
+    #[serde(default)]
+    pub limits: LimitsOverride,
+}
+
+/// `[[upstreams]]`: a named group of origin servers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub targets: Vec<TargetConfig>,
+    #[serde(default)]
+    pub balance: Balance,
+    /// TCP connect to a target; beyond it: 502.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: ConfigDuration,
+    /// From the request being sent until the response head has arrived; beyond it: 504.
+    #[serde(default = "default_response_timeout")]
+    pub response_timeout: ConfigDuration,
+    /// Idle keep-alive connections kept per target per shard.
+    #[serde(default = "default_max_idle_connections")]
+    pub max_idle_connections: usize,
+    /// An idle pooled connection older than this is closed instead of reused.
+    #[serde(default = "default_upstream_idle_timeout")]
+    pub idle_timeout: ConfigDuration,
+}
+
+/// A target: `"host:port"` or `{ addr = "host:port", weight = 2 }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum TargetConfig {
+    Addr(String),
+    Weighted {
+        addr: String,
+        #[serde(default = "default_weight")]
+        weight: u32,
+    },
+}
+
+impl TargetConfig {
+    pub fn addr(&self) -> &str {
+        match self {
+            TargetConfig::Addr(a) | TargetConfig::Weighted { addr: a, .. } => a,
+        }
+    }
+    pub fn weight(&self) -> u32 {
+        match self {
+            TargetConfig::Addr(_) => 1,
+            TargetConfig::Weighted { weight, .. } => *weight,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    /// Smooth weighted round robin (nginx's algorithm).
+    Weighted,
+}
+
+/// `[[routes]]`: which requests go where.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    /// Exact host (`"api.example.com"`) or wildcard (`"*.example.com"`); the port is ignored.
+    pub host: Option<String>,
+    /// Exact path match.
+    pub path: Option<String>,
+    /// Segment-aware prefix match; the longest prefix wins.
+    pub path_prefix: Option<String>,
+    /// Allow-list; `GET` also allows `HEAD`. Other methods get 405 with `Allow`.
+    pub methods: Option<Vec<String>>,
+    pub upstream: Option<String>,
+    pub direct_response: Option<DirectResponse>,
+    /// Remove the matched `path_prefix` before forwarding (the whole path leaves `/`).
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Replace the `Host` sent upstream (the client's is kept by default).
+    pub host_rewrite: Option<String>,
+    #[serde(default)]
+    pub request_headers: HeaderTransform,
+    #[serde(default)]
+    pub response_headers: HeaderTransform,
+}
+
+/// Header edits: `add` sets a header (replacing any of the same name), `remove` drops it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderTransform {
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// A response the gateway answers itself, without an upstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponse {
+    pub status: u16,
+    #[serde(default)]
+    pub body: String,
+    #[serde(default = "default_content_type")]
+    pub content_type: String,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_drain_timeout() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(30))
+}
+fn default_io_uring_entries() -> u32 {
+    1024
+}
+fn default_max_header_bytes() -> ByteSize {
+    ByteSize(16 * 1024)
+}
+fn default_max_headers() -> usize {
+    100
+}
+fn default_max_uri_bytes() -> ByteSize {
+    ByteSize(8 * 1024)
+}
+fn default_max_body_bytes() -> ByteSize {
+    ByteSize(10 * 1024 * 1024)
+}
+fn default_header_read_timeout() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(10))
+}
+fn default_idle_timeout() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(60))
+}
+fn default_max_connections() -> usize {
+    100_000
+}
+fn default_connect_timeout() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(1))
+}
+fn default_response_timeout() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(30))
+}
+fn default_max_idle_connections() -> usize {
+    64
+}
+fn default_upstream_idle_timeout() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(60))
+}
+fn default_weight() -> u32 {
+    1
+}
+fn default_content_type() -> String {
+    "text/plain".to_string()
+}
+
+/// One thing wrong with a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Key path such as `routes[2].upstream`; empty for whole-file problems.
+    pub key: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// Everything wrong with a config file, each problem naming the file, line and key.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}", self.file.display())?;
+            if let Some(line) = p.line {
+                write!(f, ":{line}")?;
+            }
+            if !p.key.is_empty() {
+                write!(f, ": {}", p.key)?;
+            }
+            write!(f, ": {}", p.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads, parses, validates and compiles a config file.
+pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        problems: vec![Problem {
+            key: String::new(),
+            line: None,
+            message: format!("cannot read config file: {e}"),
+        }],
+    })?;
+    load_str(path, &text)
+}
+
+/// Parses, validates and compiles config text; `path` names it in errors.
+pub fn load_str(path: &Path, text: &str) -> Result<Snapshot, ConfigError> {
+    let fail = |problems| ConfigError {
+        file: path.to_path_buf(),
+        problems,
+    };
+    let lines = source::KeyLines::new(text);
+    let config: Config = toml::from_str(text).map_err(|e| {
+        let start = e.span().map(|s| s.start);
+        fail(vec![Problem {
+            key: start.map(|s| lines.key_at(s)).unwrap_or_default(),
+            line: start.map(|s| source::line_of(text, s)),
+            message: e.message().trim().to_string(),
+        }])
+    })?;
+    compile(path, &config, &lines).map_err(fail)
+}

@@ -1,0 +1,537 @@
+//! Validation of a parsed [`Config`] and its compilation into the immutable [`Snapshot`].
+//! Every problem is collected (not just the first) with its key path and line.
+
+use super::source::KeyLines;
+use super::{Balance, Config, HeaderTransform, Limits, Problem, RouteConfig, Workers};
+use crate::route::{PathMatch, RouteKey, Router};
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The compiled, read-only config every shard shares through an `Arc`.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub file: PathBuf,
+    pub workers: usize,
+    pub pin_cores: bool,
+    pub drain_timeout: Duration,
+    pub io_uring_entries: u32,
+    pub listeners: Vec<ListenerSpec>,
+    pub upstreams: Vec<UpstreamSpec>,
+    pub routes: Vec<RouteSpec>,
+    pub router: Router,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerSpec {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub limits: EffectiveLimits,
+    /// Where `bind` is written, for bind failures reported after validation.
+    pub bind_line: Option<usize>,
+}
+
+/// `[limits]` merged with a listener's overrides, in the units the data plane uses.
+#[derive(Debug, Clone, Copy)]
+pub struct EffectiveLimits {
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_uri_bytes: usize,
+    pub max_body_bytes: u64,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamSpec {
+    pub name: String,
+    pub balance: Balance,
+    pub targets: Vec<TargetSpec>,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub max_idle_connections: usize,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TargetSpec {
+    /// As written in the config (`host:port`).
+    pub label: String,
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    pub name: String,
+    pub host: Option<String>,
+    pub path: PathMatch,
+    pub action: RouteAction,
+    pub strip_prefix: bool,
+    pub host_rewrite: Option<String>,
+    pub request_headers: CompiledTransform,
+    pub response_headers: CompiledTransform,
+}
+
+#[derive(Debug, Clone)]
+pub enum RouteAction {
+    Proxy {
+        upstream: usize,
+    },
+    Direct {
+        status: u16,
+        content_type: String,
+        body: String,
+    },
+}
+
+/// Header edits ready for the hot path: lower-case names to drop (including every name `add`
+/// sets, so `add` replaces) and the added lines already serialised.
+#[derive(Debug, Clone, Default)]
+pub struct CompiledTransform {
+    pub remove: Vec<String>,
+    pub add: Vec<u8>,
+}
+
+impl CompiledTransform {
+    /// Whether a field named `name` (any case) is dropped.
+    pub fn removes(&self, name: &[u8]) -> bool {
+        self.remove
+            .iter()
+            .any(|r| r.as_bytes().eq_ignore_ascii_case(name))
+    }
+}
+
+struct Checker<'a> {
+    lines: &'a KeyLines<'a>,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn problem(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        let key = key.into();
+        self.problems.push(Problem {
+            line: self.lines.line(&key),
+            key,
+            message: message.into(),
+        });
+    }
+
+    fn unique_names<'n>(&mut self, section: &str, names: impl Iterator<Item = &'n str>) {
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (i, name) in names.enumerate() {
+            if name.is_empty() {
+                self.problem(format!("{section}[{i}].name"), "name must not be empty");
+            } else if let Some(first) = seen.insert(name, i) {
+                self.problem(
+                    format!("{section}[{i}].name"),
+                    format!("duplicate name {name:?} (also used by {section}[{first}])"),
+                );
+            }
+        }
+    }
+}
+
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(crate::http::is_token_byte)
+}
+
+fn is_field_value(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80)
+}
+
+fn is_host_pattern(host: &str) -> bool {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+}
+
+/// Validates `config` and compiles it; `file` names the config in the snapshot.
+pub fn compile(file: &Path, config: &Config, lines: &KeyLines) -> Result<Snapshot, Vec<Problem>> {
+    let mut c = Checker {
+        lines,
+        problems: Vec::new(),
+    };
+    let workers = match config.server.workers {
+        Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        Workers::Count(n) => n,
+    };
+    if !(16..=32768).contains(&config.server.io_uring_entries)
+        || !config.server.io_uring_entries.is_power_of_two()
+    {
+        c.problem(
+            "server.io_uring_entries",
+            "must be a power of two between 16 and 32768",
+        );
+    }
+    check_limits(&mut c, "limits", &config.limits);
+    let listeners = compile_listeners(&mut c, config);
+    let upstreams = compile_upstreams(&mut c, config);
+    let (routes, keys) = compile_routes(&mut c, config, &upstreams);
+    let router = match Router::build(&keys) {
+        Ok(r) => Some(r),
+        Err(conflicts) => {
+            for conflict in conflicts {
+                c.problem(
+                    format!("routes[{}]", conflict.second),
+                    format!(
+                        "route {:?} matches the same host, path and methods as route {:?}",
+                        config.routes[conflict.second].name, config.routes[conflict.first].name
+                    ),
+                );
+            }
+            None
+        }
+    };
+    match router {
+        Some(router) if c.problems.is_empty() => Ok(Snapshot {
+            file: file.to_path_buf(),
+            workers,
+            pin_cores: config.server.pin_cores,
+            drain_timeout: config.server.drain_timeout.0,
+            io_uring_entries: config.server.io_uring_entries,
+            listeners,
+            upstreams,
+            routes,
+            router,
+        }),
+        _ => Err(c.problems),
+    }
+}
+
+fn check_limits(c: &mut Checker, key: &str, limits: &Limits) {
+    let header_bytes = limits.max_header_bytes.0;
+    if !(1024..=1024 * 1024).contains(&header_bytes) {
+        c.problem(
+            format!("{key}.max_header_bytes"),
+            "must be between 1KiB and 1MiB",
+        );
+    }
+    if !(1..=10_000).contains(&limits.max_headers) {
+        c.problem(format!("{key}.max_headers"), "must be between 1 and 10000");
+    }
+    if limits.max_uri_bytes.0 < 16 || limits.max_uri_bytes.0 > header_bytes {
+        c.problem(
+            format!("{key}.max_uri_bytes"),
+            "must be at least 16 and at most max_header_bytes",
+        );
+    }
+    if limits.max_connections == 0 {
+        c.problem(format!("{key}.max_connections"), "must be at least 1");
+    }
+    for (name, d) in [
+        ("header_read_timeout", limits.header_read_timeout),
+        ("idle_timeout", limits.idle_timeout),
+    ] {
+        if d.0.is_zero() {
+            c.problem(format!("{key}.{name}"), "must be greater than zero");
+        }
+    }
+}
+
+fn effective(limits: &Limits) -> EffectiveLimits {
+    EffectiveLimits {
+        max_header_bytes: limits.max_header_bytes.0 as usize,
+        max_headers: limits.max_headers,
+        max_uri_bytes: limits.max_uri_bytes.0 as usize,
+        max_body_bytes: limits.max_body_bytes.0,
+        header_read_timeout: limits.header_read_timeout.0,
+        idle_timeout: limits.idle_timeout.0,
+        max_connections: limits.max_connections,
+    }
+}
+
+fn compile_listeners(c: &mut Checker, config: &Config) -> Vec<ListenerSpec> {
+    if config.listeners.is_empty() {
+        c.problem("listeners", "at least one [[listeners]] entry is required");
+    }
+    c.unique_names(
+        "listeners",
+        config.listeners.iter().map(|l| l.name.as_str()),
+    );
+    let mut out = Vec::new();
+    let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        let key = format!("listeners[{i}].bind");
+        let limits = config.limits.with_override(&l.limits);
+        check_limits(c, &format!("listeners[{i}].limits"), &limits);
+        let addr: SocketAddr = match l.bind.parse() {
+            Ok(a) => a,
+            Err(_) => {
+                c.problem(
+                    &key,
+                    format!(
+                        "bad address {:?}: expected IP:PORT such as \"0.0.0.0:8080\" or \"[::1]:8080\"",
+                        l.bind
+                    ),
+                );
+                continue;
+            }
+        };
+        if let Some(first) = seen.insert(addr, i) {
+            c.problem(
+                &key,
+                format!("address {addr} is also bound by listeners[{first}]"),
+            );
+        }
+        out.push(ListenerSpec {
+            name: l.name.clone(),
+            addr,
+            limits: effective(&limits),
+            bind_line: c.lines.line(&key),
+        });
+    }
+    out
+}
+
+fn compile_upstreams(c: &mut Checker, config: &Config) -> Vec<UpstreamSpec> {
+    c.unique_names(
+        "upstreams",
+        config.upstreams.iter().map(|u| u.name.as_str()),
+    );
+    let mut out = Vec::new();
+    for (i, u) in config.upstreams.iter().enumerate() {
+        if u.targets.is_empty() {
+            c.problem(
+                format!("upstreams[{i}].targets"),
+                "must list at least one target",
+            );
+        }
+        for (name, d) in [
+            ("connect_timeout", u.connect_timeout),
+            ("response_timeout", u.response_timeout),
+            ("idle_timeout", u.idle_timeout),
+        ] {
+            if d.0.is_zero() {
+                c.problem(
+                    format!("upstreams[{i}].{name}"),
+                    "must be greater than zero",
+                );
+            }
+        }
+        let mut targets = Vec::new();
+        for (j, t) in u.targets.iter().enumerate() {
+            let key = format!("upstreams[{i}].targets[{j}]");
+            if t.weight() == 0 || t.weight() > 10_000 {
+                c.problem(&key, "weight must be between 1 and 10000");
+            }
+            match resolve(t.addr()) {
+                Ok(addr) => targets.push(TargetSpec {
+                    label: t.addr().to_string(),
+                    addr,
+                    weight: t.weight(),
+                }),
+                Err(message) => c.problem(&key, message),
+            }
+        }
+        out.push(UpstreamSpec {
+            name: u.name.clone(),
+            balance: u.balance,
+            targets,
+            connect_timeout: u.connect_timeout.0,
+            response_timeout: u.response_timeout.0,
+            max_idle_connections: u.max_idle_connections,
+            idle_timeout: u.idle_timeout.0,
+        });
+    }
+    out
+}
+
+/// Resolves once at load: shards never do DNS on the request path.
+fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = addr.parse() {
+        return Ok(a);
+    }
+    let (host, port) = addr.rsplit_once(':').ok_or_else(|| {
+        format!("bad address {addr:?}: expected HOST:PORT such as \"127.0.0.1:9001\"")
+    })?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!(
+            "bad address {addr:?}: expected HOST:PORT such as \"127.0.0.1:9001\""
+        ));
+    }
+    addr.to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {addr:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("cannot resolve {addr:?}: no addresses"))
+}
+
+fn compile_routes(
+    c: &mut Checker,
+    config: &Config,
+    upstreams: &[UpstreamSpec],
+) -> (Vec<RouteSpec>, Vec<RouteKey>) {
+    c.unique_names("routes", config.routes.iter().map(|r| r.name.as_str()));
+    let mut specs = Vec::new();
+    let mut keys = Vec::new();
+    for (i, r) in config.routes.iter().enumerate() {
+        let key = format!("routes[{i}]");
+        let path = route_path(c, &key, r);
+        if let Some(host) = &r.host
+            && !is_host_pattern(host)
+        {
+            c.problem(
+                format!("{key}.host"),
+                format!(
+                    "bad host {host:?}: expected a name such as \"api.example.com\" or \"*.example.com\" (no port)"
+                ),
+            );
+        }
+        let methods = r.methods.as_ref().map(|list| {
+            if list.is_empty() {
+                c.problem(format!("{key}.methods"), "must not be empty when given");
+            }
+            for (j, m) in list.iter().enumerate() {
+                if !is_token(m) || m.bytes().any(|b| b.is_ascii_lowercase()) {
+                    c.problem(
+                        format!("{key}.methods[{j}]"),
+                        format!("bad method {m:?}: expected an upper-case token such as \"GET\""),
+                    );
+                }
+            }
+            list.clone()
+        });
+        let action = route_action(c, &key, r, upstreams);
+        if r.strip_prefix && r.path_prefix.is_none() {
+            c.problem(
+                format!("{key}.strip_prefix"),
+                "strip_prefix needs path_prefix",
+            );
+        }
+        if let Some(h) = &r.host_rewrite
+            && (h.is_empty() || !is_field_value(h) || h.contains(' '))
+        {
+            c.problem(format!("{key}.host_rewrite"), "must be a valid Host value");
+        }
+        let request_headers = transform(c, &format!("{key}.request_headers"), &r.request_headers);
+        let response_headers =
+            transform(c, &format!("{key}.response_headers"), &r.response_headers);
+        keys.push(RouteKey {
+            host: r.host.clone(),
+            path: path.clone(),
+            methods,
+        });
+        specs.push(RouteSpec {
+            name: r.name.clone(),
+            host: r.host.clone(),
+            path,
+            action,
+            strip_prefix: r.strip_prefix,
+            host_rewrite: r.host_rewrite.clone(),
+            request_headers,
+            response_headers,
+        });
+    }
+    (specs, keys)
+}
+
+fn route_path(c: &mut Checker, key: &str, r: &RouteConfig) -> PathMatch {
+    let path = match (&r.path, &r.path_prefix) {
+        (Some(_), Some(_)) => {
+            c.problem(
+                format!("{key}.path"),
+                "give either path or path_prefix, not both",
+            );
+            return PathMatch::Prefix("/".into());
+        }
+        (Some(p), None) => PathMatch::Exact(p.clone()),
+        (None, Some(p)) => PathMatch::Prefix(p.clone()),
+        (None, None) => PathMatch::Prefix("/".into()),
+    };
+    let (field, text) = match &path {
+        PathMatch::Exact(p) => ("path", p),
+        PathMatch::Prefix(p) => ("path_prefix", p),
+    };
+    if !text.starts_with('/') || text.bytes().any(|b| b <= b' ' || b == b'?' || b >= 0x7f) {
+        c.problem(
+            format!("{key}.{field}"),
+            format!("bad path {text:?}: must start with '/' and contain no spaces or '?'"),
+        );
+    }
+    path
+}
+
+fn route_action(
+    c: &mut Checker,
+    key: &str,
+    r: &RouteConfig,
+    upstreams: &[UpstreamSpec],
+) -> RouteAction {
+    match (&r.upstream, &r.direct_response) {
+        (Some(name), None) => match upstreams.iter().position(|u| &u.name == name) {
+            Some(upstream) => RouteAction::Proxy { upstream },
+            None => {
+                c.problem(
+                    format!("{key}.upstream"),
+                    format!("unknown upstream {name:?} (no [[upstreams]] entry has that name)"),
+                );
+                RouteAction::Proxy { upstream: 0 }
+            }
+        },
+        (None, Some(d)) => {
+            if !(200..=599).contains(&d.status) {
+                c.problem(
+                    format!("{key}.direct_response.status"),
+                    "must be between 200 and 599",
+                );
+            }
+            if !is_field_value(&d.content_type) {
+                c.problem(
+                    format!("{key}.direct_response.content_type"),
+                    "must be a valid header value",
+                );
+            }
+            RouteAction::Direct {
+                status: d.status,
+                content_type: d.content_type.clone(),
+                body: d.body.clone(),
+            }
+        }
+        (Some(_), Some(_)) => {
+            c.problem(
+                key.to_string(),
+                "give either upstream or direct_response, not both",
+            );
+            RouteAction::Proxy { upstream: 0 }
+        }
+        (None, None) => {
+            c.problem(key.to_string(), "needs upstream or direct_response");
+            RouteAction::Proxy { upstream: 0 }
+        }
+    }
+}
+
+fn transform(c: &mut Checker, key: &str, t: &HeaderTransform) -> CompiledTransform {
+    let mut out = CompiledTransform::default();
+    for (j, name) in t.remove.iter().enumerate() {
+        if !is_token(name) {
+            c.problem(
+                format!("{key}.remove[{j}]"),
+                format!("bad header name {name:?}"),
+            );
+        }
+        out.remove.push(name.to_ascii_lowercase());
+    }
+    for (name, value) in &t.add {
+        if !is_token(name) {
+            c.problem(format!("{key}.add"), format!("bad header name {name:?}"));
+        }
+        if !is_field_value(value) {
+            c.problem(
+                format!("{key}.add.{name}"),
+                "header value must not contain control characters",
+            );
+        }
+        out.remove.push(name.to_ascii_lowercase());
+        out.add.extend_from_slice(name.as_bytes());
+        out.add.extend_from_slice(b": ");
+        out.add.extend_from_slice(value.as_bytes());
+        out.add.extend_from_slice(b"\r\n");
+    }
+    out
+}

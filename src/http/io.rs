@@ -1,0 +1,147 @@
+//! Buffered connection I/O on owned buffers (monoio's rent model): a read buffer that parsed
+//! heads point into, deadline-bounded reads, and zero-copy forwarding of buffered bytes.
+
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::time::Instant;
+use std::cell::RefCell;
+use std::io;
+
+/// A connection with its read buffer. Bytes in `buf[pos..]` are read but not yet consumed.
+pub struct BufConn<S> {
+    pub io: S,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+/// Why a read did not produce bytes.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The peer closed before sending anything more.
+    Closed,
+    TimedOut,
+    Io(io::Error),
+    /// The buffer is full of unconsumed bytes (the caller's limit should have caught it).
+    BufferFull,
+}
+
+impl<S: AsyncReadRent + AsyncWriteRent> BufConn<S> {
+    pub fn new(io: S, mut buf: Vec<u8>) -> Self {
+        buf.clear();
+        BufConn { io, buf, pos: 0 }
+    }
+
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        self.pos += n;
+        debug_assert!(self.pos <= self.buf.len());
+        if self.pos >= self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        }
+    }
+
+    /// Moves unconsumed bytes to the front so a parsed head starts at offset 0 and the buffer
+    /// has room to grow.
+    pub fn compact(&mut self) {
+        if self.pos > 0 {
+            self.buf.copy_within(self.pos.., 0);
+            self.buf.truncate(self.buf.len() - self.pos);
+            self.pos = 0;
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Reads more bytes after the buffered ones, giving up at `deadline`.
+    pub async fn fill_until(&mut self, deadline: Instant) -> Result<usize, ReadError> {
+        if self.buf.len() == self.buf.capacity() {
+            self.compact();
+            if self.buf.len() == self.buf.capacity() {
+                return Err(ReadError::BufferFull);
+            }
+        }
+        let buf = std::mem::take(&mut self.buf);
+        let len = buf.len();
+        let cap = buf.capacity();
+        let read = self.io.read(buf.slice_mut(len..cap));
+        match monoio::time::timeout_at(deadline, read).await {
+            Ok((result, slice)) => {
+                self.buf = slice.into_inner();
+                match result {
+                    Ok(0) => Err(ReadError::Closed),
+                    Ok(n) => Ok(n),
+                    Err(e) => Err(ReadError::Io(e)),
+                }
+            }
+            // The in-flight read owns the buffer; the caller closes this connection, so the
+            // bytes it may still receive are never needed.
+            Err(_) => Err(ReadError::TimedOut),
+        }
+    }
+
+    /// Writes `n` buffered bytes to `dst` without copying them, then consumes them.
+    pub async fn forward_buffered<W: AsyncWriteRent>(
+        &mut self,
+        n: usize,
+        dst: &mut W,
+    ) -> io::Result<()> {
+        let buf = std::mem::take(&mut self.buf);
+        let (result, slice) = dst.write_all(buf.slice(self.pos..self.pos + n)).await;
+        self.buf = slice.into_inner();
+        result?;
+        self.consume(n);
+        Ok(())
+    }
+
+    pub fn into_parts(self) -> (S, Vec<u8>) {
+        (self.io, self.buf)
+    }
+}
+
+/// Writes all of `out`, handing the buffer back for reuse.
+pub async fn write_all_buf<W: AsyncWriteRent>(
+    dst: &mut W,
+    out: Vec<u8>,
+) -> (io::Result<()>, Vec<u8>) {
+    let (result, out) = dst.write_all(out).await;
+    (result.map(|_| ()), out)
+}
+
+/// A shard-local free list of buffers, so requests do not allocate.
+pub struct BufPool {
+    free: RefCell<Vec<Vec<u8>>>,
+    max_free: usize,
+}
+
+impl BufPool {
+    pub fn new(max_free: usize) -> Self {
+        BufPool {
+            free: RefCell::new(Vec::new()),
+            max_free,
+        }
+    }
+
+    /// An empty buffer with at least `capacity` bytes of room.
+    pub fn take(&self, capacity: usize) -> Vec<u8> {
+        match self.free.borrow_mut().pop() {
+            Some(mut b) if b.capacity() >= capacity => {
+                b.clear();
+                b
+            }
+            _ => Vec::with_capacity(capacity),
+        }
+    }
+
+    pub fn give(&self, buf: Vec<u8>) {
+        let mut free = self.free.borrow_mut();
+        if free.len() < self.max_free && buf.capacity() > 0 {
+            free.push(buf);
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Operator-facing output. For now: start-up and shutdown lines on stderr, written only from
+//! the control thread or at shard start/stop, never per request (a full pipe must not stall a
+//! shard). Access logs and metrics will live here.
+
+/// One line on stderr, prefixed with the program name.
+pub fn info(message: &str) {
+    eprintln!("ringgate: {message}");
+}
+
+pub fn warn(message: &str) {
+    eprintln!("ringgate: WARNING {message}");
+}

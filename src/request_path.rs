@@ -1,0 +1,995 @@
+//! The request path, stage by stage (DESIGN.md §3). Reading this file top to bottom shows
+//! everything that happens to a request:
+//!
+//! read + strictly parse the head -> route (host, path, method) -> direct response, or:
+//! transform (forwarding headers, request id, strip prefix, header edits) -> pick a target ->
+//! pooled upstream connection -> send head and stream the body -> read the response head
+//! (retrying once on a fresh connection if a reused one was dead) -> transform the response ->
+//! stream the body back -> keep-alive or close.
+//!
+//! Each stage that can fail maps to one status with the JSON error body of DESIGN.md §6.
+
+use crate::config::{CompiledTransform, EffectiveLimits, RouteAction, RouteSpec};
+use crate::http::chunked::{ChunkedDecoder, LAST_CHUNK, write_chunk_header};
+use crate::http::io::{BufConn, ReadError, write_all_buf};
+use crate::http::{
+    Framing, HeadError, HeadLimits, Known, RequestHead, ResponseHead, Version, push_decimal,
+    push_error_response, push_header,
+};
+use crate::route::Match;
+use crate::shard::{ConnGuard, Shard};
+use crate::upstream::{ConnectError, UpstreamConn};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use monoio::net::TcpStream;
+use monoio::time::Instant;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Bodies at most this large that are already buffered travel in the same write as the head.
+const INLINE_BODY: usize = 16 * 1024;
+
+/// Per-connection state, allocated once per connection and reused by every request on it.
+struct Client {
+    conn: BufConn<TcpStream>,
+    head: RequestHead,
+    resp: ResponseHead,
+    out: Vec<u8>,
+    scratch: Vec<u8>,
+    peer_ip: String,
+    limits: EffectiveLimits,
+}
+
+/// Facts about the current request that outlive its head bytes in the read buffer.
+struct Exchange {
+    request_id: [u8; 128],
+    request_id_len: usize,
+    version: Version,
+    keep_alive: bool,
+    head_method: bool,
+    framing: Framing,
+}
+
+impl Exchange {
+    fn request_id(&self) -> &[u8] {
+        &self.request_id[..self.request_id_len]
+    }
+}
+
+/// What happens to the client connection after an exchange.
+enum Next {
+    KeepAlive,
+    Close,
+    Tunnel(UpstreamConn),
+}
+
+pub async fn serve_connection(
+    shard: Rc<Shard>,
+    guard: ConnGuard,
+    listener: usize,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let _ = stream.set_nodelay(true);
+    let limits = shard.snapshot.listeners[listener].limits;
+    let mut client = Client {
+        conn: BufConn::new(
+            stream,
+            shard.bufs.take(limits.max_header_bytes.max(16 * 1024)),
+        ),
+        head: RequestHead::default(),
+        resp: ResponseHead::default(),
+        out: shard.bufs.take(4096),
+        scratch: shard.bufs.take(0),
+        peer_ip: peer.ip().to_canonical().to_string(),
+        limits,
+    };
+    loop {
+        match exchange(&shard, &guard, &mut client).await {
+            Next::KeepAlive => {}
+            Next::Close => break,
+            Next::Tunnel(upstream) => {
+                tunnel(client.conn, upstream.conn).await;
+                return;
+            }
+        }
+    }
+    let (_, buf) = client.conn.into_parts();
+    shard.bufs.give(buf);
+    shard.bufs.give(client.out);
+    shard.bufs.give(client.scratch);
+}
+
+/// One request and its response.
+async fn exchange(shard: &Shard, guard: &ConnGuard, c: &mut Client) -> Next {
+    // Stage 1: read and strictly parse the request head.
+    match read_request_head(shard, guard, c).await {
+        Ok(()) => {}
+        Err(HeadStop::Quiet) => return Next::Close,
+        Err(HeadStop::Reject(status, message)) => {
+            let id = shard.ids.next_id();
+            return reject(c, status, message, &id, true, b"").await;
+        }
+    }
+    let ex = exchange_facts(shard, c);
+
+    // Stage 2: route.
+    let (route_index, prefix_len) = match route(shard, c) {
+        Ok(found) => found,
+        Err(RouteMiss::NotFound) => {
+            return reject_with_body_pending(c, &ex, 404, "no route matched", b"").await;
+        }
+        Err(RouteMiss::MethodNotAllowed(allow)) => {
+            let mut extra = Vec::with_capacity(allow.len() + 9);
+            push_header(&mut extra, b"allow", allow.as_bytes());
+            return reject_with_body_pending(c, &ex, 405, "method not allowed", &extra).await;
+        }
+        Err(RouteMiss::BadPath) => {
+            return reject(c, 400, "invalid path", ex.request_id(), true, b"").await;
+        }
+    };
+    let route = &shard.snapshot.routes[route_index];
+
+    match &route.action {
+        RouteAction::Direct {
+            status,
+            content_type,
+            body,
+        } => direct_response(shard, c, &ex, route, *status, content_type, body).await,
+        RouteAction::Proxy { upstream } => proxy(shard, c, &ex, route, *upstream, prefix_len).await,
+    }
+}
+
+enum HeadStop {
+    /// The client went away or idled out between requests: close without a response.
+    Quiet,
+    Reject(u16, &'static str),
+}
+
+/// Waits up to `idle_timeout` for a request to start, then up to `header_read_timeout` for
+/// its head to complete.
+async fn read_request_head(
+    shard: &Shard,
+    guard: &ConnGuard,
+    c: &mut Client,
+) -> Result<(), HeadStop> {
+    let limits = HeadLimits {
+        max_header_bytes: c.limits.max_header_bytes,
+        max_headers: c.limits.max_headers,
+        max_uri_bytes: c.limits.max_uri_bytes,
+    };
+    c.conn.compact();
+    let mut head_deadline =
+        (!c.conn.buffered().is_empty()).then(|| Instant::now() + c.limits.header_read_timeout);
+    loop {
+        if !c.conn.buffered().is_empty() {
+            match c.head.parse(c.conn.buffered(), &limits) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => return Err(HeadStop::Reject(e.status(), head_error_message(e))),
+            }
+        }
+        let idle = head_deadline.is_none();
+        if idle && shard.draining.get() {
+            return Err(HeadStop::Quiet);
+        }
+        let deadline = head_deadline.unwrap_or_else(|| Instant::now() + c.limits.idle_timeout);
+        guard.set_idle(idle);
+        let read = c.conn.fill_until(deadline).await;
+        guard.set_idle(false);
+        match read {
+            Ok(_) => {
+                head_deadline.get_or_insert_with(|| Instant::now() + c.limits.header_read_timeout);
+            }
+            Err(ReadError::TimedOut) if !idle => {
+                return Err(HeadStop::Reject(408, "request header read timed out"));
+            }
+            Err(ReadError::BufferFull) => {
+                return Err(HeadStop::Reject(431, "request header fields too large"));
+            }
+            Err(ReadError::Closed) if !idle => {
+                return Err(HeadStop::Reject(400, "incomplete request head"));
+            }
+            Err(_) => return Err(HeadStop::Quiet),
+        }
+    }
+}
+
+fn head_error_message(e: HeadError) -> &'static str {
+    match e {
+        HeadError::Malformed(m) => m,
+        HeadError::HeadersTooLarge => "request header fields too large",
+        HeadError::UriTooLong => "request-target too long",
+        HeadError::UnsupportedTransferCoding => "unsupported transfer coding",
+        HeadError::ExpectationFailed => "unsupported expectation",
+        HeadError::MethodNotImplemented => "method not implemented",
+    }
+}
+
+fn exchange_facts(shard: &Shard, c: &Client) -> Exchange {
+    let buf = c.conn.buffered();
+    let mut ex = Exchange {
+        request_id: [0; 128],
+        request_id_len: 0,
+        version: c.head.version,
+        keep_alive: c.head.keep_alive && !shard.draining.get(),
+        head_method: c.head.is_head_method(buf),
+        framing: c.head.framing,
+    };
+    match &c.head.request_id {
+        Some(r) => {
+            ex.request_id_len = r.len();
+            ex.request_id[..r.len()].copy_from_slice(&buf[r.clone()]);
+        }
+        None => {
+            ex.request_id_len = 32;
+            ex.request_id[..32].copy_from_slice(&shard.ids.next_id());
+        }
+    }
+    ex
+}
+
+enum RouteMiss {
+    NotFound,
+    MethodNotAllowed(String),
+    BadPath,
+}
+
+/// Host (from an absolute-form target, else `Host`, port dropped, lower-cased), path and
+/// method to a route.
+fn route(shard: &Shard, c: &Client) -> Result<(usize, usize), RouteMiss> {
+    let buf = c.conn.buffered();
+    let head = &c.head;
+    let host_raw = head
+        .target_authority
+        .clone()
+        .or_else(|| head.host.clone())
+        .map_or(&b""[..], |r| &buf[r]);
+    let mut host_buf = [0u8; 256];
+    let host = lower_host_without_port(host_raw, &mut host_buf);
+    let path = std::str::from_utf8(&buf[head.path.clone()]).map_err(|_| RouteMiss::BadPath)?;
+    let method = std::str::from_utf8(head.method(buf)).map_err(|_| RouteMiss::BadPath)?;
+    match shard.snapshot.router.lookup(host, path, method) {
+        Match::Found { route, prefix_len } => Ok((route, prefix_len)),
+        Match::MethodNotAllowed { allow } => Err(RouteMiss::MethodNotAllowed(allow)),
+        Match::NotFound => Err(RouteMiss::NotFound),
+    }
+}
+
+fn lower_host_without_port<'a>(raw: &[u8], out: &'a mut [u8; 256]) -> &'a str {
+    let without_port = if raw.first() == Some(&b'[') {
+        // [v6]:port keeps its brackets
+        raw.iter()
+            .position(|&b| b == b']')
+            .map_or(raw, |end| &raw[..=end])
+    } else {
+        raw.iter()
+            .rposition(|&b| b == b':')
+            .map_or(raw, |colon| &raw[..colon])
+    };
+    if without_port.len() > out.len() {
+        return "";
+    }
+    let out = &mut out[..without_port.len()];
+    for (o, &b) in out.iter_mut().zip(without_port) {
+        *o = b.to_ascii_lowercase();
+    }
+    std::str::from_utf8(out).unwrap_or("")
+}
+
+/// Sends a gateway error. `close` ends the connection afterwards.
+async fn reject(
+    c: &mut Client,
+    status: u16,
+    message: &str,
+    request_id: &[u8],
+    close: bool,
+    extra: &[u8],
+) -> Next {
+    c.out.clear();
+    push_error_response(&mut c.out, status, message, request_id, close, extra);
+    let (result, out) = write_all_buf(&mut c.conn.io, std::mem::take(&mut c.out)).await;
+    c.out = out;
+    if close || result.is_err() {
+        Next::Close
+    } else {
+        Next::KeepAlive
+    }
+}
+
+/// An error for a request whose body (if any) has not been read: the connection closes unless
+/// there is no body and the client wants keep-alive.
+async fn reject_with_body_pending(
+    c: &mut Client,
+    ex: &Exchange,
+    status: u16,
+    message: &str,
+    extra: &[u8],
+) -> Next {
+    let close = !ex.keep_alive || ex.framing != Framing::None;
+    if !close {
+        c.conn.consume(c.head.len);
+    }
+    reject(c, status, message, ex.request_id(), close, extra).await
+}
+
+async fn direct_response(
+    shard: &Shard,
+    c: &mut Client,
+    ex: &Exchange,
+    route: &RouteSpec,
+    status: u16,
+    content_type: &str,
+    body: &str,
+) -> Next {
+    let close = !ex.keep_alive || ex.framing != Framing::None;
+    let _ = shard;
+    c.conn.consume(c.head.len);
+    let out = &mut c.out;
+    out.clear();
+    crate::http::push_status_line(out, status);
+    push_header(out, b"content-type", content_type.as_bytes());
+    out.extend_from_slice(b"content-length: ");
+    push_decimal(out, body.len() as u64);
+    out.extend_from_slice(b"\r\n");
+    push_header(out, b"x-request-id", ex.request_id());
+    out.extend_from_slice(&route.response_headers.add);
+    push_connection_header(out, ex, close);
+    out.extend_from_slice(b"\r\n");
+    if !ex.head_method {
+        out.extend_from_slice(body.as_bytes());
+    }
+    let (result, out) = write_all_buf(&mut c.conn.io, std::mem::take(&mut c.out)).await;
+    c.out = out;
+    if close || result.is_err() {
+        Next::Close
+    } else {
+        Next::KeepAlive
+    }
+}
+
+fn push_connection_header(out: &mut Vec<u8>, ex: &Exchange, close: bool) {
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if ex.version == Version::Http10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+}
+
+/// Why talking to the origin failed, each mapped to one client-visible status.
+enum UpstreamFailure {
+    Connect(ConnectError),
+    /// Nothing (or an unusable head) came back.
+    BadGateway(&'static str),
+    TimedOut,
+    /// The client side failed while we streamed its body: no response is possible.
+    ClientGone,
+    ClientBody(u16, &'static str),
+}
+
+async fn proxy(
+    shard: &Shard,
+    c: &mut Client,
+    ex: &Exchange,
+    route: &RouteSpec,
+    upstream: usize,
+    prefix_len: usize,
+) -> Next {
+    if let Framing::Length(n) = ex.framing
+        && n > c.limits.max_body_bytes
+    {
+        return reject(c, 413, "request body too large", ex.request_id(), true, b"").await;
+    }
+    let target = shard.upstreams.pick(upstream);
+    let spec = &shard.snapshot.upstreams[upstream];
+
+    // Transform the request head (and a small buffered body) into `out`.
+    let mut out = std::mem::take(&mut c.out);
+    out.clear();
+    write_upstream_head(
+        &mut out,
+        c,
+        ex,
+        route,
+        prefix_len,
+        &spec.targets[target].label,
+    );
+    c.conn.consume(c.head.len);
+    let body_inline = match ex.framing {
+        Framing::None => true,
+        Framing::Length(n) if n as usize <= INLINE_BODY && c.conn.buffered().len() as u64 >= n => {
+            out.extend_from_slice(&c.conn.buffered()[..n as usize]);
+            c.conn.consume(n as usize);
+            true
+        }
+        _ => false,
+    };
+
+    let up = match send_request(shard, c, ex, upstream, target, out, body_inline).await {
+        Ok(up) => up,
+        Err(failure) => return fail_upstream(c, ex, failure, body_inline).await,
+    };
+    forward_response(shard, c, ex, route, upstream, target, up).await
+}
+
+/// Writes the request to the target and reads the response head into `c.resp`. A reused
+/// connection that fails before any response byte is retried once on a fresh connection when
+/// the whole request is still in `out`.
+async fn send_request(
+    shard: &Shard,
+    c: &mut Client,
+    ex: &Exchange,
+    upstream: usize,
+    target: usize,
+    mut out: Vec<u8>,
+    body_inline: bool,
+) -> Result<UpstreamConn, UpstreamFailure> {
+    let spec = &shard.snapshot.upstreams[upstream];
+    let mut up = match shard.upstreams.checkout_idle(upstream, target) {
+        Some(up) => up,
+        None => match shard.upstreams.connect(upstream, target).await {
+            Ok(up) => up,
+            Err(e) => {
+                c.out = out;
+                return Err(UpstreamFailure::Connect(e));
+            }
+        },
+    };
+    let result = loop {
+        let (written, returned) = write_all_buf(&mut up.conn.io, out).await;
+        out = returned;
+        let attempt = match written {
+            Err(_) => Err(ResponseFailure::NothingReceived),
+            Ok(()) => {
+                if !body_inline && let Err(failure) = stream_request_body(c, ex, &mut up).await {
+                    break Err(failure);
+                }
+                let deadline = Instant::now() + spec.response_timeout;
+                read_response_head(&mut up, &mut c.resp, ex.head_method, deadline).await
+            }
+        };
+        match attempt {
+            Ok(()) => break Ok(()),
+            Err(ResponseFailure::NothingReceived) if up.reused && body_inline => {
+                up = match shard.upstreams.connect(upstream, target).await {
+                    Ok(fresh) => fresh,
+                    Err(e) => break Err(UpstreamFailure::Connect(e)),
+                };
+            }
+            Err(ResponseFailure::NothingReceived) => {
+                break Err(UpstreamFailure::BadGateway(
+                    "upstream closed the connection without a response",
+                ));
+            }
+            Err(ResponseFailure::TimedOut) => break Err(UpstreamFailure::TimedOut),
+            Err(ResponseFailure::Bad(message)) => break Err(UpstreamFailure::BadGateway(message)),
+        }
+    };
+    c.out = out;
+    result.map(|()| up)
+}
+
+/// Client side of the request body: `Expect: 100-continue` is answered here, then the body is
+/// streamed to the origin with exactly one framing.
+async fn stream_request_body(
+    c: &mut Client,
+    ex: &Exchange,
+    up: &mut UpstreamConn,
+) -> Result<(), UpstreamFailure> {
+    if c.head.expect_continue {
+        let (written, _) = c.conn.io.write_all(CONTINUE).await;
+        if written.is_err() {
+            return Err(UpstreamFailure::ClientGone);
+        }
+    }
+    let limits = BodyLimits {
+        max_bytes: c.limits.max_body_bytes,
+        read_timeout: c.limits.idle_timeout,
+    };
+    let rechunk = ex.framing == Framing::Chunked;
+    let streamed = stream_body(
+        &mut c.conn,
+        &mut up.conn.io,
+        ex.framing,
+        rechunk,
+        limits,
+        &mut c.scratch,
+    )
+    .await;
+    streamed.map_err(|e| match e {
+        BodyError::SourceClosed | BodyError::SourceIo => UpstreamFailure::ClientGone,
+        BodyError::SourceTimedOut => {
+            UpstreamFailure::ClientBody(408, "request body read timed out")
+        }
+        BodyError::Malformed => UpstreamFailure::ClientBody(400, "invalid chunked request body"),
+        BodyError::TooLarge => UpstreamFailure::ClientBody(413, "request body too large"),
+        BodyError::DestinationIo => UpstreamFailure::BadGateway(
+            "upstream closed the connection while receiving the request",
+        ),
+    })
+}
+
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Maps a failure to its status. `body_read` says whether the request body was consumed;
+/// if not, the connection cannot carry another request.
+async fn fail_upstream(
+    c: &mut Client,
+    ex: &Exchange,
+    failure: UpstreamFailure,
+    body_read: bool,
+) -> Next {
+    let (status, message) = match failure {
+        UpstreamFailure::Connect(ConnectError::TimedOut) => (502, "upstream connect timed out"),
+        UpstreamFailure::Connect(ConnectError::Failed(_)) => (502, "upstream connect failed"),
+        UpstreamFailure::BadGateway(m) => (502, m),
+        UpstreamFailure::TimedOut => (504, "upstream response timed out"),
+        UpstreamFailure::ClientGone => return Next::Close,
+        UpstreamFailure::ClientBody(status, m) => (status, m),
+    };
+    let close = !ex.keep_alive || !body_read;
+    reject(c, status, message, ex.request_id(), close, b"").await
+}
+
+enum ResponseFailure {
+    /// The connection failed before any response byte: the origin never answered.
+    NothingReceived,
+    TimedOut,
+    Bad(&'static str),
+}
+
+/// Reads a final response head (skipping 1xx interim responses other than 101).
+async fn read_response_head(
+    up: &mut UpstreamConn,
+    resp: &mut ResponseHead,
+    head_method: bool,
+    deadline: Instant,
+) -> Result<(), ResponseFailure> {
+    let mut received = false;
+    loop {
+        if !up.conn.buffered().is_empty() {
+            received = true;
+            match resp.parse(
+                up.conn.buffered(),
+                head_method,
+                crate::upstream::UPSTREAM_BUF,
+            ) {
+                Ok(true) if resp.status < 200 && resp.status != 101 => {
+                    up.conn.consume(resp.len);
+                    continue;
+                }
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => return Err(ResponseFailure::Bad(e.0)),
+            }
+        }
+        match up.conn.fill_until(deadline).await {
+            Ok(_) => {}
+            Err(ReadError::TimedOut) => return Err(ResponseFailure::TimedOut),
+            Err(ReadError::BufferFull) => {
+                return Err(ResponseFailure::Bad("response head too large"));
+            }
+            Err(ReadError::Closed | ReadError::Io(_)) if !received => {
+                return Err(ResponseFailure::NothingReceived);
+            }
+            Err(_) => return Err(ResponseFailure::Bad("upstream closed mid-response")),
+        }
+    }
+}
+
+/// Sends the transformed response head and streams the body to the client, then pools the
+/// upstream connection if it ended cleanly.
+async fn forward_response(
+    shard: &Shard,
+    c: &mut Client,
+    ex: &Exchange,
+    route: &RouteSpec,
+    upstream: usize,
+    target: usize,
+    mut up: UpstreamConn,
+) -> Next {
+    let tunnel = c.resp.status == 101;
+    let framing = c.resp.framing;
+    let open_ended = matches!(framing, Framing::Chunked | Framing::UntilClose);
+    // HTTP/1.0 clients cannot receive chunked bodies: they get the bytes, then a close.
+    let rechunk = open_ended && ex.version == Version::Http11;
+    let close = !ex.keep_alive || shard.draining.get() || (open_ended && !rechunk);
+    let mut out = std::mem::take(&mut c.out);
+    out.clear();
+    write_client_head(
+        &mut out,
+        c,
+        ex,
+        &route.response_headers,
+        &up,
+        rechunk,
+        close,
+        tunnel,
+    );
+    up.conn.consume(c.resp.len);
+    let inline_body = match framing {
+        Framing::Length(n) => n as usize <= INLINE_BODY && up.conn.buffered().len() as u64 >= n,
+        Framing::None => true,
+        _ => false,
+    };
+    if let (true, Framing::Length(n)) = (inline_body, framing) {
+        out.extend_from_slice(&up.conn.buffered()[..n as usize]);
+        up.conn.consume(n as usize);
+    }
+    let (written, out) = write_all_buf(&mut c.conn.io, out).await;
+    c.out = out;
+    if written.is_err() {
+        return Next::Close;
+    }
+    if tunnel {
+        return Next::Tunnel(up);
+    }
+    if !inline_body {
+        let limits = BodyLimits {
+            max_bytes: u64::MAX,
+            read_timeout: shard.snapshot.upstreams[upstream].response_timeout,
+        };
+        let streamed = stream_body(
+            &mut up.conn,
+            &mut c.conn.io,
+            framing,
+            rechunk,
+            limits,
+            &mut c.scratch,
+        )
+        .await;
+        if streamed.is_err() {
+            // The head is gone already: closing is the only way to show the truncation.
+            return Next::Close;
+        }
+    }
+    if c.resp.reusable {
+        shard.upstreams.checkin(upstream, target, up);
+    }
+    if close { Next::Close } else { Next::KeepAlive }
+}
+
+/// The request head as the origin sees it: one framing, hop-by-hop fields dropped, forwarding
+/// fields set, route edits applied.
+fn write_upstream_head(
+    out: &mut Vec<u8>,
+    c: &Client,
+    ex: &Exchange,
+    route: &RouteSpec,
+    prefix_len: usize,
+    target_label: &str,
+) {
+    let buf = c.conn.buffered();
+    let head = &c.head;
+    out.extend_from_slice(head.method(buf));
+    out.push(b' ');
+    let path = &buf[head.path.clone()];
+    if route.strip_prefix {
+        let rest = &path[prefix_len.min(path.len())..];
+        if rest.first() != Some(&b'/') {
+            out.push(b'/');
+        }
+        out.extend_from_slice(rest);
+    } else {
+        out.extend_from_slice(path);
+    }
+    out.extend_from_slice(&buf[head.query.clone()]);
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+
+    let client_host = head
+        .host
+        .clone()
+        .or_else(|| head.target_authority.clone())
+        .map(|r| &buf[r]);
+    let host = match (&route.host_rewrite, client_host) {
+        (Some(h), _) => h.as_bytes(),
+        (None, Some(h)) if !h.is_empty() => h,
+        _ => target_label.as_bytes(),
+    };
+    push_header(out, b"host", host);
+
+    for (field, &kind) in head.fields.iter().zip(&head.kinds) {
+        let name = &buf[field.name.clone()];
+        let forward = match kind {
+            Known::Other => {
+                !name.eq_ignore_ascii_case(b"expect")
+                    && !head.is_connection_named(buf, name)
+                    && !route.request_headers.removes(name)
+            }
+            Known::Upgrade => head.upgrade,
+            _ => false,
+        };
+        if forward {
+            push_header(out, name, &buf[field.value.clone()]);
+        }
+    }
+    // Every X-Forwarded-For field joins one list, with the client's address appended last.
+    if !route.request_headers.removes(b"x-forwarded-for") {
+        out.extend_from_slice(b"x-forwarded-for: ");
+        for (field, &kind) in head.fields.iter().zip(&head.kinds) {
+            if kind == Known::XForwardedFor {
+                out.extend_from_slice(&buf[field.value.clone()]);
+                out.extend_from_slice(b", ");
+            }
+        }
+        out.extend_from_slice(c.peer_ip.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    push_header(out, b"x-forwarded-proto", b"http");
+    if let Some(h) = client_host {
+        push_header(out, b"x-forwarded-host", h);
+    }
+    push_header(out, b"x-real-ip", c.peer_ip.as_bytes());
+    push_header(out, b"x-request-id", ex.request_id());
+    out.extend_from_slice(&route.request_headers.add);
+    match ex.framing {
+        Framing::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            push_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::None | Framing::UntilClose => {
+            if matches!(head.method(buf), b"POST" | b"PUT" | b"PATCH") {
+                out.extend_from_slice(b"content-length: 0\r\n");
+            }
+        }
+    }
+    if head.upgrade {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The response head as the client sees it.
+#[allow(clippy::too_many_arguments)]
+fn write_client_head(
+    out: &mut Vec<u8>,
+    c: &Client,
+    ex: &Exchange,
+    edits: &CompiledTransform,
+    up: &UpstreamConn,
+    rechunk: bool,
+    close: bool,
+    tunnel: bool,
+) {
+    let buf = up.conn.buffered();
+    let resp = &c.resp;
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_decimal(out, u64::from(resp.status));
+    out.push(b' ');
+    out.extend_from_slice(&buf[resp.reason.clone()]);
+    out.extend_from_slice(b"\r\n");
+    let mut length_sent = false;
+    for (field, &kind) in resp.fields.iter().zip(&resp.kinds) {
+        let name = &buf[field.name.clone()];
+        match kind {
+            Known::ContentLength if !length_sent && resp.status >= 200 && resp.status != 204 => {
+                length_sent = true;
+            }
+            Known::Upgrade if tunnel => {}
+            Known::HopByHop
+            | Known::TransferEncoding
+            | Known::Upgrade
+            | Known::ContentLength
+            | Known::XRequestId => continue,
+            _ => {}
+        }
+        if resp.is_connection_named(buf, name) || edits.removes(name) {
+            continue;
+        }
+        push_header(out, name, &buf[field.value.clone()]);
+    }
+    out.extend_from_slice(&edits.add);
+    push_header(out, b"x-request-id", ex.request_id());
+    if rechunk {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if tunnel {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+    } else {
+        push_connection_header(out, ex, close);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+#[derive(Clone, Copy)]
+struct BodyLimits {
+    max_bytes: u64,
+    read_timeout: Duration,
+}
+
+#[derive(Debug)]
+enum BodyError {
+    SourceClosed,
+    SourceIo,
+    SourceTimedOut,
+    Malformed,
+    TooLarge,
+    DestinationIo,
+}
+
+impl From<ReadError> for BodyError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Closed => BodyError::SourceClosed,
+            ReadError::TimedOut => BodyError::SourceTimedOut,
+            ReadError::Io(_) | ReadError::BufferFull => BodyError::SourceIo,
+        }
+    }
+}
+
+/// Streams one body from `src` to `dst` through bounded buffers. `framing` is how `src`
+/// delimits it; `rechunk` sends it chunked (otherwise raw: length-delimited or until close).
+async fn stream_body<S, W>(
+    src: &mut BufConn<S>,
+    dst: &mut W,
+    framing: Framing,
+    rechunk: bool,
+    limits: BodyLimits,
+    scratch: &mut Vec<u8>,
+) -> Result<(), BodyError>
+where
+    S: AsyncReadRent + AsyncWriteRent,
+    W: AsyncWriteRent,
+{
+    match framing {
+        Framing::None => Ok(()),
+        Framing::Length(n) => stream_length(src, dst, n, limits).await,
+        Framing::Chunked => stream_chunked(src, dst, rechunk, limits, scratch).await,
+        Framing::UntilClose => stream_until_close(src, dst, rechunk, limits, scratch).await,
+    }
+}
+
+async fn stream_length<S, W>(
+    src: &mut BufConn<S>,
+    dst: &mut W,
+    len: u64,
+    limits: BodyLimits,
+) -> Result<(), BodyError>
+where
+    S: AsyncReadRent + AsyncWriteRent,
+    W: AsyncWriteRent,
+{
+    let mut remaining = len;
+    while remaining > 0 {
+        if src.buffered().is_empty() {
+            src.fill_until(Instant::now() + limits.read_timeout).await?;
+        }
+        let take = (src.buffered().len() as u64).min(remaining) as usize;
+        src.forward_buffered(take, dst)
+            .await
+            .map_err(|_| BodyError::DestinationIo)?;
+        remaining -= take as u64;
+    }
+    Ok(())
+}
+
+async fn stream_chunked<S, W>(
+    src: &mut BufConn<S>,
+    dst: &mut W,
+    rechunk: bool,
+    limits: BodyLimits,
+    scratch: &mut Vec<u8>,
+) -> Result<(), BodyError>
+where
+    S: AsyncReadRent + AsyncWriteRent,
+    W: AsyncWriteRent,
+{
+    let mut decoder = ChunkedDecoder::new();
+    let mut total: u64 = 0;
+    loop {
+        // Decode everything buffered into one write.
+        scratch.clear();
+        loop {
+            let step = decoder
+                .decode(src.buffered())
+                .map_err(|_| BodyError::Malformed)?;
+            if !step.data.is_empty() {
+                total += step.data.len() as u64;
+                if total > limits.max_bytes {
+                    return Err(BodyError::TooLarge);
+                }
+                let data = &src.buffered()[step.data.clone()];
+                if rechunk {
+                    write_chunk_header(scratch, data.len());
+                    scratch.extend_from_slice(data);
+                    scratch.extend_from_slice(b"\r\n");
+                } else {
+                    scratch.extend_from_slice(data);
+                }
+            }
+            src.consume(step.consumed);
+            if step.consumed == 0 || decoder.is_done() {
+                break;
+            }
+        }
+        if decoder.is_done() && rechunk {
+            scratch.extend_from_slice(LAST_CHUNK);
+        }
+        if !scratch.is_empty() {
+            let (written, returned) = write_all_buf(dst, std::mem::take(scratch)).await;
+            *scratch = returned;
+            written.map_err(|_| BodyError::DestinationIo)?;
+        }
+        if decoder.is_done() {
+            return Ok(());
+        }
+        src.fill_until(Instant::now() + limits.read_timeout).await?;
+    }
+}
+
+async fn stream_until_close<S, W>(
+    src: &mut BufConn<S>,
+    dst: &mut W,
+    rechunk: bool,
+    limits: BodyLimits,
+    scratch: &mut Vec<u8>,
+) -> Result<(), BodyError>
+where
+    S: AsyncReadRent + AsyncWriteRent,
+    W: AsyncWriteRent,
+{
+    loop {
+        if !src.buffered().is_empty() {
+            if rechunk {
+                scratch.clear();
+                write_chunk_header(scratch, src.buffered().len());
+                scratch.extend_from_slice(src.buffered());
+                scratch.extend_from_slice(b"\r\n");
+                let n = src.buffered().len();
+                src.consume(n);
+                let (written, returned) = write_all_buf(dst, std::mem::take(scratch)).await;
+                *scratch = returned;
+                written.map_err(|_| BodyError::DestinationIo)?;
+            } else {
+                let n = src.buffered().len();
+                src.forward_buffered(n, dst)
+                    .await
+                    .map_err(|_| BodyError::DestinationIo)?;
+            }
+        }
+        match src.fill_until(Instant::now() + limits.read_timeout).await {
+            Ok(_) => {}
+            Err(ReadError::Closed) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if rechunk {
+        let (written, _) = dst.write_all(LAST_CHUNK).await;
+        written.map_err(|_| BodyError::DestinationIo)?;
+    }
+    Ok(())
+}
+
+/// After `101 Switching Protocols`: bytes flow both ways until either side closes.
+async fn tunnel(mut client: BufConn<TcpStream>, mut origin: BufConn<TcpStream>) {
+    let pending_up = client.buffered().len();
+    if pending_up > 0
+        && client
+            .forward_buffered(pending_up, &mut origin.io)
+            .await
+            .is_err()
+    {
+        return;
+    }
+    let pending_down = origin.buffered().len();
+    if pending_down > 0
+        && origin
+            .forward_buffered(pending_down, &mut client.io)
+            .await
+            .is_err()
+    {
+        return;
+    }
+    let (client_io, _) = client.into_parts();
+    let (origin_io, _) = origin.into_parts();
+    let (mut client_read, mut client_write) = client_io.into_split();
+    let (mut origin_read, mut origin_write) = origin_io.into_split();
+    let upstream = monoio::io::copy(&mut client_read, &mut origin_write);
+    let downstream = monoio::io::copy(&mut origin_read, &mut client_write);
+    monoio::select! {
+        _ = upstream => {},
+        _ = downstream => {},
+    }
+}

@@ -1,0 +1,301 @@
+//! Shards: one thread per core, pinned from inside its own thread, each with its own monoio
+//! runtime (io_uring, or epoll when io_uring is unavailable), its own `SO_REUSEPORT` listeners
+//! and all request-path state.
+//!
+//! Owns thread start-up, accept loops, the per-shard connection registry and the drain
+//! sequence. It must not parse HTTP or pick upstreams: connections are handed to
+//! [`crate::request_path`].
+
+use crate::config::Snapshot;
+use crate::http::RequestIds;
+use crate::http::io::BufPool;
+use crate::upstream::ShardUpstreams;
+use monoio::net::{ListenerOpts, TcpListener};
+use monoio::time::{Duration, Instant};
+use std::cell::{Cell, RefCell};
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+
+/// Set once by the control thread on SIGTERM/SIGINT; shards poll it on their tick.
+pub static DRAIN: AtomicBool = AtomicBool::new(false);
+
+/// How often a shard checks for drain.
+const TICK: Duration = Duration::from_millis(5);
+
+/// Everything one shard owns. Lives in an `Rc`: never crosses threads.
+pub struct Shard {
+    pub id: usize,
+    pub snapshot: Arc<Snapshot>,
+    pub bufs: Rc<BufPool>,
+    pub upstreams: ShardUpstreams,
+    pub ids: RequestIds,
+    pub draining: Cell<bool>,
+    /// Open client connections per listener (for `max_connections`).
+    open: Vec<Cell<usize>>,
+    registry: RefCell<Registry>,
+}
+
+/// Open client connections, so drain can wake the idle ones.
+#[derive(Default)]
+struct Registry {
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+}
+
+#[derive(Clone, Copy)]
+struct Slot {
+    fd: RawFd,
+    idle: bool,
+    live: bool,
+}
+
+/// A connection's place in the registry; unregisters itself when dropped.
+pub struct ConnGuard {
+    shard: Rc<Shard>,
+    slot: usize,
+    listener: usize,
+}
+
+impl ConnGuard {
+    /// Marks the connection as waiting for its next request (drain closes idle connections).
+    pub fn set_idle(&self, idle: bool) {
+        self.shard.registry.borrow_mut().slots[self.slot].idle = idle;
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut reg = self.shard.registry.borrow_mut();
+        reg.slots[self.slot].live = false;
+        reg.free.push(self.slot);
+        let open = &self.shard.open[self.listener];
+        open.set(open.get() - 1);
+    }
+}
+
+impl Shard {
+    fn new(id: usize, snapshot: Arc<Snapshot>) -> Self {
+        let bufs = Rc::new(BufPool::new(1024));
+        Shard {
+            id,
+            upstreams: ShardUpstreams::new(snapshot.clone(), bufs.clone()),
+            open: snapshot.listeners.iter().map(|_| Cell::new(0)).collect(),
+            snapshot,
+            bufs,
+            ids: RequestIds::new(crate::http::random_seed()),
+            draining: Cell::new(false),
+            registry: RefCell::new(Registry::default()),
+        }
+    }
+
+    /// Registers a new connection, or `None` when the listener is at `max_connections`.
+    fn admit(self: &Rc<Self>, listener: usize, fd: RawFd) -> Option<ConnGuard> {
+        let open = &self.open[listener];
+        if open.get() >= self.snapshot.listeners[listener].limits.max_connections {
+            return None;
+        }
+        open.set(open.get() + 1);
+        let mut reg = self.registry.borrow_mut();
+        let slot_value = Slot {
+            fd,
+            idle: false,
+            live: true,
+        };
+        let slot = match reg.free.pop() {
+            Some(i) => {
+                reg.slots[i] = slot_value;
+                i
+            }
+            None => {
+                reg.slots.push(slot_value);
+                reg.slots.len() - 1
+            }
+        };
+        Some(ConnGuard {
+            shard: self.clone(),
+            slot,
+            listener,
+        })
+    }
+
+    fn open_connections(&self) -> usize {
+        self.open.iter().map(Cell::get).sum()
+    }
+
+    /// Ends the read side of every idle connection: its pending read sees EOF and the
+    /// connection closes itself, while responses being written are unaffected.
+    fn close_idle_connections(&self) {
+        for slot in self.registry.borrow().slots.iter() {
+            if slot.live && slot.idle {
+                // SAFETY: the fd belongs to a live connection owned by this shard.
+                unsafe { libc::shutdown(slot.fd, libc::SHUT_RD) };
+            }
+        }
+    }
+}
+
+/// What a shard thread reports after binding its listeners.
+pub enum Started {
+    Ready {
+        shard: usize,
+        listener_fds: Vec<RawFd>,
+    },
+    BindFailed {
+        listener: usize,
+        error: std::io::Error,
+    },
+    RuntimeFailed {
+        shard: usize,
+        error: std::io::Error,
+    },
+}
+
+/// Starts `snapshot.workers` shard threads; each reports once on `started`.
+pub fn spawn_shards(
+    snapshot: &Arc<Snapshot>,
+    started: mpsc::Sender<Started>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    let cores = if snapshot.pin_cores {
+        core_affinity::get_core_ids().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    (0..snapshot.workers)
+        .map(|id| {
+            let snapshot = snapshot.clone();
+            let started = started.clone();
+            let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
+            std::thread::Builder::new()
+                .name(format!("shard-{id}"))
+                .spawn(move || shard_thread(id, core, snapshot, started))
+                .unwrap_or_else(|e| {
+                    eprintln!("ringgate: cannot start shard thread {id}: {e}");
+                    std::process::exit(1);
+                })
+        })
+        .collect()
+}
+
+fn shard_thread(
+    id: usize,
+    core: Option<core_affinity::CoreId>,
+    snapshot: Arc<Snapshot>,
+    started: mpsc::Sender<Started>,
+) {
+    // Pinning applies to the calling thread only, so it must happen here, not in the spawner.
+    let pinned = core.is_some_and(core_affinity::set_for_current);
+    let entries = snapshot.io_uring_entries;
+    let describe = |driver: &str| {
+        let pin = match (core, pinned) {
+            (Some(c), true) => format!("pinned to core {}", c.id),
+            (Some(c), false) => format!("could not pin to core {}", c.id),
+            (None, _) => "not pinned".to_string(),
+        };
+        eprintln!("ringgate: shard {id}: {driver} driver, {pin}");
+    };
+    if monoio::utils::detect_uring() {
+        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(entries)
+            .enable_timer()
+            .build()
+        {
+            Ok(mut rt) => {
+                describe("io_uring");
+                rt.block_on(run_shard(id, snapshot, started));
+                return;
+            }
+            Err(e) => eprintln!(
+                "ringgate: WARNING shard {id}: io_uring runtime failed ({e}); falling back to epoll (raise the memlock limit or lower server.io_uring_entries)"
+            ),
+        }
+    } else {
+        eprintln!(
+            "ringgate: WARNING shard {id}: io_uring is not available (old kernel or seccomp); falling back to epoll"
+        );
+    }
+    match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()
+    {
+        Ok(mut rt) => {
+            describe("epoll");
+            rt.block_on(run_shard(id, snapshot, started));
+        }
+        Err(error) => {
+            let _ = started.send(Started::RuntimeFailed { shard: id, error });
+        }
+    }
+}
+
+async fn run_shard(id: usize, snapshot: Arc<Snapshot>, started: mpsc::Sender<Started>) {
+    let mut listeners = Vec::new();
+    for (i, spec) in snapshot.listeners.iter().enumerate() {
+        let opts = ListenerOpts::new().reuse_port(true).backlog(4096);
+        match TcpListener::bind_with_config(spec.addr, &opts) {
+            Ok(l) => listeners.push(l),
+            Err(error) => {
+                let _ = started.send(Started::BindFailed { listener: i, error });
+                return;
+            }
+        }
+    }
+    let listener_fds = listeners.iter().map(|l| l.as_raw_fd()).collect();
+    let _ = started.send(Started::Ready {
+        shard: id,
+        listener_fds,
+    });
+    drop(started);
+    let shard = Rc::new(Shard::new(id, snapshot));
+    for (i, listener) in listeners.into_iter().enumerate() {
+        monoio::spawn(accept_loop(shard.clone(), i, listener));
+    }
+    wait_for_drain(&shard).await;
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener_index: usize, listener: TcpListener) {
+    loop {
+        let accepted = listener.accept().await;
+        if shard.draining.get() || DRAIN.load(Ordering::Acquire) {
+            return;
+        }
+        match accepted {
+            Ok((stream, peer)) => match shard.admit(listener_index, stream.as_raw_fd()) {
+                Some(guard) => {
+                    monoio::spawn(crate::request_path::serve_connection(
+                        shard.clone(),
+                        guard,
+                        listener_index,
+                        stream,
+                        peer,
+                    ));
+                }
+                None => drop(stream),
+            },
+            // Out of fds or memory: back off instead of spinning; existing connections go on.
+            Err(_) => monoio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+/// Runs until drain is requested, then lets in-flight requests finish within
+/// `drain_timeout` while idle connections are closed.
+async fn wait_for_drain(shard: &Rc<Shard>) {
+    while !DRAIN.load(Ordering::Acquire) {
+        monoio::time::sleep(TICK).await;
+    }
+    shard.draining.set(true);
+    shard.upstreams.clear();
+    let deadline = Instant::now() + shard.snapshot.drain_timeout;
+    while shard.open_connections() > 0 && Instant::now() < deadline {
+        shard.close_idle_connections();
+        monoio::time::sleep(TICK).await;
+    }
+    eprintln!(
+        "ringgate: shard {}: drained ({} connections still open)",
+        shard.id,
+        shard.open_connections()
+    );
+}
