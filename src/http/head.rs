@@ -415,9 +415,7 @@ impl RequestHead {
                     self.host = Some(field.value.clone());
                 }
                 Known::Upgrade => has_upgrade = true,
-                Known::XRequestId
-                    if self.request_id.is_none() && is_valid_request_id(value) =>
-                {
+                Known::XRequestId if self.request_id.is_none() && is_valid_request_id(value) => {
                     self.request_id = Some(field.value.clone());
                 }
                 Known::HopByHop if buf[field.name.clone()].eq_ignore_ascii_case(b"connection") => {
