@@ -10,7 +10,7 @@
 //! Each stage that can fail maps to one status with the JSON error body of DESIGN.md §6.
 
 use crate::config::{CompiledTransform, EffectiveLimits, RouteAction, RouteSpec};
-use crate::http::chunked::{ChunkedDecoder, LAST_CHUNK, write_chunk_header};
+use crate::http::body::{BodyError, BodyLimits, stream_body};
 use crate::http::io::{BufConn, ReadError, write_all_buf};
 use crate::http::{
     Framing, HeadError, HeadLimits, Known, RequestHead, ResponseHead, Version, push_decimal,
@@ -19,9 +19,10 @@ use crate::http::{
 use crate::route::Match;
 use crate::shard::{ConnGuard, Shard};
 use crate::upstream::{ConnectError, UpstreamConn};
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use monoio::io::{AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
@@ -29,15 +30,29 @@ use std::time::Duration;
 /// Bodies at most this large that are already buffered travel in the same write as the head.
 const INLINE_BODY: usize = 16 * 1024;
 
+type ClientReader = BufConn<OwnedReadHalf<TcpStream>>;
+type ClientWriter = OwnedWriteHalf<TcpStream>;
+type UpstreamReader = BufConn<OwnedReadHalf<TcpStream>>;
+
 /// Per-connection state, allocated once per connection and reused by every request on it.
+/// The socket is split once so a request body can stream up while the response streams down.
 struct Client {
-    conn: BufConn<TcpStream>,
+    reader: ClientReader,
     head: RequestHead,
-    resp: ResponseHead,
-    out: Vec<u8>,
-    scratch: Vec<u8>,
+    down: Downstream,
+    /// Re-chunking buffer for request bodies.
+    up_scratch: Vec<u8>,
     peer_ip: String,
     limits: EffectiveLimits,
+}
+
+/// Everything that writes to the client.
+struct Downstream {
+    writer: ClientWriter,
+    resp: ResponseHead,
+    out: Vec<u8>,
+    /// Re-chunking buffer for response bodies.
+    scratch: Vec<u8>,
 }
 
 /// Facts about the current request that outlive its head bytes in the read buffer.
@@ -72,15 +87,20 @@ pub async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let limits = shard.snapshot.listeners[listener].limits;
+    let (reader, writer) = stream.into_split();
     let mut client = Client {
-        conn: BufConn::new(
-            stream,
+        reader: BufConn::new(
+            reader,
             shard.bufs.take(limits.max_header_bytes.max(16 * 1024)),
         ),
         head: RequestHead::default(),
-        resp: ResponseHead::default(),
-        out: shard.bufs.take(4096),
-        scratch: shard.bufs.take(0),
+        down: Downstream {
+            writer,
+            resp: ResponseHead::default(),
+            out: shard.bufs.take(4096),
+            scratch: Vec::new(),
+        },
+        up_scratch: Vec::new(),
         peer_ip: peer.ip().to_canonical().to_string(),
         limits,
     };
@@ -89,15 +109,14 @@ pub async fn serve_connection(
             Next::KeepAlive => {}
             Next::Close => break,
             Next::Tunnel(upstream) => {
-                tunnel(client.conn, upstream.conn).await;
+                tunnel(client.reader, client.down.writer, upstream).await;
                 return;
             }
         }
     }
-    let (_, buf) = client.conn.into_parts();
+    let (_, buf) = client.reader.into_parts();
     shard.bufs.give(buf);
-    shard.bufs.give(client.out);
-    shard.bufs.give(client.scratch);
+    shard.bufs.give(client.down.out);
 }
 
 /// One request and its response.
@@ -135,7 +154,7 @@ async fn exchange(shard: &Shard, guard: &ConnGuard, c: &mut Client) -> Next {
             status,
             content_type,
             body,
-        } => direct_response(shard, c, &ex, route, *status, content_type, body).await,
+        } => direct_response(c, &ex, route, *status, content_type, body).await,
         RouteAction::Proxy { upstream } => proxy(shard, c, &ex, route, *upstream, prefix_len).await,
     }
 }
@@ -158,12 +177,12 @@ async fn read_request_head(
         max_headers: c.limits.max_headers,
         max_uri_bytes: c.limits.max_uri_bytes,
     };
-    c.conn.compact();
+    c.reader.compact();
     let mut head_deadline =
-        (!c.conn.buffered().is_empty()).then(|| Instant::now() + c.limits.header_read_timeout);
+        (!c.reader.buffered().is_empty()).then(|| Instant::now() + c.limits.header_read_timeout);
     loop {
-        if !c.conn.buffered().is_empty() {
-            match c.head.parse(c.conn.buffered(), &limits) {
+        if !c.reader.buffered().is_empty() {
+            match c.head.parse(c.reader.buffered(), &limits) {
                 Ok(true) => return Ok(()),
                 Ok(false) => {}
                 Err(e) => return Err(HeadStop::Reject(e.status(), head_error_message(e))),
@@ -175,7 +194,7 @@ async fn read_request_head(
         }
         let deadline = head_deadline.unwrap_or_else(|| Instant::now() + c.limits.idle_timeout);
         guard.set_idle(idle);
-        let read = c.conn.fill_until(deadline).await;
+        let read = c.reader.fill_until(deadline).await;
         guard.set_idle(false);
         match read {
             Ok(_) => {
@@ -207,7 +226,7 @@ fn head_error_message(e: HeadError) -> &'static str {
 }
 
 fn exchange_facts(shard: &Shard, c: &Client) -> Exchange {
-    let buf = c.conn.buffered();
+    let buf = c.reader.buffered();
     let mut ex = Exchange {
         request_id: [0; 128],
         request_id_len: 0,
@@ -238,7 +257,7 @@ enum RouteMiss {
 /// Host (from an absolute-form target, else `Host`, port dropped, lower-cased), path and
 /// method to a route.
 fn route(shard: &Shard, c: &Client) -> Result<(usize, usize), RouteMiss> {
-    let buf = c.conn.buffered();
+    let buf = c.reader.buffered();
     let head = &c.head;
     let host_raw = head
         .target_authority
@@ -286,10 +305,11 @@ async fn reject(
     close: bool,
     extra: &[u8],
 ) -> Next {
-    c.out.clear();
-    push_error_response(&mut c.out, status, message, request_id, close, extra);
-    let (result, out) = write_all_buf(&mut c.conn.io, std::mem::take(&mut c.out)).await;
-    c.out = out;
+    let down = &mut c.down;
+    down.out.clear();
+    push_error_response(&mut down.out, status, message, request_id, close, extra);
+    let (result, out) = write_all_buf(&mut down.writer, std::mem::take(&mut down.out)).await;
+    down.out = out;
     if close || result.is_err() {
         Next::Close
     } else {
@@ -308,13 +328,12 @@ async fn reject_with_body_pending(
 ) -> Next {
     let close = !ex.keep_alive || ex.framing != Framing::None;
     if !close {
-        c.conn.consume(c.head.len);
+        c.reader.consume(c.head.len);
     }
     reject(c, status, message, ex.request_id(), close, extra).await
 }
 
 async fn direct_response(
-    shard: &Shard,
     c: &mut Client,
     ex: &Exchange,
     route: &RouteSpec,
@@ -323,9 +342,8 @@ async fn direct_response(
     body: &str,
 ) -> Next {
     let close = !ex.keep_alive || ex.framing != Framing::None;
-    let _ = shard;
-    c.conn.consume(c.head.len);
-    let out = &mut c.out;
+    c.reader.consume(c.head.len);
+    let out = &mut c.down.out;
     out.clear();
     crate::http::push_status_line(out, status);
     push_header(out, b"content-type", content_type.as_bytes());
@@ -339,8 +357,8 @@ async fn direct_response(
     if !ex.head_method {
         out.extend_from_slice(body.as_bytes());
     }
-    let (result, out) = write_all_buf(&mut c.conn.io, std::mem::take(&mut c.out)).await;
-    c.out = out;
+    let (result, out) = write_all_buf(&mut c.down.writer, std::mem::take(&mut c.down.out)).await;
+    c.down.out = out;
     if close || result.is_err() {
         Next::Close
     } else {
@@ -380,136 +398,255 @@ async fn proxy(
     {
         return reject(c, 413, "request body too large", ex.request_id(), true, b"").await;
     }
+    // Pick a target and transform the head (plus a small, fully buffered body) into `out`.
     let target = shard.upstreams.pick(upstream);
-    let spec = &shard.snapshot.upstreams[upstream];
-
-    // Transform the request head (and a small buffered body) into `out`.
-    let mut out = std::mem::take(&mut c.out);
+    let label = &shard.snapshot.upstreams[upstream].targets[target].label;
+    let mut out = std::mem::take(&mut c.down.out);
     out.clear();
-    write_upstream_head(
-        &mut out,
-        c,
-        ex,
-        route,
-        prefix_len,
-        &spec.targets[target].label,
-    );
-    c.conn.consume(c.head.len);
+    write_upstream_head(&mut out, c, ex, route, prefix_len, label);
+    c.reader.consume(c.head.len);
     let body_inline = match ex.framing {
         Framing::None => true,
-        Framing::Length(n) if n as usize <= INLINE_BODY && c.conn.buffered().len() as u64 >= n => {
-            out.extend_from_slice(&c.conn.buffered()[..n as usize]);
-            c.conn.consume(n as usize);
-            true
+        Framing::Length(n) => {
+            let n = n as usize;
+            let whole = n <= INLINE_BODY && c.reader.buffered().len() >= n;
+            if whole {
+                out.extend_from_slice(&c.reader.buffered()[..n]);
+                c.reader.consume(n);
+            }
+            whole
         }
-        _ => false,
+        Framing::Chunked | Framing::UntilClose => false,
     };
-
-    let up = match send_request(shard, c, ex, upstream, target, out, body_inline).await {
-        Ok(up) => up,
-        Err(failure) => return fail_upstream(c, ex, failure, body_inline).await,
-    };
-    forward_response(shard, c, ex, route, upstream, target, up).await
+    if !body_inline {
+        return streamed_exchange(shard, c, ex, route, upstream, target, out).await;
+    }
+    match send_replayable(shard, c, ex, upstream, target, out).await {
+        Ok(mut up) => {
+            let relayed =
+                relay_response(shard, &mut c.down, ex, route, upstream, &mut up.reader).await;
+            finish(
+                shard,
+                upstream,
+                target,
+                up,
+                relayed,
+                true,
+                c.down.resp.reusable,
+            )
+        }
+        Err(failure) => fail_upstream(c, ex, failure, true).await,
+    }
 }
 
-/// Writes the request to the target and reads the response head into `c.resp`. A reused
-/// connection that fails before any response byte is retried once on a fresh connection when
-/// the whole request is still in `out`.
-async fn send_request(
+/// Sends a request that is entirely in `out` and reads the response head into
+/// `c.down.resp`. A reused connection that fails before any response byte arrived is retried
+/// once on a fresh connection: the origin never answered, and the bytes can be replayed.
+async fn send_replayable(
     shard: &Shard,
     c: &mut Client,
     ex: &Exchange,
     upstream: usize,
     target: usize,
     mut out: Vec<u8>,
-    body_inline: bool,
 ) -> Result<UpstreamConn, UpstreamFailure> {
-    let spec = &shard.snapshot.upstreams[upstream];
-    let mut up = match shard.upstreams.checkout_idle(upstream, target) {
-        Some(up) => up,
-        None => match shard.upstreams.connect(upstream, target).await {
-            Ok(up) => up,
-            Err(e) => {
-                c.out = out;
-                return Err(UpstreamFailure::Connect(e));
-            }
-        },
+    let response_timeout = shard.snapshot.upstreams[upstream].response_timeout;
+    let mut up = match checkout(shard, upstream, target).await {
+        Ok(up) => up,
+        Err(e) => {
+            c.down.out = out;
+            return Err(UpstreamFailure::Connect(e));
+        }
     };
     let result = loop {
-        let (written, returned) = write_all_buf(&mut up.conn.io, out).await;
+        let (written, returned) = write_all_buf(&mut up.writer, out).await;
         out = returned;
         let attempt = match written {
             Err(_) => Err(ResponseFailure::NothingReceived),
             Ok(()) => {
-                if !body_inline && let Err(failure) = stream_request_body(c, ex, &mut up).await {
-                    break Err(failure);
-                }
-                let deadline = Instant::now() + spec.response_timeout;
-                read_response_head(&mut up, &mut c.resp, ex.head_method, deadline).await
+                let deadline = Instant::now() + response_timeout;
+                read_response_head(&mut up.reader, &mut c.down.resp, ex.head_method, deadline).await
             }
         };
         match attempt {
             Ok(()) => break Ok(()),
-            Err(ResponseFailure::NothingReceived) if up.reused && body_inline => {
+            Err(ResponseFailure::NothingReceived) if up.reused => {
                 up = match shard.upstreams.connect(upstream, target).await {
                     Ok(fresh) => fresh,
                     Err(e) => break Err(UpstreamFailure::Connect(e)),
                 };
             }
-            Err(ResponseFailure::NothingReceived) => {
-                break Err(UpstreamFailure::BadGateway(
-                    "upstream closed the connection without a response",
-                ));
-            }
-            Err(ResponseFailure::TimedOut) => break Err(UpstreamFailure::TimedOut),
-            Err(ResponseFailure::Bad(message)) => break Err(UpstreamFailure::BadGateway(message)),
+            Err(failure) => break Err(failure.into()),
         }
     };
-    c.out = out;
+    c.down.out = out;
     result.map(|()| up)
 }
 
-/// Client side of the request body: `Expect: 100-continue` is answered here, then the body is
-/// streamed to the origin with exactly one framing.
-async fn stream_request_body(
+async fn checkout(
+    shard: &Shard,
+    upstream: usize,
+    target: usize,
+) -> Result<UpstreamConn, ConnectError> {
+    match shard.upstreams.checkout_idle(upstream, target) {
+        Some(up) => Ok(up),
+        None => shard.upstreams.connect(upstream, target).await,
+    }
+}
+
+/// A request whose body is streamed: the body goes up while the response may already come
+/// down (an origin may answer early, or echo as it reads). The response timeout starts once
+/// the whole request has been sent.
+async fn streamed_exchange(
+    shard: &Shard,
     c: &mut Client,
     ex: &Exchange,
-    up: &mut UpstreamConn,
-) -> Result<(), UpstreamFailure> {
-    if c.head.expect_continue {
-        let (written, _) = c.conn.io.write_all(CONTINUE).await;
-        if written.is_err() {
-            return Err(UpstreamFailure::ClientGone);
+    route: &RouteSpec,
+    upstream: usize,
+    target: usize,
+    out: Vec<u8>,
+) -> Next {
+    let response_timeout = shard.snapshot.upstreams[upstream].response_timeout;
+    let mut up = match checkout(shard, upstream, target).await {
+        Ok(up) => up,
+        Err(e) => {
+            c.down.out = out;
+            return fail_upstream(c, ex, UpstreamFailure::Connect(e), false).await;
         }
-    }
-    let limits = BodyLimits {
-        max_bytes: c.limits.max_body_bytes,
-        read_timeout: c.limits.idle_timeout,
     };
-    let rechunk = ex.framing == Framing::Chunked;
-    let streamed = stream_body(
-        &mut c.conn,
-        &mut up.conn.io,
-        ex.framing,
-        rechunk,
-        limits,
-        &mut c.scratch,
-    )
-    .await;
-    streamed.map_err(|e| match e {
+    let (written, out) = write_all_buf(&mut up.writer, out).await;
+    c.down.out = out;
+    if written.is_err() {
+        let failure = UpstreamFailure::BadGateway(
+            "upstream closed the connection while receiving the request",
+        );
+        return fail_upstream(c, ex, failure, false).await;
+    }
+    if c.head.expect_continue && c.down.writer.write_all(CONTINUE).await.0.is_err() {
+        return Next::Close;
+    }
+    let head_received = Cell::new(false);
+    let (sent, answered) = {
+        let UpstreamConn {
+            reader: up_reader,
+            writer: up_writer,
+            ..
+        } = &mut up;
+        let limits = BodyLimits {
+            max_bytes: c.limits.max_body_bytes,
+            io_timeout: c.limits.idle_timeout,
+        };
+        let rechunk = ex.framing == Framing::Chunked;
+        let sending = stream_body(
+            &mut c.reader,
+            up_writer,
+            ex.framing,
+            rechunk,
+            limits,
+            &mut c.up_scratch,
+        );
+        let receiving = async {
+            let far = Instant::now() + Duration::from_secs(24 * 3600);
+            read_response_head(up_reader, &mut c.down.resp, ex.head_method, far).await?;
+            head_received.set(true);
+            Ok(relay_response(shard, &mut c.down, ex, route, upstream, up_reader).await)
+        };
+        let mut sending = std::pin::pin!(sending);
+        let mut receiving = std::pin::pin!(receiving);
+        monoio::select! {
+            sent = &mut sending => match sent {
+                Ok(()) | Err(BodyError::DestinationIo) => {
+                    let deadline = Instant::now() + response_timeout;
+                    let answered = monoio::select! {
+                        r = &mut receiving => r,
+                        _ = monoio::time::sleep_until(deadline) => {
+                            if head_received.get() {
+                                (&mut receiving).await
+                            } else {
+                                Err(UpstreamFailure::TimedOut)
+                            }
+                        }
+                    };
+                    (sent, Some(answered))
+                }
+                Err(e) => (Err(e), None),
+            },
+            answered = &mut receiving => (Err(BodyError::DestinationIo), Some(answered)),
+        }
+    };
+    let sent_all = sent.is_ok();
+    match (sent, answered) {
+        (_, Some(Ok(relayed))) => finish(
+            shard,
+            upstream,
+            target,
+            up,
+            relayed,
+            sent_all,
+            c.down.resp.reusable,
+        ),
+        (_, Some(Err(failure))) if !head_received.get() => {
+            fail_upstream(c, ex, failure, sent_all).await
+        }
+        (Err(e), None) if !head_received.get() => {
+            fail_upstream(c, ex, client_body_failure(e), false).await
+        }
+        _ => Next::Close,
+    }
+}
+
+fn client_body_failure(e: BodyError) -> UpstreamFailure {
+    match e {
         BodyError::SourceClosed | BodyError::SourceIo => UpstreamFailure::ClientGone,
         BodyError::SourceTimedOut => {
             UpstreamFailure::ClientBody(408, "request body read timed out")
         }
         BodyError::Malformed => UpstreamFailure::ClientBody(400, "invalid chunked request body"),
         BodyError::TooLarge => UpstreamFailure::ClientBody(413, "request body too large"),
-        BodyError::DestinationIo => UpstreamFailure::BadGateway(
-            "upstream closed the connection while receiving the request",
-        ),
-    })
+        BodyError::DestinationIo | BodyError::DestinationTimedOut => {
+            UpstreamFailure::BadGateway("upstream stopped receiving the request")
+        }
+    }
 }
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// What relaying a response did to the two connections.
+enum Relayed {
+    /// The whole response reached the client; `close` says the client connection must end.
+    Done { close: bool },
+    /// `101 Switching Protocols` was forwarded: the connections become a tunnel.
+    Upgraded,
+    /// Either side failed mid-response: both connections must close.
+    Broken,
+}
+
+/// Ends an exchange: pools the upstream connection when both messages ended cleanly, and
+/// says what the client connection does next.
+fn finish(
+    shard: &Shard,
+    upstream: usize,
+    target: usize,
+    up: UpstreamConn,
+    relayed: Relayed,
+    request_complete: bool,
+    reusable: bool,
+) -> Next {
+    match relayed {
+        Relayed::Upgraded if request_complete => Next::Tunnel(up),
+        Relayed::Done { close } => {
+            if request_complete && reusable {
+                shard.upstreams.checkin(upstream, target, up);
+            }
+            if close || !request_complete {
+                Next::Close
+            } else {
+                Next::KeepAlive
+            }
+        }
+        Relayed::Upgraded | Relayed::Broken => Next::Close,
+    }
+}
 
 /// Maps a failure to its status. `body_read` says whether the request body was consumed;
 /// if not, the connection cannot carry another request.
@@ -538,24 +675,32 @@ enum ResponseFailure {
     Bad(&'static str),
 }
 
+impl From<ResponseFailure> for UpstreamFailure {
+    fn from(f: ResponseFailure) -> Self {
+        match f {
+            ResponseFailure::NothingReceived => {
+                UpstreamFailure::BadGateway("upstream closed the connection without a response")
+            }
+            ResponseFailure::TimedOut => UpstreamFailure::TimedOut,
+            ResponseFailure::Bad(message) => UpstreamFailure::BadGateway(message),
+        }
+    }
+}
+
 /// Reads a final response head (skipping 1xx interim responses other than 101).
 async fn read_response_head(
-    up: &mut UpstreamConn,
+    up: &mut UpstreamReader,
     resp: &mut ResponseHead,
     head_method: bool,
     deadline: Instant,
 ) -> Result<(), ResponseFailure> {
     let mut received = false;
     loop {
-        if !up.conn.buffered().is_empty() {
+        if !up.buffered().is_empty() {
             received = true;
-            match resp.parse(
-                up.conn.buffered(),
-                head_method,
-                crate::upstream::UPSTREAM_BUF,
-            ) {
+            match resp.parse(up.buffered(), head_method, crate::upstream::UPSTREAM_BUF) {
                 Ok(true) if resp.status < 200 && resp.status != 101 => {
-                    up.conn.consume(resp.len);
+                    up.consume(resp.len);
                     continue;
                 }
                 Ok(true) => return Ok(()),
@@ -563,7 +708,7 @@ async fn read_response_head(
                 Err(e) => return Err(ResponseFailure::Bad(e.0)),
             }
         }
-        match up.conn.fill_until(deadline).await {
+        match up.fill_until(deadline).await {
             Ok(_) => {}
             Err(ReadError::TimedOut) => return Err(ResponseFailure::TimedOut),
             Err(ReadError::BufferFull) => {
@@ -577,76 +722,76 @@ async fn read_response_head(
     }
 }
 
-/// Sends the transformed response head and streams the body to the client, then pools the
-/// upstream connection if it ended cleanly.
-async fn forward_response(
+/// Sends the transformed response head and streams the body to the client.
+async fn relay_response(
     shard: &Shard,
-    c: &mut Client,
+    down: &mut Downstream,
     ex: &Exchange,
     route: &RouteSpec,
     upstream: usize,
-    target: usize,
-    mut up: UpstreamConn,
-) -> Next {
-    let tunnel = c.resp.status == 101;
-    let framing = c.resp.framing;
+    up: &mut UpstreamReader,
+) -> Relayed {
+    let upgraded = down.resp.status == 101;
+    let framing = down.resp.framing;
     let open_ended = matches!(framing, Framing::Chunked | Framing::UntilClose);
     // HTTP/1.0 clients cannot receive chunked bodies: they get the bytes, then a close.
     let rechunk = open_ended && ex.version == Version::Http11;
     let close = !ex.keep_alive || shard.draining.get() || (open_ended && !rechunk);
-    let mut out = std::mem::take(&mut c.out);
+    let mut out = std::mem::take(&mut down.out);
     out.clear();
     write_client_head(
         &mut out,
-        c,
+        &down.resp,
+        up.buffered(),
         ex,
         &route.response_headers,
-        &up,
         rechunk,
         close,
-        tunnel,
+        upgraded,
     );
-    up.conn.consume(c.resp.len);
+    up.consume(down.resp.len);
     let inline_body = match framing {
-        Framing::Length(n) => n as usize <= INLINE_BODY && up.conn.buffered().len() as u64 >= n,
         Framing::None => true,
-        _ => false,
+        Framing::Length(n) => {
+            let n = n as usize;
+            let whole = n <= INLINE_BODY && up.buffered().len() >= n;
+            if whole {
+                out.extend_from_slice(&up.buffered()[..n]);
+                up.consume(n);
+            }
+            whole
+        }
+        Framing::Chunked | Framing::UntilClose => false,
     };
-    if let (true, Framing::Length(n)) = (inline_body, framing) {
-        out.extend_from_slice(&up.conn.buffered()[..n as usize]);
-        up.conn.consume(n as usize);
-    }
-    let (written, out) = write_all_buf(&mut c.conn.io, out).await;
-    c.out = out;
+    let (written, out) = write_all_buf(&mut down.writer, out).await;
+    down.out = out;
     if written.is_err() {
-        return Next::Close;
+        return Relayed::Broken;
     }
-    if tunnel {
-        return Next::Tunnel(up);
+    if upgraded {
+        return Relayed::Upgraded;
     }
     if !inline_body {
         let limits = BodyLimits {
             max_bytes: u64::MAX,
-            read_timeout: shard.snapshot.upstreams[upstream].response_timeout,
+            io_timeout: shard.snapshot.upstreams[upstream].response_timeout,
         };
-        let streamed = stream_body(
-            &mut up.conn,
-            &mut c.conn.io,
+        if stream_body(
+            up,
+            &mut down.writer,
             framing,
             rechunk,
             limits,
-            &mut c.scratch,
+            &mut down.scratch,
         )
-        .await;
-        if streamed.is_err() {
+        .await
+        .is_err()
+        {
             // The head is gone already: closing is the only way to show the truncation.
-            return Next::Close;
+            return Relayed::Broken;
         }
     }
-    if c.resp.reusable {
-        shard.upstreams.checkin(upstream, target, up);
-    }
-    if close { Next::Close } else { Next::KeepAlive }
+    Relayed::Done { close }
 }
 
 /// The request head as the origin sees it: one framing, hop-by-hop fields dropped, forwarding
@@ -659,7 +804,7 @@ fn write_upstream_head(
     prefix_len: usize,
     target_label: &str,
 ) {
-    let buf = c.conn.buffered();
+    let buf = c.reader.buffered();
     let head = &c.head;
     out.extend_from_slice(head.method(buf));
     out.push(b' ');
@@ -745,16 +890,14 @@ fn write_upstream_head(
 #[allow(clippy::too_many_arguments)]
 fn write_client_head(
     out: &mut Vec<u8>,
-    c: &Client,
+    resp: &ResponseHead,
+    buf: &[u8],
     ex: &Exchange,
     edits: &CompiledTransform,
-    up: &UpstreamConn,
     rechunk: bool,
     close: bool,
     tunnel: bool,
 ) {
-    let buf = up.conn.buffered();
-    let resp = &c.resp;
     out.extend_from_slice(b"HTTP/1.1 ");
     push_decimal(out, u64::from(resp.status));
     out.push(b' ');
@@ -793,201 +936,35 @@ fn write_client_head(
     out.extend_from_slice(b"\r\n");
 }
 
-#[derive(Clone, Copy)]
-struct BodyLimits {
-    max_bytes: u64,
-    read_timeout: Duration,
-}
-
-#[derive(Debug)]
-enum BodyError {
-    SourceClosed,
-    SourceIo,
-    SourceTimedOut,
-    Malformed,
-    TooLarge,
-    DestinationIo,
-}
-
-impl From<ReadError> for BodyError {
-    fn from(e: ReadError) -> Self {
-        match e {
-            ReadError::Closed => BodyError::SourceClosed,
-            ReadError::TimedOut => BodyError::SourceTimedOut,
-            ReadError::Io(_) | ReadError::BufferFull => BodyError::SourceIo,
-        }
-    }
-}
-
-/// Streams one body from `src` to `dst` through bounded buffers. `framing` is how `src`
-/// delimits it; `rechunk` sends it chunked (otherwise raw: length-delimited or until close).
-async fn stream_body<S, W>(
-    src: &mut BufConn<S>,
-    dst: &mut W,
-    framing: Framing,
-    rechunk: bool,
-    limits: BodyLimits,
-    scratch: &mut Vec<u8>,
-) -> Result<(), BodyError>
-where
-    S: AsyncReadRent + AsyncWriteRent,
-    W: AsyncWriteRent,
-{
-    match framing {
-        Framing::None => Ok(()),
-        Framing::Length(n) => stream_length(src, dst, n, limits).await,
-        Framing::Chunked => stream_chunked(src, dst, rechunk, limits, scratch).await,
-        Framing::UntilClose => stream_until_close(src, dst, rechunk, limits, scratch).await,
-    }
-}
-
-async fn stream_length<S, W>(
-    src: &mut BufConn<S>,
-    dst: &mut W,
-    len: u64,
-    limits: BodyLimits,
-) -> Result<(), BodyError>
-where
-    S: AsyncReadRent + AsyncWriteRent,
-    W: AsyncWriteRent,
-{
-    let mut remaining = len;
-    while remaining > 0 {
-        if src.buffered().is_empty() {
-            src.fill_until(Instant::now() + limits.read_timeout).await?;
-        }
-        let take = (src.buffered().len() as u64).min(remaining) as usize;
-        src.forward_buffered(take, dst)
-            .await
-            .map_err(|_| BodyError::DestinationIo)?;
-        remaining -= take as u64;
-    }
-    Ok(())
-}
-
-async fn stream_chunked<S, W>(
-    src: &mut BufConn<S>,
-    dst: &mut W,
-    rechunk: bool,
-    limits: BodyLimits,
-    scratch: &mut Vec<u8>,
-) -> Result<(), BodyError>
-where
-    S: AsyncReadRent + AsyncWriteRent,
-    W: AsyncWriteRent,
-{
-    let mut decoder = ChunkedDecoder::new();
-    let mut total: u64 = 0;
-    loop {
-        // Decode everything buffered into one write.
-        scratch.clear();
-        loop {
-            let step = decoder
-                .decode(src.buffered())
-                .map_err(|_| BodyError::Malformed)?;
-            if !step.data.is_empty() {
-                total += step.data.len() as u64;
-                if total > limits.max_bytes {
-                    return Err(BodyError::TooLarge);
-                }
-                let data = &src.buffered()[step.data.clone()];
-                if rechunk {
-                    write_chunk_header(scratch, data.len());
-                    scratch.extend_from_slice(data);
-                    scratch.extend_from_slice(b"\r\n");
-                } else {
-                    scratch.extend_from_slice(data);
-                }
-            }
-            src.consume(step.consumed);
-            if step.consumed == 0 || decoder.is_done() {
-                break;
-            }
-        }
-        if decoder.is_done() && rechunk {
-            scratch.extend_from_slice(LAST_CHUNK);
-        }
-        if !scratch.is_empty() {
-            let (written, returned) = write_all_buf(dst, std::mem::take(scratch)).await;
-            *scratch = returned;
-            written.map_err(|_| BodyError::DestinationIo)?;
-        }
-        if decoder.is_done() {
-            return Ok(());
-        }
-        src.fill_until(Instant::now() + limits.read_timeout).await?;
-    }
-}
-
-async fn stream_until_close<S, W>(
-    src: &mut BufConn<S>,
-    dst: &mut W,
-    rechunk: bool,
-    limits: BodyLimits,
-    scratch: &mut Vec<u8>,
-) -> Result<(), BodyError>
-where
-    S: AsyncReadRent + AsyncWriteRent,
-    W: AsyncWriteRent,
-{
-    loop {
-        if !src.buffered().is_empty() {
-            if rechunk {
-                scratch.clear();
-                write_chunk_header(scratch, src.buffered().len());
-                scratch.extend_from_slice(src.buffered());
-                scratch.extend_from_slice(b"\r\n");
-                let n = src.buffered().len();
-                src.consume(n);
-                let (written, returned) = write_all_buf(dst, std::mem::take(scratch)).await;
-                *scratch = returned;
-                written.map_err(|_| BodyError::DestinationIo)?;
-            } else {
-                let n = src.buffered().len();
-                src.forward_buffered(n, dst)
-                    .await
-                    .map_err(|_| BodyError::DestinationIo)?;
-            }
-        }
-        match src.fill_until(Instant::now() + limits.read_timeout).await {
-            Ok(_) => {}
-            Err(ReadError::Closed) => break,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    if rechunk {
-        let (written, _) = dst.write_all(LAST_CHUNK).await;
-        written.map_err(|_| BodyError::DestinationIo)?;
-    }
-    Ok(())
-}
-
 /// After `101 Switching Protocols`: bytes flow both ways until either side closes.
-async fn tunnel(mut client: BufConn<TcpStream>, mut origin: BufConn<TcpStream>) {
+async fn tunnel(mut client: ClientReader, mut client_writer: ClientWriter, origin: UpstreamConn) {
+    let UpstreamConn {
+        reader: mut origin_reader,
+        writer: mut origin_writer,
+        ..
+    } = origin;
     let pending_up = client.buffered().len();
     if pending_up > 0
         && client
-            .forward_buffered(pending_up, &mut origin.io)
+            .forward_buffered(pending_up, &mut origin_writer)
             .await
             .is_err()
     {
         return;
     }
-    let pending_down = origin.buffered().len();
+    let pending_down = origin_reader.buffered().len();
     if pending_down > 0
-        && origin
-            .forward_buffered(pending_down, &mut client.io)
+        && origin_reader
+            .forward_buffered(pending_down, &mut client_writer)
             .await
             .is_err()
     {
         return;
     }
-    let (client_io, _) = client.into_parts();
-    let (origin_io, _) = origin.into_parts();
-    let (mut client_read, mut client_write) = client_io.into_split();
-    let (mut origin_read, mut origin_write) = origin_io.into_split();
-    let upstream = monoio::io::copy(&mut client_read, &mut origin_write);
-    let downstream = monoio::io::copy(&mut origin_read, &mut client_write);
+    let (mut client_read, _) = client.into_parts();
+    let (mut origin_read, _) = origin_reader.into_parts();
+    let upstream = monoio::io::copy(&mut client_read, &mut origin_writer);
+    let downstream = monoio::io::copy(&mut origin_read, &mut client_writer);
     monoio::select! {
         _ = upstream => {},
         _ = downstream => {},

@@ -25,7 +25,7 @@ pub enum ReadError {
     BufferFull,
 }
 
-impl<S: AsyncReadRent + AsyncWriteRent> BufConn<S> {
+impl<S: AsyncReadRent> BufConn<S> {
     pub fn new(io: S, mut buf: Vec<u8>) -> Self {
         buf.clear();
         BufConn { io, buf, pos: 0 }

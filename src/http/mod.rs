@@ -3,6 +3,7 @@
 //!
 //! Owns bytes on the wire only. It must not know about routes, upstreams or shards.
 
+pub mod body;
 pub mod chunked;
 pub mod head;
 pub mod io;

@@ -6,22 +6,29 @@
 
 use crate::config::{Balance, Snapshot, UpstreamSpec};
 use crate::http::io::{BufConn, BufPool};
+use monoio::io::{OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 use std::cell::{Cell, RefCell};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 
 /// A connection to a target, with whether it came from the pool (a reused connection may have
 /// been closed by the origin in the meantime, which makes one retry safe).
 pub struct UpstreamConn {
-    pub conn: BufConn<TcpStream>,
+    pub reader: BufConn<OwnedReadHalf<TcpStream>>,
+    pub writer: OwnedWriteHalf<TcpStream>,
     pub reused: bool,
+    fd: RawFd,
 }
 
+/// Connections are split once, when opened, so a request body can stream up while the
+/// response streams down.
 struct Idle {
-    stream: TcpStream,
+    reader: OwnedReadHalf<TcpStream>,
+    writer: OwnedWriteHalf<TcpStream>,
+    fd: RawFd,
     buf: Vec<u8>,
     since: Instant,
 }
@@ -105,10 +112,12 @@ impl ShardUpstreams {
         let idle_timeout = self.spec(upstream).idle_timeout;
         let mut list = self.groups[upstream].idle[target].borrow_mut();
         while let Some(idle) = list.pop() {
-            if idle.since.elapsed() < idle_timeout && origin_still_open(&idle.stream) {
+            if idle.since.elapsed() < idle_timeout && origin_still_open(idle.fd) {
                 return Some(UpstreamConn {
-                    conn: BufConn::new(idle.stream, idle.buf),
+                    reader: BufConn::new(idle.reader, idle.buf),
+                    writer: idle.writer,
                     reused: true,
+                    fd: idle.fd,
                 });
             }
             self.bufs.give(idle.buf);
@@ -135,23 +144,29 @@ impl ShardUpstreams {
             Ok(Ok(s)) => s,
         };
         let _ = stream.set_nodelay(true);
+        let fd = stream.as_raw_fd();
+        let (reader, writer) = stream.into_split();
         Ok(UpstreamConn {
-            conn: BufConn::new(stream, self.bufs.take(UPSTREAM_BUF)),
+            reader: BufConn::new(reader, self.bufs.take(UPSTREAM_BUF)),
+            writer,
             reused: false,
+            fd,
         })
     }
 
     /// Returns a connection whose last response was fully read and framed, for reuse.
     pub fn checkin(&self, upstream: usize, target: usize, conn: UpstreamConn) {
         let max_idle = self.spec(upstream).max_idle_connections;
-        if !conn.conn.buffered().is_empty() {
+        if !conn.reader.buffered().is_empty() {
             return; // bytes after a complete response: the origin is confused, do not reuse
         }
-        let (stream, buf) = conn.conn.into_parts();
+        let (reader, buf) = conn.reader.into_parts();
         let mut list = self.groups[upstream].idle[target].borrow_mut();
         if list.len() < max_idle {
             list.push(Idle {
-                stream,
+                reader,
+                writer: conn.writer,
+                fd: conn.fd,
                 buf,
                 since: Instant::now(),
             });
@@ -174,12 +189,12 @@ impl ShardUpstreams {
 
 /// A pooled connection the origin closed (or wrote to unasked) reads as EOF or data; an open,
 /// quiet one has nothing to read. One non-blocking peek tells them apart.
-fn origin_still_open(stream: &TcpStream) -> bool {
+fn origin_still_open(fd: RawFd) -> bool {
     let mut byte = 0u8;
     // SAFETY: recv writes at most 1 byte into `byte`, which outlives the call.
     let n = unsafe {
         libc::recv(
-            stream.as_raw_fd(),
+            fd,
             (&mut byte as *mut u8).cast(),
             1,
             libc::MSG_PEEK | libc::MSG_DONTWAIT,
