@@ -571,7 +571,16 @@ async fn streamed_exchange(
                 }
                 Err(e) => (Err(e), None),
             },
-            answered = &mut receiving => (Err(BodyError::DestinationIo), Some(answered)),
+            answered = &mut receiving => {
+                // Usually the origin answered because it read the whole body and our last
+                // write just has not been observed yet; an origin that answered early without
+                // reading gets a short grace period before the connection is closed.
+                let sent = match monoio::time::timeout(EARLY_ANSWER_GRACE, &mut sending).await {
+                    Ok(sent) => sent,
+                    Err(_) => Err(BodyError::DestinationIo),
+                };
+                (sent, Some(answered))
+            }
         }
     };
     let sent_all = sent.is_ok();
@@ -608,6 +617,9 @@ fn client_body_failure(e: BodyError) -> UpstreamFailure {
         }
     }
 }
+
+/// How long a request body may still take to finish sending once the response is complete.
+const EARLY_ANSWER_GRACE: Duration = Duration::from_millis(100);
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 

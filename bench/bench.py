@@ -1,0 +1,351 @@
+#!/usr/bin/env python3
+"""ringgate vs nginx vs HAProxy vs the origin alone, on one machine, in one run.
+
+Rounds are interleaved (A B C D, A B C D, ...) so machine drift hits every target alike; each
+cell of the table is the median over the rounds. Only 127.0.0.1 is ever a target, every load
+run is bounded in time, and only processes this script started are stopped (by PID).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+RINGGATE = os.path.join(ROOT, "target", "release", "ringgate")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+RESULT_LUA = r"""
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT requests=%d duration_us=%d errors=%d non2xx=%d p50=%d p99=%d p999=%d\n",
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
+end
+"""
+
+# name -> (path, connections, extra lua, description)
+SCENARIOS = {
+    "get-64": ("/", 64, "", "small GET, keep-alive, 64 connections"),
+    "get-256": ("/", 256, "", "small GET, keep-alive, 256 connections"),
+    "get-4k": ("/bytes/4096", 64, "", "4 KiB response, 64 connections"),
+    "get-64k": ("/bytes/65536", 64, "", "64 KiB response, 64 connections"),
+    "post-64k": ("/bytes/2", 64,
+                 'wrk.method = "POST"\nwrk.body = string.rep("x", 65536)\n'
+                 'wrk.headers["Content-Type"] = "application/octet-stream"\n',
+                 "64 KiB POST body, 64 connections"),
+    "new-conn": ("/", 64, 'wrk.headers["Connection"] = "close"\n',
+                 "new TCP connection per request, 64 concurrent"),
+}
+FIXED_RATE = "fixed-rate"
+TARGETS = ["direct", "ringgate", "nginx", "haproxy"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=15.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def process_tree(pid):
+    """pid and all its descendants (nginx and haproxy fork workers)."""
+    pids = [pid]
+    try:
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+        for child in out.split():
+            pids.extend(process_tree(int(child)))
+    except FileNotFoundError:
+        pass
+    return pids
+
+
+def cpu_seconds(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / CLK_TCK
+
+
+class Server:
+    def __init__(self, name, argv, port, workdir):
+        self.name, self.port = name, port
+        self.log = open(os.path.join(workdir, f"{name}.log"), "w")
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=self.log, start_new_session=True)
+        if not wait_port(port):
+            self.stop()
+            raise SystemExit(f"{name} did not start; see {self.log.name}")
+
+    def pids(self):
+        return process_tree(self.proc.pid)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+        self.log.close()
+
+
+def nginx_conf(workdir, port, origin_port, workers):
+    return f"""
+daemon off;
+master_process on;
+worker_processes {workers};
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log warn;
+events {{ worker_connections 16384; }}
+http {{
+  access_log off;
+  client_body_temp_path {workdir}/nginx-body;
+  proxy_temp_path {workdir}/nginx-proxy;
+  fastcgi_temp_path {workdir}/nginx-fcgi;
+  uwsgi_temp_path {workdir}/nginx-uwsgi;
+  scgi_temp_path {workdir}/nginx-scgi;
+  keepalive_requests 1000000;
+  client_max_body_size 10m;
+  client_body_buffer_size 128k;
+  upstream origin {{ server 127.0.0.1:{origin_port}; keepalive 256; keepalive_requests 1000000; }}
+  server {{
+    listen 127.0.0.1:{port} reuseport;
+    location / {{
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"""
+
+
+def haproxy_conf(port, origin_port, workers):
+    return f"""
+global
+  nbthread {workers}
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 60s
+  timeout server 30s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{port}
+  default_backend be
+backend be
+  server origin 127.0.0.1:{origin_port}
+"""
+
+
+def ringgate_conf(port, origin_port, workers):
+    return f"""
+[server]
+workers = {workers}
+[limits]
+max_connections = 100000
+[[listeners]]
+name = "bench"
+bind = "127.0.0.1:{port}"
+[[upstreams]]
+name = "origin"
+targets = ["127.0.0.1:{origin_port}"]
+max_idle_connections = 256
+[[routes]]
+name = "all"
+upstream = "origin"
+"""
+
+
+def start_all(workdir, workers):
+    servers = {}
+    try:
+        return start_each(workdir, workers, servers)
+    except BaseException:
+        for server in servers.values():
+            server.stop()
+        raise
+
+
+def start_each(workdir, workers, servers):
+    ports = {t: free_port() for t in TARGETS}
+    origin_port = ports["direct"]
+    servers["direct"] = Server("origin", [RINGGATE, "echo", "--bind", f"127.0.0.1:{origin_port}",
+                                           "--workers", str(workers)], origin_port, workdir)
+    rg_conf = os.path.join(workdir, "ringgate.toml")
+    with open(rg_conf, "w") as f:
+        f.write(ringgate_conf(ports["ringgate"], origin_port, workers))
+    servers["ringgate"] = Server("ringgate", [RINGGATE, "run", "--config", rg_conf],
+                                 ports["ringgate"], workdir)
+    if shutil.which("nginx"):
+        conf = os.path.join(workdir, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(nginx_conf(workdir, ports["nginx"], origin_port, workers))
+        servers["nginx"] = Server("nginx", ["nginx", "-c", conf, "-p", workdir], ports["nginx"], workdir)
+    if shutil.which("haproxy"):
+        conf = os.path.join(workdir, "haproxy.cfg")
+        with open(conf, "w") as f:
+            f.write(haproxy_conf(ports["haproxy"], origin_port, workers))
+        servers["haproxy"] = Server("haproxy", ["haproxy", "-f", conf], ports["haproxy"], workdir)
+    return servers
+
+
+def run_wrk(port, scenario, duration, threads, workdir):
+    path, conns, lua, _ = SCENARIOS[scenario]
+    script = os.path.join(workdir, f"{scenario}.lua")
+    with open(script, "w") as f:
+        f.write(lua + RESULT_LUA)
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--timeout", "5s", "-s", script,
+         f"http://127.0.0.1:{port}{path}"],
+        capture_output=True, text=True, timeout=duration + 60).stdout
+    for line in out.splitlines():
+        if line.startswith("RESULT "):
+            kv = dict(item.split("=") for item in line.split()[1:])
+            secs = int(kv["duration_us"]) / 1e6
+            return {"requests": int(kv["requests"]), "rps": int(kv["requests"]) / secs,
+                    "p50": int(kv["p50"]), "p99": int(kv["p99"]), "p999": int(kv["p999"]),
+                    "errors": int(kv["errors"]) + int(kv["non2xx"])}
+    raise RuntimeError(f"wrk printed no result:\n{out}")
+
+
+def run_oha(port, rate, duration, conns):
+    out = subprocess.run(
+        ["oha", "--no-tui", "--output-format", "json", "--latency-correction", "-c", str(conns),
+         "-q", str(rate), "-z", f"{duration}s", f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, timeout=duration + 60).stdout
+    data = json.loads(out)
+    summary, pct = data["summary"], data.get("latencyPercentiles", {})
+    dist = data.get("statusCodeDistribution", {})
+    ok = sum(v for k, v in dist.items() if k.startswith("2"))
+    total = sum(dist.values()) + sum(data.get("errorDistribution", {}).values())
+    return {"requests": total, "rps": summary.get("requestsPerSec", 0.0),
+            "p50": int(pct.get("p50", 0) * 1e6), "p99": int(pct.get("p99", 0) * 1e6),
+            "p999": int(pct.get("p99.9", 0) * 1e6), "errors": total - ok}
+
+
+def measure(server, fn):
+    pids = server.pids()
+    before = cpu_seconds(pids)
+    result = fn()
+    result["cpu_s"] = cpu_seconds(pids) - before
+    return result
+
+
+def median_cell(results):
+    cell = {}
+    for key in ("rps", "p50", "p99", "p999", "errors", "requests", "cpu_s"):
+        cell[key] = statistics.median(r[key] for r in results)
+    cell["cpu_per_100k"] = statistics.median(
+        r["cpu_s"] / r["requests"] * 100_000 if r["requests"] else 0 for r in results)
+    return cell
+
+
+def fmt_us(us):
+    return f"{us / 1000:.2f}ms" if us >= 1000 else f"{us}us"
+
+
+def print_table(table, scenarios, out):
+    header = (f"{'scenario':<11} {'target':<9} {'req/s':>9} {'p50':>9} {'p99':>9} {'p99.9':>9} "
+              f"{'cpu s/100k':>10} {'errors':>7} {'vs nginx':>8} {'vs direct':>9}")
+    print(header, file=out)
+    print("-" * len(header), file=out)
+    for scenario in scenarios:
+        cells = table.get(scenario, {})
+        nginx = cells.get("nginx", {}).get("rps")
+        direct = cells.get("direct", {}).get("rps")
+        for target in TARGETS:
+            c = cells.get(target)
+            if not c:
+                continue
+            vs_nginx = f"{c['rps'] / nginx:.2f}x" if nginx else "-"
+            vs_direct = f"{c['rps'] / direct:.2f}x" if direct else "-"
+            print(f"{scenario:<11} {target:<9} {c['rps']:>9.0f} {fmt_us(c['p50']):>9} "
+                  f"{fmt_us(c['p99']):>9} {fmt_us(c['p999']):>9} {c['cpu_per_100k']:>10.2f} "
+                  f"{int(c['errors']):>7} {vs_nginx:>8} {vs_direct:>9}", file=out)
+    print("cpu s/100k: CPU seconds (user+sys) the target's own processes spent per 100k requests "
+          "(for direct: the origin's).", file=out)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="short runs (about 3 minutes)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, help="seconds per run")
+    parser.add_argument("--workers", type=int, default=2, help="workers/threads for every proxy")
+    parser.add_argument("--scenarios", default=",".join(list(SCENARIOS) + [FIXED_RATE]))
+    parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument("--json", help="also write the medians as JSON here")
+    args = parser.parse_args()
+    duration = args.duration or (2 if args.quick else 8)
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    wanted = set(args.targets.split(","))
+    workdir = tempfile.mkdtemp(prefix="ringgate-bench-")
+    servers = start_all(workdir, args.workers)
+    targets = [t for t in TARGETS if t in servers and t in wanted]
+    print(f"# {time.strftime('%Y-%m-%d %H:%M:%S')}  nproc={os.cpu_count()}  "
+          f"duration={duration}s rounds={args.rounds} workers={args.workers} targets={','.join(targets)}",
+          flush=True)
+    table = {}
+    try:
+        for scenario in scenarios:
+            raw = {t: [] for t in targets}
+            rate = None
+            if scenario == FIXED_RATE:
+                if not shutil.which("oha"):
+                    print("# fixed-rate skipped: oha is not installed", flush=True)
+                    continue
+                peak = table.get("get-64", {}).get("nginx", {}).get("rps")
+                rate = int(peak / 2) if peak else 10000
+            for rnd in range(args.rounds):
+                for target in targets:
+                    server = servers[target]
+                    if scenario == FIXED_RATE:
+                        fn = lambda: run_oha(server.port, rate, duration, 64)
+                    else:
+                        fn = lambda: run_wrk(server.port, scenario, duration, args.workers, workdir)
+                    result = measure(server, fn)
+                    raw[target].append(result)
+                    print(f"# {scenario} round {rnd + 1} {target}: {result['rps']:.0f} req/s, "
+                          f"p99 {fmt_us(result['p99'])}, errors {result['errors']}", flush=True)
+            table[scenario] = {t: median_cell(rs) for t, rs in raw.items() if rs}
+            if rate:
+                print(f"# fixed-rate target: {rate} req/s (half of nginx's get-64 median)", flush=True)
+        print()
+        print_table(table, [s for s in scenarios if s in table], sys.stdout)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(table, f, indent=2)
+    finally:
+        for server in servers.values():
+            server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
