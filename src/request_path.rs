@@ -29,6 +29,8 @@ use std::time::Duration;
 
 /// Bodies at most this large that are already buffered travel in the same write as the head.
 const INLINE_BODY: usize = 16 * 1024;
+/// Initial capacity of a connection's output buffer (heads; it grows for inline bodies).
+const OUT_BUF: usize = 4096;
 
 type ClientReader = BufConn<OwnedReadHalf<TcpStream>>;
 type ClientWriter = OwnedWriteHalf<TcpStream>;
@@ -97,7 +99,7 @@ pub async fn serve_connection(
         down: Downstream {
             writer,
             resp: ResponseHead::default(),
-            out: shard.bufs.take(4096),
+            out: shard.bufs.take(OUT_BUF),
             scratch: Vec::new(),
         },
         up_scratch: Vec::new(),
@@ -178,8 +180,10 @@ async fn read_request_head(
         max_uri_bytes: c.limits.max_uri_bytes,
     };
     c.reader.compact();
-    let mut head_deadline =
-        (!c.reader.buffered().is_empty()).then(|| Instant::now() + c.limits.header_read_timeout);
+    if c.reader.buffered().is_empty() {
+        wait_for_next_request(shard, guard, c).await?;
+    }
+    let deadline = Instant::now() + c.limits.header_read_timeout;
     loop {
         if !c.reader.buffered().is_empty() {
             match c.head.parse(c.reader.buffered(), &limits) {
@@ -188,29 +192,48 @@ async fn read_request_head(
                 Err(e) => return Err(HeadStop::Reject(e.status(), head_error_message(e))),
             }
         }
-        let idle = head_deadline.is_none();
-        if idle && shard.draining.get() {
-            return Err(HeadStop::Quiet);
-        }
-        let deadline = head_deadline.unwrap_or_else(|| Instant::now() + c.limits.idle_timeout);
-        guard.set_idle(idle);
-        let read = c.reader.fill_until(deadline).await;
-        guard.set_idle(false);
-        match read {
-            Ok(_) => {
-                head_deadline.get_or_insert_with(|| Instant::now() + c.limits.header_read_timeout);
-            }
-            Err(ReadError::TimedOut) if !idle => {
+        let started = !c.reader.buffered().is_empty();
+        match c.reader.fill_until(deadline).await {
+            Ok(_) => {}
+            Err(ReadError::TimedOut) => {
                 return Err(HeadStop::Reject(408, "request header read timed out"));
             }
             Err(ReadError::BufferFull) => {
                 return Err(HeadStop::Reject(431, "request header fields too large"));
             }
-            Err(ReadError::Closed) if !idle => {
+            Err(ReadError::Closed) if started => {
                 return Err(HeadStop::Reject(400, "incomplete request head"));
             }
             Err(_) => return Err(HeadStop::Quiet),
         }
+    }
+}
+
+/// An idle keep-alive connection waits for readability without holding its buffers (they go
+/// back to the shard's pool), so thousands of idle clients cost little memory. Drain wakes it
+/// by shutting down its read side.
+async fn wait_for_next_request(
+    shard: &Shard,
+    guard: &ConnGuard,
+    c: &mut Client,
+) -> Result<(), HeadStop> {
+    if shard.draining.get() {
+        return Err(HeadStop::Quiet);
+    }
+    let read_capacity = c.reader.capacity();
+    shard.bufs.give(c.reader.take_buffer());
+    shard.bufs.give(std::mem::take(&mut c.down.out));
+    guard.set_idle(true);
+    // SAFETY: the write half is not in use while the connection is idle, and `readable` only
+    // polls the socket.
+    let stream = unsafe { &*c.reader.io.0.get() };
+    let ready = monoio::time::timeout(c.limits.idle_timeout, stream.readable(true)).await;
+    guard.set_idle(false);
+    c.reader.restore_buffer(shard.bufs.take(read_capacity));
+    c.down.out = shard.bufs.take(OUT_BUF);
+    match ready {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(HeadStop::Quiet),
     }
 }
 
@@ -419,7 +442,12 @@ async fn proxy(
         Framing::Chunked | Framing::UntilClose => false,
     };
     if !body_inline {
-        return streamed_exchange(shard, c, ex, route, upstream, target, out).await;
+        // Boxed: this path's state is large and rare; keeping it out of every connection's
+        // future keeps idle connections small.
+        return Box::pin(streamed_exchange(
+            shard, c, ex, route, upstream, target, out,
+        ))
+        .await;
     }
     match send_replayable(shard, c, ex, upstream, target, out).await {
         Ok(mut up) => {

@@ -58,6 +58,19 @@ impl<S: AsyncReadRent> BufConn<S> {
         self.buf.capacity()
     }
 
+    /// Hands the (empty) read buffer out, e.g. back to a pool while the connection idles.
+    pub fn take_buffer(&mut self) -> Vec<u8> {
+        debug_assert!(self.buffered().is_empty());
+        self.pos = 0;
+        std::mem::take(&mut self.buf)
+    }
+
+    pub fn restore_buffer(&mut self, mut buf: Vec<u8>) {
+        buf.clear();
+        self.buf = buf;
+        self.pos = 0;
+    }
+
     /// Reads more bytes after the buffered ones, giving up at `deadline`.
     pub async fn fill_until(&mut self, deadline: Instant) -> Result<usize, ReadError> {
         if self.buf.len() == self.buf.capacity() {

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Bounded soak and fault runs. Each scenario stops by itself and ends with a line saying what
+# was lost ("LOST 0" is the goal). Only 127.0.0.1 is used; only processes started here are
+# stopped (by PID).
+#   loadtest/run.sh [--quick] [soak|idle|slow|kill|all]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0
+scenario=all
+for arg in "$@"; do
+  case "$arg" in
+    --quick) quick=1 ;;
+    soak|idle|slow|kill|all) scenario="$arg" ;;
+    *) echo "usage: $0 [--quick] [soak|idle|slow|kill|all]" >&2; exit 2 ;;
+  esac
+done
+if [ "$quick" = 1 ]; then soak_s=20; load_s=10; idle_n=2000; else soak_s=300; load_s=30; idle_n=10000; fi
+
+cargo build --release --quiet --workspace
+bin=target/release/ringgate
+driver=target/release/loadtest
+work=$(mktemp -d /tmp/ringgate-loadtest.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+start() { "$@" >>"$work/servers.log" 2>&1 & pids+=($!); echo $!; }
+
+origin_a=$(free_port); origin_b=$(free_port); gw=$(free_port)
+pid_a=$(start "$bin" echo --bind "127.0.0.1:$origin_a" --workers 1)
+pid_b=$(start "$bin" echo --bind "127.0.0.1:$origin_b" --workers 1)
+cat >"$work/ringgate.toml" <<TOML
+[server]
+workers = 2
+[limits]
+header_read_timeout = "5s"
+max_connections = 100000
+[[listeners]]
+name = "load"
+bind = "127.0.0.1:$gw"
+[[upstreams]]
+name = "echo"
+targets = ["127.0.0.1:$origin_a", "127.0.0.1:$origin_b"]
+[[routes]]
+name = "all"
+upstream = "echo"
+TOML
+gw_pid=$(start "$bin" run --config "$work/ringgate.toml")
+wait_port "$origin_a"; wait_port "$origin_b"; wait_port "$gw"
+echo "# $(date -u +%FT%TZ) nproc=$(nproc) quick=$quick gateway pid $gw_pid on 127.0.0.1:$gw"
+
+status=0
+run() { echo "## $1"; shift; "$@" || status=1; }
+
+if [ "$scenario" = soak ] || [ "$scenario" = all ]; then
+  run "soak: ${soak_s}s at 2000 req/s, 1 in 4 requests a 4 KiB echoed POST" \
+    "$driver" soak --target "127.0.0.1:$gw" --rate 2000 --duration "$soak_s" --label soak
+fi
+if [ "$scenario" = idle ] || [ "$scenario" = all ]; then
+  run "idle: $idle_n idle keep-alive connections through ringgate while load runs" \
+    "$driver" idle --target "127.0.0.1:$gw" --pid "$gw_pid" --idle "$idle_n" --rate 1000 --duration "$load_s" --label idle-ringgate
+  if command -v nginx >/dev/null 2>&1; then
+    ng=$(free_port)
+    mkdir -p "$work/nginx"
+    cat >"$work/nginx.conf" <<NGINX
+daemon off;
+worker_processes 2;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx;
+  proxy_temp_path $work/nginx;
+  keepalive_timeout 120s;
+  upstream origin { server 127.0.0.1:$origin_a; server 127.0.0.1:$origin_b; keepalive 64; }
+  server { listen 127.0.0.1:$ng reuseport;
+    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+}
+NGINX
+    ng_pid=$(start nginx -c "$work/nginx.conf" -p "$work")
+    wait_port "$ng"
+    run "idle: $idle_n idle keep-alive connections through nginx (same run, for comparison)" \
+      "$driver" idle --target "127.0.0.1:$ng" --pid "$ng_pid" --idle "$idle_n" --rate 1000 --duration "$load_s" --label idle-nginx
+    kill -9 "$ng_pid" 2>/dev/null || true
+  fi
+fi
+if [ "$scenario" = slow ] || [ "$scenario" = all ]; then
+  run "slow: 50 clients dribble header bytes (1/s) beside normal load; header_read_timeout 5s" \
+    "$driver" slow --target "127.0.0.1:$gw" --slow 50 --rate 1000 --duration "$load_s" --label slow
+fi
+if [ "$scenario" = kill ] || [ "$scenario" = all ]; then
+  echo "## kill: origin A is killed a third of the way in and restarted at two thirds"
+  (
+    sleep "$((load_s / 3))"; kill -9 "$pid_a" 2>/dev/null || true
+    sleep "$((load_s / 3))"; "$bin" echo --bind "127.0.0.1:$origin_a" --workers 1 >>"$work/servers.log" 2>&1 &
+    echo $! >"$work/restarted.pid"; wait
+  ) &
+  killer=$!
+  "$driver" soak --target "127.0.0.1:$gw" --rate 1000 --duration "$load_s" --label kill || status=1
+  wait "$killer" 2>/dev/null || true
+  [ -f "$work/restarted.pid" ] && kill -9 "$(cat "$work/restarted.pid")" 2>/dev/null || true
+fi
+exit "$status"
