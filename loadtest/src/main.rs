@@ -265,7 +265,7 @@ fn load_thread(load: &LoadArgs, index: usize) -> Tally {
         if let Some(wait) = scheduled.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        let post = load.post_bytes > 0 && load.post_every > 0 && n % load.post_every == 0;
+        let post = load.post_bytes > 0 && load.post_every > 0 && n.is_multiple_of(load.post_every);
         let body: Vec<u8> = if post {
             (0..load.post_bytes)
                 .map(|i| ((i as u64 + n + index as u64) % 251) as u8)
