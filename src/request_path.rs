@@ -182,6 +182,11 @@ async fn read_request_head(
     c.reader.compact();
     if c.reader.buffered().is_empty() {
         wait_for_next_request(shard, guard, c).await?;
+        // Readable: this read completes at once (with bytes, or EOF after a reap or drain).
+        match c.reader.fill().await {
+            Ok(_) => {}
+            Err(_) => return Err(HeadStop::Quiet),
+        }
     }
     let deadline = Instant::now() + c.limits.header_read_timeout;
     loop {
@@ -223,18 +228,15 @@ async fn wait_for_next_request(
     let read_capacity = c.reader.capacity();
     shard.bufs.give(c.reader.take_buffer());
     shard.bufs.give(std::mem::take(&mut c.down.out));
-    guard.set_idle(true);
+    guard.park(Instant::now() + c.limits.idle_timeout);
     // SAFETY: the write half is not in use while the connection is idle, and `readable` only
     // polls the socket.
     let stream = unsafe { &*c.reader.io.0.get() };
-    let ready = monoio::time::timeout(c.limits.idle_timeout, stream.readable(true)).await;
-    guard.set_idle(false);
+    let ready = stream.readable(true).await;
+    guard.unpark();
     c.reader.restore_buffer(shard.bufs.take(read_capacity));
     c.down.out = shard.bufs.take(OUT_BUF);
-    match ready {
-        Ok(Ok(())) => Ok(()),
-        _ => Err(HeadStop::Quiet),
-    }
+    ready.map_err(|_| HeadStop::Quiet)
 }
 
 fn head_error_message(e: HeadError) -> &'static str {

@@ -336,3 +336,33 @@ fn malformed_request_gets_400_and_nothing_reaches_origin() {
     );
     assert!(origin.received().is_empty());
 }
+
+#[test]
+fn idle_keep_alive_connections_are_closed_after_idle_timeout() {
+    let origin = Origin::echo_path();
+    let config = proxy_config(origin.addr, "").replace(
+        "[[listeners]]",
+        "[limits]\nidle_timeout = \"300ms\"\n\n[[listeners]]",
+    );
+    let gw = Gateway::start(&config);
+    let mut s = gw.connect();
+    s.write_all(b"GET /i HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut reader = ResponseReader::default();
+    assert_eq!(reader.read(&mut s, false).status, 200);
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    assert_eq!(
+        s.read_to_end(&mut rest).unwrap_or(0),
+        0,
+        "closed without a response"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(250),
+        "closed too early: {waited:?}"
+    );
+    assert!(
+        waited < std::time::Duration::from_secs(10),
+        "idle connection kept {waited:?}"
+    );
+}

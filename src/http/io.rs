@@ -73,6 +73,16 @@ impl<S: AsyncReadRent> BufConn<S> {
 
     /// Reads more bytes after the buffered ones, giving up at `deadline`.
     pub async fn fill_until(&mut self, deadline: Instant) -> Result<usize, ReadError> {
+        // On timeout the in-flight read keeps the buffer; the caller closes this connection,
+        // so the bytes it may still receive are never needed.
+        monoio::time::timeout_at(deadline, self.fill())
+            .await
+            .unwrap_or(Err(ReadError::TimedOut))
+    }
+
+    /// Reads more bytes after the buffered ones, with no deadline (for a socket known to be
+    /// readable, or inside a caller's timeout).
+    pub async fn fill(&mut self) -> Result<usize, ReadError> {
         if self.buf.len() == self.buf.capacity() {
             self.compact();
             if self.buf.len() == self.buf.capacity() {
@@ -80,21 +90,13 @@ impl<S: AsyncReadRent> BufConn<S> {
             }
         }
         let buf = std::mem::take(&mut self.buf);
-        let len = buf.len();
-        let cap = buf.capacity();
-        let read = self.io.read(buf.slice_mut(len..cap));
-        match monoio::time::timeout_at(deadline, read).await {
-            Ok((result, slice)) => {
-                self.buf = slice.into_inner();
-                match result {
-                    Ok(0) => Err(ReadError::Closed),
-                    Ok(n) => Ok(n),
-                    Err(e) => Err(ReadError::Io(e)),
-                }
-            }
-            // The in-flight read owns the buffer; the caller closes this connection, so the
-            // bytes it may still receive are never needed.
-            Err(_) => Err(ReadError::TimedOut),
+        let (len, cap) = (buf.len(), buf.capacity());
+        let (result, slice) = self.io.read(buf.slice_mut(len..cap)).await;
+        self.buf = slice.into_inner();
+        match result {
+            Ok(0) => Err(ReadError::Closed),
+            Ok(n) => Ok(n),
+            Err(e) => Err(ReadError::Io(e)),
         }
     }
 

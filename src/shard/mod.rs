@@ -24,6 +24,8 @@ pub static DRAIN: AtomicBool = AtomicBool::new(false);
 
 /// How often a shard checks for drain.
 const TICK: Duration = Duration::from_millis(5);
+/// Idle connections are reaped every 50 ticks (250 ms): idle timeouts are that precise.
+const REAP_EVERY_TICKS: u32 = 50;
 
 /// Everything one shard owns. Lives in an `Rc`: never crosses threads.
 pub struct Shard {
@@ -48,7 +50,8 @@ struct Registry {
 #[derive(Clone, Copy)]
 struct Slot {
     fd: RawFd,
-    idle: bool,
+    /// Set while the connection waits for its next request: when it must be closed.
+    idle_until: Option<Instant>,
     live: bool,
 }
 
@@ -60,9 +63,15 @@ pub struct ConnGuard {
 }
 
 impl ConnGuard {
-    /// Marks the connection as waiting for its next request (drain closes idle connections).
-    pub fn set_idle(&self, idle: bool) {
-        self.shard.registry.borrow_mut().slots[self.slot].idle = idle;
+    /// Marks the connection as waiting for its next request until `deadline`. Idle
+    /// connections hold no timer: the shard's reaper (and drain) end them by shutting down
+    /// their read side, which wakes the wait with EOF.
+    pub fn park(&self, deadline: Instant) {
+        self.shard.registry.borrow_mut().slots[self.slot].idle_until = Some(deadline);
+    }
+
+    pub fn unpark(&self) {
+        self.shard.registry.borrow_mut().slots[self.slot].idle_until = None;
     }
 }
 
@@ -101,7 +110,7 @@ impl Shard {
         let mut reg = self.registry.borrow_mut();
         let slot_value = Slot {
             fd,
-            idle: false,
+            idle_until: None,
             live: true,
         };
         let slot = match reg.free.pop() {
@@ -125,11 +134,18 @@ impl Shard {
         self.open.iter().map(Cell::get).sum()
     }
 
-    /// Ends the read side of every idle connection: its pending read sees EOF and the
-    /// connection closes itself, while responses being written are unaffected.
-    fn close_idle_connections(&self) {
-        for slot in self.registry.borrow().slots.iter() {
-            if slot.live && slot.idle {
+    /// Ends the read side of idle connections parked past `now` (all of them when `now` is
+    /// `None`): the wait sees EOF and the connection closes itself.
+    fn close_idle_connections(&self, now: Option<Instant>) {
+        let mut registry = self.registry.borrow_mut();
+        for slot in registry.slots.iter_mut() {
+            let expired = match (slot.idle_until, now) {
+                (Some(deadline), Some(now)) => deadline <= now,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if slot.live && expired {
+                slot.idle_until = None;
                 // SAFETY: the fd belongs to a live connection owned by this shard.
                 unsafe { libc::shutdown(slot.fd, libc::SHUT_RD) };
             }
@@ -280,17 +296,22 @@ async fn accept_loop(shard: Rc<Shard>, listener_index: usize, listener: TcpListe
     }
 }
 
-/// Runs until drain is requested, then lets in-flight requests finish within
-/// `drain_timeout` while idle connections are closed.
+/// Runs until drain is requested (reaping idle connections on the way), then lets in-flight
+/// requests finish within `drain_timeout` while idle connections are closed.
 async fn wait_for_drain(shard: &Rc<Shard>) {
+    let mut ticks: u32 = 0;
     while !DRAIN.load(Ordering::Acquire) {
         monoio::time::sleep(TICK).await;
+        ticks = ticks.wrapping_add(1);
+        if ticks.is_multiple_of(REAP_EVERY_TICKS) {
+            shard.close_idle_connections(Some(Instant::now()));
+        }
     }
     shard.draining.set(true);
     shard.upstreams.clear();
     let deadline = Instant::now() + shard.snapshot.drain_timeout;
     while shard.open_connections() > 0 && Instant::now() < deadline {
-        shard.close_idle_connections();
+        shard.close_idle_connections(None);
         monoio::time::sleep(TICK).await;
     }
     eprintln!(
