@@ -22,17 +22,6 @@ fn proxy_config(origin: SocketAddr) -> String {
     )
 }
 
-fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    false
-}
-
 #[test]
 fn sigterm_drains_in_flight_requests_and_refuses_new_connections() {
     let origin = slow_origin(Duration::from_millis(1500));

@@ -366,3 +366,59 @@ fn idle_keep_alive_connections_are_closed_after_idle_timeout() {
         "idle connection kept {waited:?}"
     );
 }
+
+#[test]
+fn epoll_driver_serves_the_same_requests() {
+    let origin = Origin::start(|r| ok(&r.body));
+    let config =
+        proxy_config(origin.addr, "").replace("[server]\n", "[server]\nio_driver = \"epoll\"\n");
+    let gw = Gateway::start(&config);
+    let mut s = gw.connect();
+    let mut reader = ResponseReader::default();
+    for i in 0..3 {
+        let body = format!("body-{i}");
+        write!(
+            s,
+            "POST /e HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        assert_eq!(reader.read(&mut s, false).text(), body);
+    }
+    s.write_all(
+        b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(reader.read(&mut s, false).text(), "abc");
+    assert_eq!(origin.connection_count(), 1);
+    let logged = |log: String| {
+        log.contains("shard 0: epoll driver") && log.contains("shard 1: epoll driver")
+    };
+    assert!(
+        wait_until(std::time::Duration::from_secs(10), || logged(
+            gw.proc.stderr()
+        )),
+        "{}",
+        gw.proc.stderr()
+    );
+}
+
+#[test]
+fn shards_log_their_driver_at_start() {
+    let origin = Origin::echo_path();
+    let gw = Gateway::start(&proxy_config(origin.addr, ""));
+    assert_eq!(gw.get("/d").status, 200);
+    let logged = |log: String| {
+        (0..2).all(|shard| {
+            log.contains(&format!("shard {shard}: io_uring driver"))
+                || log.contains(&format!("shard {shard}: epoll driver"))
+        })
+    };
+    assert!(
+        wait_until(std::time::Duration::from_secs(10), || logged(
+            gw.proc.stderr()
+        )),
+        "{}",
+        gw.proc.stderr()
+    );
+}

@@ -55,6 +55,18 @@ pub struct ServerConfig {
     /// io_uring submission queue size per shard.
     #[serde(default = "default_io_uring_entries")]
     pub io_uring_entries: u32,
+    /// `"auto"`: io_uring when the kernel allows it, else epoll (logged). `"epoll"`: always
+    /// epoll (e.g. where io_uring is known to be blocked, or to compare the two).
+    #[serde(default)]
+    pub io_driver: IoDriver,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoDriver {
+    #[default]
+    Auto,
+    Epoll,
 }
 
 impl Default for ServerConfig {
@@ -64,6 +76,7 @@ impl Default for ServerConfig {
             pin_cores: true,
             drain_timeout: default_drain_timeout(),
             io_uring_entries: default_io_uring_entries(),
+            io_driver: IoDriver::Auto,
         }
     }
 }

@@ -6,9 +6,10 @@
 //! sequence. It must not parse HTTP or pick upstreams: connections are handed to
 //! [`crate::request_path`].
 
-use crate::config::Snapshot;
+use crate::config::{IoDriver, Snapshot};
 use crate::http::RequestIds;
 use crate::http::io::BufPool;
+use crate::observe;
 use crate::upstream::ShardUpstreams;
 use monoio::net::{ListenerOpts, TcpListener};
 use monoio::time::{Duration, Instant};
@@ -210,9 +211,10 @@ fn shard_thread(
             (Some(c), false) => format!("could not pin to core {}", c.id),
             (None, _) => "not pinned".to_string(),
         };
-        eprintln!("ringgate: shard {id}: {driver} driver, {pin}");
+        observe::info(&format!("shard {id}: {driver} driver, {pin}"));
     };
-    if monoio::utils::detect_uring() {
+    let wants_uring = snapshot.io_driver == IoDriver::Auto;
+    if wants_uring && monoio::utils::detect_uring() {
         match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .with_entries(entries)
             .enable_timer()
@@ -223,14 +225,14 @@ fn shard_thread(
                 rt.block_on(run_shard(id, snapshot, started));
                 return;
             }
-            Err(e) => eprintln!(
-                "ringgate: WARNING shard {id}: io_uring runtime failed ({e}); falling back to epoll (raise the memlock limit or lower server.io_uring_entries)"
-            ),
+            Err(e) => observe::warn(&format!(
+                "shard {id}: io_uring runtime failed ({e}); falling back to epoll (raise the memlock limit or lower server.io_uring_entries)"
+            )),
         }
-    } else {
-        eprintln!(
-            "ringgate: WARNING shard {id}: io_uring is not available (old kernel or seccomp); falling back to epoll"
-        );
+    } else if wants_uring {
+        observe::warn(&format!(
+            "shard {id}: io_uring is not available (old kernel or seccomp); falling back to epoll"
+        ));
     }
     match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
         .enable_timer()
@@ -314,9 +316,9 @@ async fn wait_for_drain(shard: &Rc<Shard>) {
         shard.close_idle_connections(None);
         monoio::time::sleep(TICK).await;
     }
-    eprintln!(
-        "ringgate: shard {}: drained ({} connections still open)",
+    observe::info(&format!(
+        "shard {}: drained ({} connections still open)",
         shard.id,
         shard.open_connections()
-    );
+    ));
 }
