@@ -44,7 +44,7 @@ struct Client {
     down: Downstream,
     /// Re-chunking buffer for request bodies.
     up_scratch: Vec<u8>,
-    peer_ip: String,
+    peer_ip: PeerIp,
     limits: EffectiveLimits,
 }
 
@@ -90,20 +90,21 @@ pub async fn serve_connection(
     let _ = stream.set_nodelay(true);
     let limits = shard.snapshot.listeners[listener].limits;
     let (reader, writer) = stream.into_split();
+    let state = ConnState::take();
     let mut client = Client {
         reader: BufConn::new(
             reader,
             shard.bufs.take(limits.max_header_bytes.max(16 * 1024)),
         ),
-        head: RequestHead::default(),
+        head: state.head,
         down: Downstream {
             writer,
-            resp: ResponseHead::default(),
+            resp: state.resp,
             out: shard.bufs.take(OUT_BUF),
-            scratch: Vec::new(),
+            scratch: state.down_scratch,
         },
-        up_scratch: Vec::new(),
-        peer_ip: peer.ip().to_canonical().to_string(),
+        up_scratch: state.up_scratch,
+        peer_ip: PeerIp::new(peer.ip()),
         limits,
     };
     loop {
@@ -119,6 +120,73 @@ pub async fn serve_connection(
     let (_, buf) = client.reader.into_parts();
     shard.bufs.give(buf);
     shard.bufs.give(client.down.out);
+    ConnState {
+        head: client.head,
+        resp: client.down.resp,
+        up_scratch: client.up_scratch,
+        down_scratch: client.down.scratch,
+    }
+    .give_back();
+}
+
+/// The parts of a connection's state that outlive it: parser indexes and re-chunking
+/// buffers are reused by the shard's next connections instead of being allocated anew.
+struct ConnState {
+    head: RequestHead,
+    resp: ResponseHead,
+    up_scratch: Vec<u8>,
+    down_scratch: Vec<u8>,
+}
+
+/// At most this many spare connection states are kept per shard.
+const SPARE_CONN_STATES: usize = 4096;
+
+thread_local! {
+    // One free list per shard thread: shards never share it.
+    static SPARE_STATES: std::cell::RefCell<Vec<ConnState>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl ConnState {
+    fn take() -> ConnState {
+        SPARE_STATES
+            .with(|spare| spare.borrow_mut().pop())
+            .unwrap_or_else(|| ConnState {
+                head: RequestHead::default(),
+                resp: ResponseHead::default(),
+                up_scratch: Vec::new(),
+                down_scratch: Vec::new(),
+            })
+    }
+
+    fn give_back(self) {
+        SPARE_STATES.with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.len() < SPARE_CONN_STATES {
+                spare.push(self);
+            }
+        });
+    }
+}
+
+/// The client's address as text, formatted once per connection without allocating.
+struct PeerIp {
+    text: [u8; 48],
+    len: usize,
+}
+
+impl PeerIp {
+    fn new(ip: std::net::IpAddr) -> PeerIp {
+        use std::io::Write;
+        let mut text = [0u8; 48];
+        let mut rest = &mut text[..];
+        let _ = write!(rest, "{}", ip.to_canonical());
+        let len = 48 - rest.len();
+        PeerIp { text, len }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.text[..self.len]
+    }
 }
 
 /// One request and its response.
