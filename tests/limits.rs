@@ -1,0 +1,118 @@
+//! Limits a client controls, through a real listener: 413 (up front and mid-stream), 431
+//! (bytes and count), 414, 408, and that nothing of a rejected request reaches the origin.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+fn config(origin: std::net::SocketAddr) -> String {
+    format!(
+        "{}[[upstreams]]\nname = \"o\"\ntargets = [\"{origin}\"]\n\n[[routes]]\nname = \"all\"\nupstream = \"o\"\n",
+        base_config().replace(
+            "[[listeners]]",
+            "[limits]\nmax_body_bytes = \"1KiB\"\nmax_header_bytes = \"2KiB\"\nmax_headers = 10\nmax_uri_bytes = 256\nheader_read_timeout = \"1s\"\n\n[[listeners]]",
+        )
+    )
+}
+
+/// Sends raw bytes and reads until the gateway closes; returns everything it answered.
+fn exchange_raw(gw: &Gateway, raw: &[u8]) -> String {
+    let mut s = gw.connect();
+    let _ = s.write_all(raw);
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+fn status_of(answer: &str) -> u16 {
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn body_over_the_limit_is_413_up_front() {
+    let origin = Origin::echo_path();
+    let gw = Gateway::start(&config(origin.addr));
+    let answer = exchange_raw(
+        &gw,
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n",
+    );
+    assert_eq!(status_of(&answer), 413, "{answer}");
+    assert!(answer.contains("\"status\":413"));
+    assert!(origin.received().is_empty());
+}
+
+#[test]
+fn chunked_body_growing_past_the_limit_is_cut_off() {
+    let origin = Origin::start(|r| ok(&r.body));
+    let gw = Gateway::start(&config(origin.addr));
+    let mut raw = b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..4 {
+        raw.extend_from_slice(b"200\r\n");
+        raw.extend(std::iter::repeat_n(b'a', 0x200));
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    let answer = exchange_raw(&gw, &raw);
+    assert_eq!(status_of(&answer), 413, "{answer}");
+    assert!(
+        origin.received().iter().all(|r| r.body.len() <= 1024),
+        "the origin never gets a whole oversized body"
+    );
+}
+
+#[test]
+fn too_many_or_too_large_headers_are_431() {
+    let origin = Origin::echo_path();
+    let gw = Gateway::start(&config(origin.addr));
+    let many: String = (0..12).map(|i| format!("X-{i}: v\r\n")).collect();
+    let answer = exchange_raw(
+        &gw,
+        format!("GET / HTTP/1.1\r\nHost: t\r\n{many}\r\n").as_bytes(),
+    );
+    assert_eq!(status_of(&answer), 431, "{answer}");
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(3000)
+    );
+    let answer = exchange_raw(&gw, big.as_bytes());
+    assert_eq!(status_of(&answer), 431, "{answer}");
+    assert!(origin.received().is_empty());
+}
+
+#[test]
+fn long_request_target_is_414() {
+    let origin = Origin::echo_path();
+    let gw = Gateway::start(&config(origin.addr));
+    let raw = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(300));
+    let answer = exchange_raw(&gw, raw.as_bytes());
+    assert_eq!(status_of(&answer), 414, "{answer}");
+    assert!(origin.received().is_empty());
+}
+
+#[test]
+fn dribbled_head_is_cut_off_with_408_while_others_are_served() {
+    let origin = Origin::echo_path();
+    let gw = Gateway::start(&config(origin.addr));
+    let mut slow = gw.connect();
+    let started = Instant::now();
+    slow.write_all(b"GET / HT").unwrap();
+    // Other clients are served normally meanwhile.
+    for _ in 0..5 {
+        assert_eq!(gw.get("/fast").status, 200);
+    }
+    let mut all = Vec::new();
+    let _ = slow.read_to_end(&mut all);
+    let answer = String::from_utf8_lossy(&all);
+    assert_eq!(status_of(&answer), 408, "{answer}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(10),
+        "{waited:?}"
+    );
+    assert_eq!(origin.received().len(), 5);
+}
