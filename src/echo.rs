@@ -8,10 +8,11 @@
 //!
 //! Owns its own threads and runtimes; shares only the HTTP parser with the gateway.
 
-use crate::http::chunked::{ChunkedDecoder, LAST_CHUNK, write_chunk_header};
-use crate::http::io::{BufConn, ReadError, write_all_buf};
+use crate::http::body::{BodyLimits, stream_body};
+use crate::http::io::{BufConn, write_all_buf};
 use crate::http::{Framing, HeadLimits, RequestHead, push_decimal};
-use monoio::io::AsyncWriteRentExt;
+use monoio::buf::{IoBuf, IoVecBuf};
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::net::{ListenerOpts, TcpListener, TcpStream};
 use monoio::time::{Duration, Instant};
 use std::net::SocketAddr;
@@ -83,37 +84,49 @@ fn echo_thread(addr: SocketAddr, ready: mpsc::Sender<std::io::Result<()>>) {
     });
 }
 
+type EchoReader = BufConn<OwnedReadHalf<TcpStream>>;
+type EchoWriter = OwnedWriteHalf<TcpStream>;
+
+/// One echo connection: split so an echoed body streams back while it arrives.
+struct EchoConn {
+    reader: EchoReader,
+    writer: EchoWriter,
+    out: Vec<u8>,
+    scratch: Vec<u8>,
+}
+
 async fn serve(stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let mut conn = BufConn::new(stream, Vec::with_capacity(64 * 1024));
+    let (reader, writer) = stream.into_split();
+    let mut c = EchoConn {
+        reader: BufConn::new(reader, Vec::with_capacity(64 * 1024)),
+        writer,
+        out: Vec::with_capacity(4096),
+        scratch: Vec::new(),
+    };
     let mut head = RequestHead::default();
-    let mut out = Vec::with_capacity(4096);
     loop {
-        conn.compact();
+        c.reader.compact();
         let parsed = loop {
-            if !conn.buffered().is_empty() {
-                match head.parse(conn.buffered(), &LIMITS) {
+            if !c.reader.buffered().is_empty() {
+                match head.parse(c.reader.buffered(), &LIMITS) {
                     Ok(true) => break true,
                     Ok(false) => {}
                     Err(_) => break false,
                 }
             }
-            if conn.fill_until(Instant::now() + IDLE).await.is_err() {
+            if c.reader.fill_until(Instant::now() + IDLE).await.is_err() {
                 return;
             }
         };
         if !parsed {
-            let _ = conn
-                .io
-                .write_all(
-                    &b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                        [..],
-                )
-                .await;
+            let bad =
+                &b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"[..];
+            let _ = c.writer.write_all(bad).await;
             return;
         }
-        out.clear();
-        match respond(&mut conn, &head, &mut out).await {
+        c.out.clear();
+        match respond(&mut c, &head).await {
             Ok(true) => {}
             _ => return,
         }
@@ -138,165 +151,125 @@ fn push_head(out: &mut Vec<u8>, framing: Framing, keep_alive: bool) {
 }
 
 /// Answers one request; `Ok(true)` keeps the connection.
-async fn respond(
-    conn: &mut BufConn<TcpStream>,
-    head: &RequestHead,
-    out: &mut Vec<u8>,
-) -> std::io::Result<bool> {
-    let buf = conn.buffered();
+async fn respond(c: &mut EchoConn, head: &RequestHead) -> std::io::Result<bool> {
+    let buf = c.reader.buffered();
     let path = &buf[head.path.clone()];
     let keep_alive = head.keep_alive;
     let head_method = head.is_head_method(buf);
     let framing = head.framing;
-    if let Some(n) = path.strip_prefix(b"/bytes/").and_then(parse_number) {
-        conn.consume(head.len);
-        skip_body(conn, framing).await?;
-        push_head(out, Framing::Length(n), keep_alive);
-        return send_bytes(conn, std::mem::take(out), n, head_method)
-            .await
-            .map(|()| keep_alive);
+    let bytes = path.strip_prefix(b"/bytes/").and_then(parse_number);
+    let delay = path.strip_prefix(b"/delay/").and_then(parse_number);
+    if path == b"/headers" {
+        let text = &buf[..head.len];
+        push_head(&mut c.out, Framing::Length(text.len() as u64), keep_alive);
+        c.out.extend_from_slice(text);
     }
-    if let Some(ms) = path.strip_prefix(b"/delay/").and_then(parse_number) {
-        conn.consume(head.len);
-        skip_body(conn, framing).await?;
+    c.reader.consume(head.len);
+    if let Some(n) = bytes {
+        skip_body(&mut c.reader, framing, &mut c.scratch).await?;
+        push_head(&mut c.out, Framing::Length(n), keep_alive);
+        send_bytes(c, if head_method { 0 } else { n }).await?;
+        return Ok(keep_alive);
+    }
+    if let Some(ms) = delay {
+        skip_body(&mut c.reader, framing, &mut c.scratch).await?;
         monoio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
-        push_head(out, Framing::Length(3), keep_alive);
-        out.extend_from_slice(b"ok\n");
-    } else if path == b"/headers" {
-        let text = buf[..head.len].to_vec();
-        conn.consume(head.len);
-        skip_body(conn, framing).await?;
-        push_head(out, Framing::Length(text.len() as u64), keep_alive);
-        out.extend_from_slice(&text);
+        push_head(&mut c.out, Framing::Length(3), keep_alive);
+        c.out.extend_from_slice(b"ok\n");
+    } else if !c.out.is_empty() {
+        skip_body(&mut c.reader, framing, &mut c.scratch).await?;
     } else if framing != Framing::None {
-        conn.consume(head.len);
-        push_head(out, framing, keep_alive);
-        let (r, _) = write_all_buf(&mut conn.io, std::mem::take(out)).await;
-        r?;
-        echo_body(conn, framing).await?;
+        push_head(&mut c.out, framing, keep_alive);
+        flush_out(c).await?;
+        echo_body(&mut c.reader, &mut c.writer, framing, &mut c.scratch).await?;
         return Ok(keep_alive);
     } else {
-        conn.consume(head.len);
-        push_head(out, Framing::Length(HELLO.len() as u64), keep_alive);
+        push_head(&mut c.out, Framing::Length(HELLO.len() as u64), keep_alive);
         if !head_method {
-            out.extend_from_slice(HELLO);
+            c.out.extend_from_slice(HELLO);
         }
     }
-    let (r, returned) = write_all_buf(&mut conn.io, std::mem::take(out)).await;
-    *out = returned;
-    r.map(|()| keep_alive)
+    flush_out(c).await?;
+    Ok(keep_alive)
 }
 
-fn parse_number(digits: &[u8]) -> Option<u64> {
-    std::str::from_utf8(digits).ok()?.parse().ok()
+async fn flush_out(c: &mut EchoConn) -> std::io::Result<()> {
+    let (result, out) = write_all_buf(&mut c.writer, std::mem::take(&mut c.out)).await;
+    c.out = out;
+    c.out.clear();
+    result
 }
 
-async fn send_bytes(
-    conn: &mut BufConn<TcpStream>,
-    mut out: Vec<u8>,
-    n: u64,
-    head_method: bool,
-) -> std::io::Result<()> {
+/// Sends the head already in `c.out` followed by `n` bytes, in 64 KiB writes.
+async fn send_bytes(c: &mut EchoConn, n: u64) -> std::io::Result<()> {
     const PIECE: usize = 64 * 1024;
-    let mut remaining = if head_method { 0 } else { n };
+    let mut remaining = n;
     loop {
-        let add = (remaining as usize).min(PIECE.saturating_sub(out.len()));
-        out.resize(out.len() + add, b'x');
+        let add = (remaining as usize).min(PIECE.saturating_sub(c.out.len()));
+        c.out.resize(c.out.len() + add, b'x');
         remaining -= add as u64;
-        let (r, returned) = write_all_buf(&mut conn.io, out).await;
-        r?;
-        out = returned;
-        out.clear();
+        flush_out(c).await?;
         if remaining == 0 {
             return Ok(());
         }
     }
 }
 
-async fn read_more(conn: &mut BufConn<TcpStream>) -> std::io::Result<()> {
-    match conn.fill_until(Instant::now() + IDLE).await {
-        Ok(_) => Ok(()),
-        Err(ReadError::Io(e)) => Err(e),
-        Err(_) => Err(std::io::ErrorKind::UnexpectedEof.into()),
-    }
+fn parse_number(digits: &[u8]) -> Option<u64> {
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
+
+/// Echoed and skipped bodies go through the gateway's own streaming code.
+const BODY_LIMITS: BodyLimits = BodyLimits {
+    max_bytes: u64::MAX,
+    io_timeout: IDLE,
+};
 
 /// Writes the request body back as it arrives, with the request's own framing.
-async fn echo_body(conn: &mut BufConn<TcpStream>, framing: Framing) -> std::io::Result<()> {
-    match framing {
-        Framing::Length(mut remaining) => {
-            while remaining > 0 {
-                if conn.buffered().is_empty() {
-                    read_more(conn).await?;
-                }
-                let take = (conn.buffered().len() as u64).min(remaining) as usize;
-                let piece = conn.buffered()[..take].to_vec();
-                conn.consume(take);
-                remaining -= take as u64;
-                conn.io.write_all(piece).await.0?;
-            }
-            Ok(())
-        }
-        Framing::Chunked => {
-            let mut decoder = ChunkedDecoder::new();
-            loop {
-                let mut piece = Vec::new();
-                loop {
-                    let step = decoder
-                        .decode(conn.buffered())
-                        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-                    if !step.data.is_empty() {
-                        write_chunk_header(&mut piece, step.data.len());
-                        piece.extend_from_slice(&conn.buffered()[step.data.clone()]);
-                        piece.extend_from_slice(b"\r\n");
-                    }
-                    conn.consume(step.consumed);
-                    if step.consumed == 0 || decoder.is_done() {
-                        break;
-                    }
-                }
-                if decoder.is_done() {
-                    piece.extend_from_slice(LAST_CHUNK);
-                }
-                if !piece.is_empty() {
-                    conn.io.write_all(piece).await.0?;
-                }
-                if decoder.is_done() {
-                    return Ok(());
-                }
-                read_more(conn).await?;
-            }
-        }
-        Framing::None | Framing::UntilClose => Ok(()),
-    }
+async fn echo_body(
+    conn: &mut EchoReader,
+    writer: &mut EchoWriter,
+    framing: Framing,
+    scratch: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    let rechunk = framing == Framing::Chunked;
+    stream_body(conn, writer, framing, rechunk, BODY_LIMITS, scratch)
+        .await
+        .map_err(|e| std::io::Error::other(format!("{e:?}")))
 }
 
-async fn skip_body(conn: &mut BufConn<TcpStream>, framing: Framing) -> std::io::Result<()> {
-    match framing {
-        Framing::Length(mut remaining) => {
-            while remaining > 0 {
-                if conn.buffered().is_empty() {
-                    read_more(conn).await?;
-                }
-                let take = (conn.buffered().len() as u64).min(remaining) as usize;
-                conn.consume(take);
-                remaining -= take as u64;
-            }
-            Ok(())
-        }
-        Framing::Chunked => {
-            let mut decoder = ChunkedDecoder::new();
-            while !decoder.is_done() {
-                let step = decoder
-                    .decode(conn.buffered())
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-                conn.consume(step.consumed);
-                if step.consumed == 0 && !decoder.is_done() {
-                    read_more(conn).await?;
-                }
-            }
-            Ok(())
-        }
-        Framing::None | Framing::UntilClose => Ok(()),
+/// Reads and drops a request body the response does not depend on.
+async fn skip_body(
+    conn: &mut EchoReader,
+    framing: Framing,
+    scratch: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    stream_body(conn, &mut Discard, framing, false, BODY_LIMITS, scratch)
+        .await
+        .map_err(|e| std::io::Error::other(format!("{e:?}")))
+}
+
+/// A writer that accepts and drops everything.
+struct Discard;
+
+impl AsyncWriteRent for Discard {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+        (Ok(buf.bytes_init()), buf)
+    }
+
+    async fn writev<T: IoVecBuf>(&mut self, buf_vec: T) -> monoio::BufResult<usize, T> {
+        let total = (0..buf_vec.read_iovec_len())
+            // SAFETY: the IoVecBuf contract makes the pointer valid for `read_iovec_len` entries.
+            .map(|i| unsafe { (*buf_vec.read_iovec_ptr().add(i)).iov_len })
+            .sum();
+        (Ok(total), buf_vec)
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    async fn shutdown(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
