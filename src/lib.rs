@@ -6,6 +6,7 @@
 //! - [`shard`]: threads, runtimes, listeners, accept loops, drain
 //! - [`http`]: strict HTTP/1.1 parsing, chunked coding, buffered I/O
 //! - [`route`]: host/path/method lookup tables
+//! - [`tls`]: TLS termination and origination (rustls), certificates, SNI, mTLS
 //! - [`upstream`]: target choice and per-shard keep-alive pools
 //! - [`control`]: the control thread (start-up reports, signals)
 //! - [`echo`]: the built-in origin used by `demo`, tests and benchmarks
@@ -18,4 +19,5 @@ pub mod observe;
 pub mod request_path;
 pub mod route;
 pub mod shard;
+pub mod tls;
 pub mod upstream;

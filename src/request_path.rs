@@ -18,8 +18,9 @@ use crate::http::{
 };
 use crate::route::Match;
 use crate::shard::{ConnGuard, Shard};
+use crate::tls::{ConnRead, ConnWrite};
 use crate::upstream::{ConnectError, UpstreamConn};
-use monoio::io::{AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::io::{AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 use std::cell::Cell;
@@ -32,9 +33,9 @@ const INLINE_BODY: usize = 16 * 1024;
 /// Initial capacity of a connection's output buffer (heads; it grows for inline bodies).
 const OUT_BUF: usize = 4096;
 
-type ClientReader = BufConn<OwnedReadHalf<TcpStream>>;
-type ClientWriter = OwnedWriteHalf<TcpStream>;
-type UpstreamReader = BufConn<OwnedReadHalf<TcpStream>>;
+type ClientReader = BufConn<ConnRead>;
+type ClientWriter = ConnWrite;
+type UpstreamReader = BufConn<ConnRead>;
 
 /// Per-connection state, allocated once per connection and reused by every request on it.
 /// The socket is split once so a request body can stream up while the response streams down.
@@ -46,6 +47,10 @@ struct Client {
     up_scratch: Vec<u8>,
     peer_ip: PeerIp,
     limits: EffectiveLimits,
+    listener: usize,
+    tls: bool,
+    /// The verified client certificate's subject (mTLS listeners), for later stages.
+    client_subject: Option<Box<str>>,
 }
 
 /// Everything that writes to the client.
@@ -65,6 +70,7 @@ struct Exchange {
     keep_alive: bool,
     head_method: bool,
     framing: Framing,
+    tls: bool,
 }
 
 impl Exchange {
@@ -88,8 +94,19 @@ pub async fn serve_connection(
     peer: SocketAddr,
 ) {
     let _ = stream.set_nodelay(true);
-    let limits = shard.snapshot.listeners[listener].limits;
-    let (reader, writer) = stream.into_split();
+    let spec = &shard.snapshot.listeners[listener];
+    let limits = spec.limits;
+    let (reader, writer, client_subject) = match &spec.tls {
+        None => {
+            let (r, w) = stream.into_split();
+            (ConnRead::Plain(r), ConnWrite::Plain(w), None)
+        }
+        Some(tls) => match accept_tls(tls, stream).await {
+            Some(halves) => halves,
+            None => return,
+        },
+    };
+    let tls = reader.is_tls();
     let state = ConnState::take();
     let mut client = Client {
         reader: BufConn::new(
@@ -106,6 +123,9 @@ pub async fn serve_connection(
         up_scratch: state.up_scratch,
         peer_ip: PeerIp::new(peer.ip()),
         limits,
+        listener,
+        tls,
+        client_subject,
     };
     loop {
         match exchange(&shard, &guard, &mut client).await {
@@ -127,6 +147,30 @@ pub async fn serve_connection(
         down_scratch: client.down.scratch,
     }
     .give_back();
+}
+
+/// The TLS handshake, on this shard, bounded by the listener's `handshake_timeout`. A failed
+/// or stalled handshake just closes the connection (rustls has sent its alert).
+async fn accept_tls(
+    tls: &crate::tls::ServerTls,
+    stream: TcpStream,
+) -> Option<(ConnRead, ConnWrite, Option<Box<str>>)> {
+    let session = rustls::ServerConnection::new(tls.config.clone()).ok()?;
+    let handshake = crate::tls::handshake(stream, session, true);
+    let (read, write) = monoio::time::timeout(tls.handshake_timeout, handshake)
+        .await
+        .ok()?
+        .ok()?;
+    let subject = if tls.mtls {
+        read.peer_subject().map(String::into_boxed_str)
+    } else {
+        None
+    };
+    Some((
+        ConnRead::Tls(Box::new(read)),
+        ConnWrite::Tls(Box::new(write)),
+        subject,
+    ))
 }
 
 /// The parts of a connection's state that outlive it: parser indexes and re-chunking
@@ -202,7 +246,12 @@ async fn exchange(shard: &Shard, guard: &ConnGuard, c: &mut Client) -> Next {
     }
     let ex = exchange_facts(shard, c);
 
-    // Stage 2: route.
+    // Stage 2: a plain listener told to redirect sends everything to HTTPS.
+    if let Some(port) = shard.snapshot.listeners[c.listener].redirect_https {
+        return redirect_to_https(c, &ex, port).await;
+    }
+
+    // Stage 3: route.
     let (route_index, prefix_len) = match route(shard, c) {
         Ok(found) => found,
         Err(RouteMiss::NotFound) => {
@@ -297,10 +346,7 @@ async fn wait_for_next_request(
     shard.bufs.give(c.reader.take_buffer());
     shard.bufs.give(std::mem::take(&mut c.down.out));
     guard.park(Instant::now() + c.limits.idle_timeout);
-    // SAFETY: the write half is not in use while the connection is idle, and `readable` only
-    // polls the socket.
-    let stream = unsafe { &*c.reader.io.0.get() };
-    let ready = stream.readable(true).await;
+    let ready = c.reader.io.readable().await;
     guard.unpark();
     c.reader.restore_buffer(shard.bufs.take(read_capacity));
     c.down.out = shard.bufs.take(OUT_BUF);
@@ -327,6 +373,7 @@ fn exchange_facts(shard: &Shard, c: &Client) -> Exchange {
         keep_alive: c.head.keep_alive && !shard.draining.get(),
         head_method: c.head.is_head_method(buf),
         framing: c.head.framing,
+        tls: c.tls,
     };
     match &c.head.request_id {
         Some(r) => {
@@ -426,6 +473,34 @@ async fn reject_with_body_pending(
     reject(c, status, message, ex.request_id(), close, extra).await
 }
 
+/// `308` to the same host (without its port) and target over HTTPS.
+async fn redirect_to_https(c: &mut Client, ex: &Exchange, port: u16) -> Next {
+    let buf = c.reader.buffered();
+    let head = &c.head;
+    let host_raw = head
+        .target_authority
+        .clone()
+        .or_else(|| head.host.clone())
+        .map_or(&b""[..], |r| &buf[r]);
+    let mut host_buf = [0u8; 256];
+    let host = lower_host_without_port(host_raw, &mut host_buf);
+    if host.is_empty() {
+        return reject_with_body_pending(c, ex, 400, "missing host for the https redirect", b"")
+            .await;
+    }
+    let mut location = Vec::with_capacity(host.len() + head.path.len() + head.query.len() + 40);
+    location.extend_from_slice(b"location: https://");
+    location.extend_from_slice(host.as_bytes());
+    if port != 443 {
+        location.push(b':');
+        push_decimal(&mut location, u64::from(port));
+    }
+    location.extend_from_slice(&buf[head.path.clone()]);
+    location.extend_from_slice(&buf[head.query.clone()]);
+    location.extend_from_slice(b"\r\n");
+    reject_with_body_pending(c, ex, 308, "use https", &location).await
+}
+
 async fn direct_response(
     c: &mut Client,
     ex: &Exchange,
@@ -444,7 +519,7 @@ async fn direct_response(
     push_decimal(out, body.len() as u64);
     out.extend_from_slice(b"\r\n");
     push_header(out, b"x-request-id", ex.request_id());
-    out.extend_from_slice(&route.response_headers.add);
+    out.extend_from_slice(&route.response_edits(ex.tls).add);
     push_connection_header(out, ex, close);
     out.extend_from_slice(b"\r\n");
     if !ex.head_method {
@@ -769,6 +844,7 @@ async fn fail_upstream(
     let (status, message) = match failure {
         UpstreamFailure::Connect(ConnectError::TimedOut) => (502, "upstream connect timed out"),
         UpstreamFailure::Connect(ConnectError::Failed(_)) => (502, "upstream connect failed"),
+        UpstreamFailure::Connect(ConnectError::Tls(_)) => (502, "upstream TLS handshake failed"),
         UpstreamFailure::BadGateway(m) => (502, m),
         UpstreamFailure::TimedOut => (504, "upstream response timed out"),
         UpstreamFailure::ClientGone => return Next::Close,
@@ -854,7 +930,7 @@ async fn relay_response(
         &down.resp,
         up.buffered(),
         ex,
-        &route.response_headers,
+        route.response_edits(ex.tls),
         rechunk,
         close,
         upgraded,
@@ -970,7 +1046,14 @@ fn write_upstream_head(
         out.extend_from_slice(c.peer_ip.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    push_header(out, b"x-forwarded-proto", b"http");
+    push_header(
+        out,
+        b"x-forwarded-proto",
+        if c.tls { b"https" } else { b"http" },
+    );
+    if let Some(subject) = &c.client_subject {
+        push_header(out, b"x-client-cert-subject", subject.as_bytes());
+    }
     if let Some(h) = client_host {
         push_header(out, b"x-forwarded-host", h);
     }

@@ -196,6 +196,78 @@ pub struct ListenerConfig {
     pub bind: String,
     #[serde(default)]
     pub limits: LimitsOverride,
+    /// Terminate TLS on this listener.
+    pub tls: Option<ListenerTlsConfig>,
+    /// Answer every request on this (plain) listener with `308` to the same host and path
+    /// over HTTPS: `redirect_https = {}` (port 443) or `redirect_https = { port = 8443 }`.
+    pub redirect_https: Option<RedirectHttps>,
+}
+
+/// `[listeners.tls]`: certificates, versions and client authentication.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsConfig {
+    /// PEM certificate chain + key pairs (RSA, ECDSA or Ed25519). Each serves the DNS names in
+    /// its certificate (subjectAltName, else CN; `*.x` wildcards too); the first one is the
+    /// default for clients without SNI or with a name no certificate serves.
+    pub certificates: Vec<CertificateConfig>,
+    /// Oldest protocol accepted: `"1.2"` (default) or `"1.3"`. Older ones are always refused.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+    /// PEM bundle of CAs that sign client certificates: turns on mTLS.
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: `"required"` (default; no certificate, no connection) or `"optional"`.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// ALPN protocols offered, in order of preference.
+    #[serde(default = "default_alpn")]
+    pub alpn: Vec<String>,
+    /// A handshake not finished within this is dropped.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: ConfigDuration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    V1_2,
+    #[serde(rename = "1.3")]
+    V1_3,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    #[default]
+    Required,
+    Optional,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectHttps {
+    /// The HTTPS port in the `Location` (omitted when 443).
+    #[serde(default = "default_https_port")]
+    pub port: u16,
+}
+
+/// `hsts` on a route: `Strict-Transport-Security` on its responses over TLS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HstsConfig {
+    pub max_age: ConfigDuration,
+    #[serde(default)]
+    pub include_subdomains: bool,
+    #[serde(default)]
+    pub preload: bool,
 }
 
 /// `[[upstreams]]`: a named group of origin servers.
@@ -218,6 +290,17 @@ pub struct UpstreamConfig {
     /// An idle pooled connection older than this is closed instead of reused.
     #[serde(default = "default_upstream_idle_timeout")]
     pub idle_timeout: ConfigDuration,
+    /// Speak TLS to the targets (certificate verification on unless `tls_verify = false`).
+    #[serde(default)]
+    pub tls: bool,
+    /// Name sent as SNI and verified against the origin's certificate (default: the first
+    /// target's host).
+    pub tls_server_name: Option<String>,
+    /// PEM bundle of CAs trusted for the origins (default: the Mozilla roots, webpki-roots).
+    pub tls_ca_file: Option<PathBuf>,
+    /// `false` accepts any origin certificate: only for testing against self-signed origins.
+    #[serde(default = "default_true")]
+    pub tls_verify: bool,
 }
 
 /// A target: `"host:port"` or `{ addr = "host:port", weight = 2 }`.
@@ -279,6 +362,8 @@ pub struct RouteConfig {
     pub request_headers: HeaderTransform,
     #[serde(default)]
     pub response_headers: HeaderTransform,
+    /// `hsts = { max_age = "365d", include_subdomains = true }`: sent on TLS listeners only.
+    pub hsts: Option<HstsConfig>,
 }
 
 /// Header edits: `add` sets a header (replacing any of the same name), `remove` drops it.
@@ -343,6 +428,15 @@ fn default_max_idle_connections() -> usize {
 }
 fn default_upstream_idle_timeout() -> ConfigDuration {
     ConfigDuration(Duration::from_secs(60))
+}
+fn default_alpn() -> Vec<String> {
+    vec!["http/1.1".to_string()]
+}
+fn default_handshake_timeout() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(10))
+}
+fn default_https_port() -> u16 {
+    443
 }
 fn default_weight() -> u32 {
     1

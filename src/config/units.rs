@@ -21,7 +21,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.split_at(digits_end);
     if number.is_empty() {
         return Err(format!(
-            "invalid duration {text:?}: expected a number followed by ms, s, m or h (e.g. \"250ms\")"
+            "invalid duration {text:?}: expected a number followed by ms, s, m, h or d (e.g. \"250ms\")"
         ));
     }
     let value: u64 = number
@@ -32,9 +32,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
+        "d" => 86_400_000,
         _ => {
             return Err(format!(
-                "invalid duration {text:?}: unit must be ms, s, m or h (e.g. \"250ms\", \"2s\")"
+                "invalid duration {text:?}: unit must be ms, s, m, h or d (e.g. \"250ms\", \"2s\")"
             ));
         }
     };

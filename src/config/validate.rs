@@ -4,9 +4,11 @@
 use super::source::KeyLines;
 use super::{Balance, Config, HeaderTransform, Limits, Problem, RouteConfig, Workers};
 use crate::route::{PathMatch, RouteKey, Router};
+use crate::tls::{ClientTls, ServerTls, TlsProblem};
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The compiled, read-only config every shard shares through an `Arc`.
@@ -31,6 +33,9 @@ pub struct ListenerSpec {
     pub limits: EffectiveLimits,
     /// Where `bind` is written, for bind failures reported after validation.
     pub bind_line: Option<usize>,
+    pub tls: Option<Arc<ServerTls>>,
+    /// Plain listener that answers everything with 308 to HTTPS on this port.
+    pub redirect_https: Option<u16>,
 }
 
 /// `[limits]` merged with a listener's overrides, in the units the data plane uses.
@@ -54,6 +59,7 @@ pub struct UpstreamSpec {
     pub response_timeout: Duration,
     pub max_idle_connections: usize,
     pub idle_timeout: Duration,
+    pub tls: Option<Arc<ClientTls>>,
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +80,19 @@ pub struct RouteSpec {
     pub host_rewrite: Option<String>,
     pub request_headers: CompiledTransform,
     pub response_headers: CompiledTransform,
+    /// `response_headers` plus `strict-transport-security` when the route sets `hsts`: what
+    /// responses over TLS get (HSTS over plain HTTP is meaningless, RFC 6797 §7.2).
+    pub response_headers_tls: CompiledTransform,
+}
+
+impl RouteSpec {
+    pub fn response_edits(&self, tls: bool) -> &CompiledTransform {
+        if tls {
+            &self.response_headers_tls
+        } else {
+            &self.response_headers
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -118,6 +137,17 @@ impl Checker<'_> {
             key,
             message: message.into(),
         });
+    }
+
+    fn tls_problems(&mut self, prefix: &str, problems: Vec<TlsProblem>) {
+        for p in problems {
+            let key = if p.key.is_empty() {
+                prefix.to_string()
+            } else {
+                format!("{prefix}.{}", p.key)
+            };
+            self.problem(key, p.message);
+        }
     }
 
     fn unique_names<'n>(&mut self, section: &str, names: impl Iterator<Item = &'n str>) {
@@ -171,8 +201,9 @@ pub fn compile(file: &Path, config: &Config, lines: &KeyLines) -> Result<Snapsho
         );
     }
     check_limits(&mut c, "limits", &config.limits);
-    let listeners = compile_listeners(&mut c, config);
-    let upstreams = compile_upstreams(&mut c, config);
+    let base = file.parent().unwrap_or(Path::new("."));
+    let listeners = compile_listeners(&mut c, config, base);
+    let upstreams = compile_upstreams(&mut c, config, base);
     let (routes, keys) = compile_routes(&mut c, config, &upstreams);
     let router = match Router::build(&keys) {
         Ok(r) => Some(r),
@@ -248,7 +279,7 @@ fn effective(limits: &Limits) -> EffectiveLimits {
     }
 }
 
-fn compile_listeners(c: &mut Checker, config: &Config) -> Vec<ListenerSpec> {
+fn compile_listeners(c: &mut Checker, config: &Config, base: &Path) -> Vec<ListenerSpec> {
     if config.listeners.is_empty() {
         c.problem("listeners", "at least one [[listeners]] entry is required");
     }
@@ -281,17 +312,30 @@ fn compile_listeners(c: &mut Checker, config: &Config) -> Vec<ListenerSpec> {
                 format!("address {addr} is also bound by listeners[{first}]"),
             );
         }
+        let tls = l.tls.as_ref().and_then(|t| {
+            crate::tls::server_tls(t, base)
+                .map_err(|problems| c.tls_problems(&format!("listeners[{i}].tls"), problems))
+                .ok()
+        });
+        if l.tls.is_some() && l.redirect_https.is_some() {
+            c.problem(
+                format!("listeners[{i}].redirect_https"),
+                "a TLS listener cannot redirect to HTTPS (it already is)",
+            );
+        }
         out.push(ListenerSpec {
             name: l.name.clone(),
             addr,
             limits: effective(&limits),
             bind_line: c.lines.line(&key),
+            tls: tls.map(Arc::new),
+            redirect_https: l.redirect_https.as_ref().map(|r| r.port),
         });
     }
     out
 }
 
-fn compile_upstreams(c: &mut Checker, config: &Config) -> Vec<UpstreamSpec> {
+fn compile_upstreams(c: &mut Checker, config: &Config, base: &Path) -> Vec<UpstreamSpec> {
     c.unique_names(
         "upstreams",
         config.upstreams.iter().map(|u| u.name.as_str()),
@@ -331,7 +375,9 @@ fn compile_upstreams(c: &mut Checker, config: &Config) -> Vec<UpstreamSpec> {
                 Err(message) => c.problem(&key, message),
             }
         }
+        let tls = upstream_tls(c, i, u, base);
         out.push(UpstreamSpec {
+            tls,
             name: u.name.clone(),
             balance: u.balance,
             targets,
@@ -342,6 +388,41 @@ fn compile_upstreams(c: &mut Checker, config: &Config) -> Vec<UpstreamSpec> {
         });
     }
     out
+}
+
+fn upstream_tls(
+    c: &mut Checker,
+    i: usize,
+    u: &super::UpstreamConfig,
+    base: &Path,
+) -> Option<Arc<ClientTls>> {
+    if !u.tls {
+        for (set, name) in [
+            (u.tls_server_name.is_some(), "tls_server_name"),
+            (u.tls_ca_file.is_some(), "tls_ca_file"),
+            (!u.tls_verify, "tls_verify"),
+        ] {
+            if set {
+                c.problem(format!("upstreams[{i}].{name}"), "needs tls = true");
+            }
+        }
+        return None;
+    }
+    let first_host = u.targets.first().map(|t| {
+        let addr = t.addr();
+        let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string()
+    });
+    let name = u.tls_server_name.clone().or(first_host)?;
+    match crate::tls::client_tls(&name, u.tls_ca_file.as_deref(), u.tls_verify, base) {
+        Ok(t) => Some(Arc::new(t)),
+        Err(p) => {
+            c.tls_problems(&format!("upstreams[{i}]"), vec![p]);
+            None
+        }
+    }
 }
 
 /// Resolves once at load: shards never do DNS on the request path.
@@ -426,10 +507,35 @@ fn compile_routes(
             strip_prefix: r.strip_prefix,
             host_rewrite: r.host_rewrite.clone(),
             request_headers,
+            response_headers_tls: with_hsts(&response_headers, r.hsts.as_ref()),
             response_headers,
         });
     }
     (specs, keys)
+}
+
+fn with_hsts(edits: &CompiledTransform, hsts: Option<&super::HstsConfig>) -> CompiledTransform {
+    let mut edits = edits.clone();
+    if let Some(h) = hsts {
+        edits.remove.push("strict-transport-security".to_string());
+        edits.add.extend_from_slice(&hsts_line(h));
+    }
+    edits
+}
+
+fn hsts_line(h: &super::HstsConfig) -> Vec<u8> {
+    let mut line = format!(
+        "strict-transport-security: max-age={}",
+        h.max_age.0.as_secs()
+    );
+    if h.include_subdomains {
+        line.push_str("; includeSubDomains");
+    }
+    if h.preload {
+        line.push_str("; preload");
+    }
+    line.push_str("\r\n");
+    line.into_bytes()
 }
 
 fn route_path(c: &mut Checker, key: &str, r: &RouteConfig) -> PathMatch {

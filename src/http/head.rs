@@ -78,6 +78,8 @@ pub enum Known {
     XForwardedHost,
     XRealIp,
     XRequestId,
+    /// Set by the gateway from a verified client certificate; a client's own is dropped.
+    ClientCertSubject,
 }
 
 /// A parsed request head: ranges into the buffer it was parsed from.
@@ -200,6 +202,7 @@ fn classify(name: &[u8]) -> Known {
         16 if eq("x-forwarded-host") => Known::XForwardedHost,
         17 if eq("transfer-encoding") => Known::TransferEncoding,
         17 if eq("x-forwarded-proto") => Known::XForwardedProto,
+        21 if eq("x-client-cert-subject") => Known::ClientCertSubject,
         _ => Known::Other,
     }
 }

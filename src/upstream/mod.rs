@@ -6,7 +6,8 @@
 
 use crate::config::{Balance, Snapshot, UpstreamSpec};
 use crate::http::io::{BufConn, BufPool};
-use monoio::io::{OwnedReadHalf, OwnedWriteHalf, Splitable};
+use crate::tls::{ConnRead, ConnWrite};
+use monoio::io::Splitable;
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 use std::cell::{Cell, RefCell};
@@ -17,8 +18,8 @@ use std::sync::Arc;
 /// A connection to a target, with whether it came from the pool (a reused connection may have
 /// been closed by the origin in the meantime, which makes one retry safe).
 pub struct UpstreamConn {
-    pub reader: BufConn<OwnedReadHalf<TcpStream>>,
-    pub writer: OwnedWriteHalf<TcpStream>,
+    pub reader: BufConn<ConnRead>,
+    pub writer: ConnWrite,
     pub reused: bool,
     fd: RawFd,
 }
@@ -26,8 +27,8 @@ pub struct UpstreamConn {
 /// Connections are split once, when opened, so a request body can stream up while the
 /// response streams down.
 struct Idle {
-    reader: OwnedReadHalf<TcpStream>,
-    writer: OwnedWriteHalf<TcpStream>,
+    reader: ConnRead,
+    writer: ConnWrite,
     fd: RawFd,
     buf: Vec<u8>,
     since: Instant,
@@ -47,6 +48,8 @@ pub enum ConnectError {
     TimedOut,
     #[error("upstream connect failed: {0}")]
     Failed(std::io::Error),
+    #[error("upstream {0}")]
+    Tls(crate::tls::HandshakeError),
 }
 
 pub struct ShardUpstreams {
@@ -125,7 +128,8 @@ impl ShardUpstreams {
         None
     }
 
-    /// Opens a new connection within the upstream's `connect_timeout`.
+    /// Opens a new connection (and its TLS session, for TLS upstreams) within the upstream's
+    /// `connect_timeout`.
     pub async fn connect(
         &self,
         upstream: usize,
@@ -133,19 +137,29 @@ impl ShardUpstreams {
     ) -> Result<UpstreamConn, ConnectError> {
         let spec = self.spec(upstream);
         let addr = spec.targets[target].addr;
-        let stream = match monoio::time::timeout(
-            spec.connect_timeout,
-            TcpStream::connect_addr(addr),
-        )
-        .await
-        {
+        let opened = monoio::time::timeout(spec.connect_timeout, async {
+            let stream = TcpStream::connect_addr(addr)
+                .await
+                .map_err(ConnectError::Failed)?;
+            let _ = stream.set_nodelay(true);
+            let fd = stream.as_raw_fd();
+            let Some(tls) = &spec.tls else {
+                let (r, w) = stream.into_split();
+                return Ok((ConnRead::Plain(r), ConnWrite::Plain(w), fd));
+            };
+            let session =
+                rustls::ClientConnection::new(tls.config.clone(), tls.server_name.clone())
+                    .map_err(|e| ConnectError::Tls(e.into()))?;
+            let (r, w) = crate::tls::handshake(stream, session, false)
+                .await
+                .map_err(ConnectError::Tls)?;
+            Ok((ConnRead::Tls(Box::new(r)), ConnWrite::Tls(Box::new(w)), fd))
+        })
+        .await;
+        let (reader, writer, fd) = match opened {
             Err(_) => return Err(ConnectError::TimedOut),
-            Ok(Err(e)) => return Err(ConnectError::Failed(e)),
-            Ok(Ok(s)) => s,
+            Ok(result) => result?,
         };
-        let _ = stream.set_nodelay(true);
-        let fd = stream.as_raw_fd();
-        let (reader, writer) = stream.into_split();
         Ok(UpstreamConn {
             reader: BufConn::new(reader, self.bufs.take(UPSTREAM_BUF)),
             writer,

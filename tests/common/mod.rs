@@ -204,7 +204,7 @@ pub struct ResponseReader {
 }
 
 impl ResponseReader {
-    fn fill(&mut self, s: &mut TcpStream) -> usize {
+    fn fill(&mut self, s: &mut impl Read) -> usize {
         let mut chunk = [0u8; 65536];
         let n = s.read(&mut chunk).unwrap_or(0);
         self.buf.extend_from_slice(&chunk[..n]);
@@ -212,7 +212,7 @@ impl ResponseReader {
     }
 
     /// Reads one full response (head and body). Panics if the connection ends first.
-    pub fn read(&mut self, s: &mut TcpStream, head_request: bool) -> Response {
+    pub fn read(&mut self, s: &mut impl Read, head_request: bool) -> Response {
         self.try_read(s, head_request).unwrap_or_else(|| {
             panic!(
                 "connection ended before a full response; got {:?}",
@@ -221,7 +221,7 @@ impl ResponseReader {
         })
     }
 
-    pub fn try_read(&mut self, s: &mut TcpStream, head_request: bool) -> Option<Response> {
+    pub fn try_read(&mut self, s: &mut impl Read, head_request: bool) -> Option<Response> {
         let head_end = loop {
             if let Some(p) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break p + 4;
