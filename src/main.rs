@@ -83,8 +83,13 @@ fn run(snapshot: Arc<Snapshot>) -> ExitCode {
         Err(e) => return fail(e),
     };
     for l in &snapshot.listeners {
+        let scheme = if l.tls.is_some() { "https" } else { "http" };
+        let redirect = match l.redirect_https {
+            Some(port) => format!(", redirecting to https on port {port}"),
+            None => String::new(),
+        };
         observe::info(&format!(
-            "listening on http://{} ({} shards)",
+            "listening on {scheme}://{} ({} shards{redirect})",
             l.addr, snapshot.workers
         ));
     }
