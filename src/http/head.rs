@@ -212,6 +212,30 @@ pub fn is_valid_request_id(v: &[u8]) -> bool {
     !v.is_empty() && v.len() <= 128 && v.iter().all(|&b| (0x21..=0x7e).contains(&b))
 }
 
+/// RFC 3986 characters allowed in a request-target (pchar, `/`, `?`, `%`, and the
+/// authority's `[`/`]`); anything else (controls, space, `"<>\\^`{|}`, non-ASCII) is
+/// something origins disagree on, so it is refused rather than forwarded.
+fn is_target_byte(b: u8) -> bool {
+    TARGET_BYTES[usize::from(b)]
+}
+
+const TARGET_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric();
+        b += 1;
+    }
+    let extra = b"-._~!$&'()*+,;=:@/?%[]";
+    let mut i = 0;
+    while i < extra.len() {
+        table[extra[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
 /// Rejects `.` and `..` segments (also percent-encoded) so prefix routes cannot be escaped.
 fn has_dot_segment(path: &[u8]) -> bool {
     path.split(|&b| b == b'/').any(is_dot_segment)
@@ -326,6 +350,9 @@ impl RequestHead {
         let target = &buf[self.target.clone()];
         if target.contains(&b'#') {
             return Err(HeadError::Malformed("fragment in request-target"));
+        }
+        if !target.iter().all(|&b| is_target_byte(b)) {
+            return Err(HeadError::Malformed("invalid character in request-target"));
         }
         self.target_authority = None;
         let origin_form = if target.first() == Some(&b'/') {
