@@ -100,13 +100,25 @@ fn dribbled_head_is_cut_off_with_408_while_others_are_served() {
     let gw = Gateway::start(&config(origin.addr));
     let mut slow = gw.connect();
     let started = Instant::now();
-    slow.write_all(b"GET / HT").unwrap();
+    // One header byte every 200 ms: progress alone must not keep the head alive.
+    let mut dribbler = slow.try_clone().unwrap();
+    let dribble = std::thread::spawn(move || {
+        for &b in b"GET / HTTP/1.1\r\nHost: slow\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+            if dribbler.write_all(&[b]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
     // Other clients are served normally meanwhile.
     for _ in 0..5 {
+        let t = Instant::now();
         assert_eq!(gw.get("/fast").status, 200);
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     }
     let mut all = Vec::new();
     let _ = slow.read_to_end(&mut all);
+    let _ = dribble.join();
     let answer = String::from_utf8_lossy(&all);
     assert_eq!(status_of(&answer), 408, "{answer}");
     let waited = started.elapsed();
@@ -115,4 +127,56 @@ fn dribbled_head_is_cut_off_with_408_while_others_are_served() {
         "{waited:?}"
     );
     assert_eq!(origin.received().len(), 5);
+}
+
+fn one_shard_config(origin: std::net::SocketAddr, limits: &str) -> String {
+    format!(
+        "[server]\nworkers = 1\n\n[limits]\n{limits}\n\n[[listeners]]\nname = \"main\"\nbind = \"{{listen}}\"\n\n[[upstreams]]\nname = \"o\"\ntargets = [\"{origin}\"]\n\n[[routes]]\nname = \"all\"\nupstream = \"o\"\n"
+    )
+}
+
+fn keep_alive_get(s: &mut std::net::TcpStream, path: &str) -> Option<Response> {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .ok()?;
+    ResponseReader::default().try_read(s, false)
+}
+
+/// Whether the gateway closes a fresh connection without answering its request.
+fn refused(gw: &Gateway) -> bool {
+    let mut s = gw.connect();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    keep_alive_get(&mut s, "/refused").is_none()
+}
+
+fn connection_cap_holds(limits: &str) {
+    let origin = Origin::echo_path();
+    let gw = Gateway::start(&one_shard_config(origin.addr, limits));
+    let mut open: Vec<_> = (0..3).map(|_| gw.connect()).collect();
+    for (i, s) in open.iter_mut().enumerate() {
+        assert_eq!(keep_alive_get(s, &format!("/{i}")).unwrap().status, 200);
+    }
+    assert!(refused(&gw), "a 4th connection is closed at once");
+    // The admitted ones keep working.
+    for s in &mut open {
+        assert_eq!(keep_alive_get(s, "/again").unwrap().status, 200);
+    }
+    assert!(
+        origin
+            .received()
+            .iter()
+            .all(|r| !r.head.contains("/refused"))
+    );
+    // A slot frees up when a client leaves.
+    drop(open.pop());
+    assert!(wait_until(Duration::from_secs(10), || !refused(&gw)));
+}
+
+#[test]
+fn max_connections_refuses_new_connections_and_keeps_existing_ones() {
+    connection_cap_holds("max_connections = 3");
+}
+
+#[test]
+fn max_connections_per_ip_caps_one_client_address() {
+    connection_cap_holds("max_connections_per_ip = 3");
 }

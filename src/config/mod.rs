@@ -144,6 +144,11 @@ pub struct Limits {
     /// Open client connections per shard; beyond it new connections are closed at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Open client connections from one IP address per shard (SO_REUSEPORT spreads one
+    /// client's connections over the shards, so the whole gateway allows about this times
+    /// `workers`); beyond it new connections from that address are closed at once.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for Limits {
@@ -156,6 +161,7 @@ impl Default for Limits {
             header_read_timeout: default_header_read_timeout(),
             idle_timeout: default_idle_timeout(),
             max_connections: default_max_connections(),
+            max_connections_per_ip: default_max_connections_per_ip(),
         }
     }
 }
@@ -171,6 +177,7 @@ pub struct LimitsOverride {
     pub header_read_timeout: Option<ConfigDuration>,
     pub idle_timeout: Option<ConfigDuration>,
     pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
 }
 
 impl Limits {
@@ -183,6 +190,9 @@ impl Limits {
             header_read_timeout: o.header_read_timeout.unwrap_or(self.header_read_timeout),
             idle_timeout: o.idle_timeout.unwrap_or(self.idle_timeout),
             max_connections: o.max_connections.unwrap_or(self.max_connections),
+            max_connections_per_ip: o
+                .max_connections_per_ip
+                .unwrap_or(self.max_connections_per_ip),
         }
     }
 }
@@ -416,6 +426,9 @@ fn default_idle_timeout() -> ConfigDuration {
 }
 fn default_max_connections() -> usize {
     100_000
+}
+fn default_max_connections_per_ip() -> usize {
+    1024
 }
 fn default_connect_timeout() -> ConfigDuration {
     ConfigDuration(Duration::from_secs(1))

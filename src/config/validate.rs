@@ -48,6 +48,7 @@ pub struct EffectiveLimits {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    pub max_connections_per_ip: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -257,6 +258,12 @@ fn check_limits(c: &mut Checker, key: &str, limits: &Limits) {
     if limits.max_connections == 0 {
         c.problem(format!("{key}.max_connections"), "must be at least 1");
     }
+    if limits.max_connections_per_ip == 0 {
+        c.problem(
+            format!("{key}.max_connections_per_ip"),
+            "must be at least 1",
+        );
+    }
     for (name, d) in [
         ("header_read_timeout", limits.header_read_timeout),
         ("idle_timeout", limits.idle_timeout),
@@ -276,6 +283,7 @@ fn effective(limits: &Limits) -> EffectiveLimits {
         header_read_timeout: limits.header_read_timeout.0,
         idle_timeout: limits.idle_timeout.0,
         max_connections: limits.max_connections,
+        max_connections_per_ip: limits.max_connections_per_ip,
     }
 }
 

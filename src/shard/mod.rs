@@ -14,6 +14,8 @@ use crate::upstream::ShardUpstreams;
 use monoio::net::{ListenerOpts, TcpListener};
 use monoio::time::{Duration, Instant};
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -38,6 +40,8 @@ pub struct Shard {
     pub draining: Cell<bool>,
     /// Open client connections per listener (for `max_connections`).
     open: Vec<Cell<usize>>,
+    /// Open client connections per listener per client address (for `max_connections_per_ip`).
+    open_per_ip: Vec<RefCell<HashMap<IpAddr, usize>>>,
     registry: RefCell<Registry>,
 }
 
@@ -61,6 +65,7 @@ pub struct ConnGuard {
     shard: Rc<Shard>,
     slot: usize,
     listener: usize,
+    peer: IpAddr,
 }
 
 impl ConnGuard {
@@ -83,6 +88,13 @@ impl Drop for ConnGuard {
         reg.free.push(self.slot);
         let open = &self.shard.open[self.listener];
         open.set(open.get() - 1);
+        let mut per_ip = self.shard.open_per_ip[self.listener].borrow_mut();
+        if let Some(n) = per_ip.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.peer);
+            }
+        }
     }
 }
 
@@ -93,6 +105,11 @@ impl Shard {
             id,
             upstreams: ShardUpstreams::new(snapshot.clone(), bufs.clone()),
             open: snapshot.listeners.iter().map(|_| Cell::new(0)).collect(),
+            open_per_ip: snapshot
+                .listeners
+                .iter()
+                .map(|_| RefCell::new(HashMap::new()))
+                .collect(),
             snapshot,
             bufs,
             ids: RequestIds::new(crate::http::random_seed()),
@@ -101,11 +118,21 @@ impl Shard {
         }
     }
 
-    /// Registers a new connection, or `None` when the listener is at `max_connections`.
-    fn admit(self: &Rc<Self>, listener: usize, fd: RawFd) -> Option<ConnGuard> {
+    /// Registers a new connection, or `None` when the listener is at `max_connections` or
+    /// the client's address at `max_connections_per_ip`.
+    fn admit(self: &Rc<Self>, listener: usize, fd: RawFd, peer: IpAddr) -> Option<ConnGuard> {
+        let limits = &self.snapshot.listeners[listener].limits;
         let open = &self.open[listener];
-        if open.get() >= self.snapshot.listeners[listener].limits.max_connections {
+        if open.get() >= limits.max_connections {
             return None;
+        }
+        {
+            let mut per_ip = self.open_per_ip[listener].borrow_mut();
+            let from_peer = per_ip.entry(peer).or_insert(0);
+            if *from_peer >= limits.max_connections_per_ip {
+                return None;
+            }
+            *from_peer += 1;
         }
         open.set(open.get() + 1);
         let mut reg = self.registry.borrow_mut();
@@ -128,6 +155,7 @@ impl Shard {
             shard: self.clone(),
             slot,
             listener,
+            peer,
         })
     }
 
@@ -280,18 +308,20 @@ async fn accept_loop(shard: Rc<Shard>, listener_index: usize, listener: TcpListe
             return;
         }
         match accepted {
-            Ok((stream, peer)) => match shard.admit(listener_index, stream.as_raw_fd()) {
-                Some(guard) => {
-                    monoio::spawn(crate::request_path::serve_connection(
-                        shard.clone(),
-                        guard,
-                        listener_index,
-                        stream,
-                        peer,
-                    ));
+            Ok((stream, peer)) => {
+                match shard.admit(listener_index, stream.as_raw_fd(), peer.ip().to_canonical()) {
+                    Some(guard) => {
+                        monoio::spawn(crate::request_path::serve_connection(
+                            shard.clone(),
+                            guard,
+                            listener_index,
+                            stream,
+                            peer,
+                        ));
+                    }
+                    None => drop(stream),
                 }
-                None => drop(stream),
-            },
+            }
             // Out of fds or memory: back off instead of spinning; existing connections go on.
             Err(_) => monoio::time::sleep(Duration::from_millis(10)).await,
         }
