@@ -44,6 +44,9 @@ SCENARIOS = {
                  "64 KiB POST body, 64 connections"),
     "new-conn": ("/", 64, 'wrk.headers["Connection"] = "close"\n',
                  "new TCP connection per request, 64 concurrent"),
+    "https-get-64": ("/", 64, "", "small GET over TLS, keep-alive, 64 connections"),
+    "https-new-conn": ("/", 64, 'wrk.headers["Connection"] = "close"\n',
+                       "new TLS connection (full handshake) per request, 64 concurrent"),
 }
 FIXED_RATE = "fixed-rate"
 TARGETS = ["direct", "ringgate", "nginx", "haproxy"]
@@ -90,14 +93,19 @@ def cpu_seconds(pids):
     return total / CLK_TCK
 
 
+def is_https(scenario):
+    return scenario.startswith("https-")
+
+
 class Server:
-    def __init__(self, name, argv, port, workdir):
-        self.name, self.port = name, port
+    def __init__(self, name, argv, port, workdir, tls_port=None):
+        self.name, self.port, self.tls_port = name, port, tls_port
         self.log = open(os.path.join(workdir, f"{name}.log"), "w")
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=self.log, start_new_session=True)
-        if not wait_port(port):
-            self.stop()
-            raise SystemExit(f"{name} did not start; see {self.log.name}")
+        for p in (port, tls_port):
+            if p and not wait_port(p):
+                self.stop()
+                raise SystemExit(f"{name} did not start; see {self.log.name}")
 
     def pids(self):
         return process_tree(self.proc.pid)
@@ -112,7 +120,23 @@ class Server:
         self.log.close()
 
 
-def nginx_conf(workdir, port, origin_port, workers):
+def make_certificate(workdir):
+    """One self-signed ECDSA P-256 certificate every TLS listener serves."""
+    cert, key = os.path.join(workdir, "bench.pem"), os.path.join(workdir, "bench.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                    "-addext", "basicConstraints=critical,CA:FALSE",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True)
+    combined = os.path.join(workdir, "bench-haproxy.pem")
+    with open(combined, "w") as out:
+        for path in (cert, key):
+            with open(path) as f:
+                out.write(f.read())
+    return cert, key, combined
+
+
+def nginx_conf(workdir, port, origin_port, workers, tls_port, cert, key):
     return f"""
 daemon off;
 master_process on;
@@ -133,6 +157,10 @@ http {{
   upstream origin {{ server 127.0.0.1:{origin_port}; keepalive 256; keepalive_requests 1000000; }}
   server {{
     listen 127.0.0.1:{port} reuseport;
+    listen 127.0.0.1:{tls_port} ssl reuseport;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    ssl_protocols TLSv1.2 TLSv1.3;
     location / {{
       proxy_pass http://origin;
       proxy_http_version 1.1;
@@ -143,7 +171,7 @@ http {{
 """
 
 
-def haproxy_conf(port, origin_port, workers):
+def haproxy_conf(port, origin_port, workers, tls_port, combined_pem):
     return f"""
 global
   nbthread {workers}
@@ -157,13 +185,14 @@ defaults
   http-reuse always
 frontend fe
   bind 127.0.0.1:{port}
+  bind 127.0.0.1:{tls_port} ssl crt {combined_pem} ssl-min-ver TLSv1.2
   default_backend be
 backend be
   server origin 127.0.0.1:{origin_port}
 """
 
 
-def ringgate_conf(port, origin_port, workers):
+def ringgate_conf(port, origin_port, workers, tls_port, cert, key):
     return f"""
 [server]
 workers = {workers}
@@ -172,6 +201,11 @@ max_connections = 100000
 [[listeners]]
 name = "bench"
 bind = "127.0.0.1:{port}"
+[[listeners]]
+name = "bench-tls"
+bind = "127.0.0.1:{tls_port}"
+[listeners.tls]
+certificates = [{{ cert = "{cert}", key = "{key}" }}]
 [[upstreams]]
 name = "origin"
 targets = ["127.0.0.1:{origin_port}"]
@@ -194,35 +228,43 @@ def start_all(workdir, workers):
 
 def start_each(workdir, workers, servers):
     ports = {t: free_port() for t in TARGETS}
+    tls_ports = {t: free_port() for t in TARGETS if t != "direct"}
+    cert, key, combined = make_certificate(workdir)
     origin_port = ports["direct"]
     servers["direct"] = Server("origin", [RINGGATE, "echo", "--bind", f"127.0.0.1:{origin_port}",
                                            "--workers", str(workers)], origin_port, workdir)
     rg_conf = os.path.join(workdir, "ringgate.toml")
     with open(rg_conf, "w") as f:
-        f.write(ringgate_conf(ports["ringgate"], origin_port, workers))
+        f.write(ringgate_conf(ports["ringgate"], origin_port, workers, tls_ports["ringgate"],
+                              cert, key))
     servers["ringgate"] = Server("ringgate", [RINGGATE, "run", "--config", rg_conf],
-                                 ports["ringgate"], workdir)
+                                 ports["ringgate"], workdir, tls_ports["ringgate"])
     if shutil.which("nginx"):
         conf = os.path.join(workdir, "nginx.conf")
         with open(conf, "w") as f:
-            f.write(nginx_conf(workdir, ports["nginx"], origin_port, workers))
-        servers["nginx"] = Server("nginx", ["nginx", "-c", conf, "-p", workdir], ports["nginx"], workdir)
+            f.write(nginx_conf(workdir, ports["nginx"], origin_port, workers, tls_ports["nginx"],
+                               cert, key))
+        servers["nginx"] = Server("nginx", ["nginx", "-c", conf, "-p", workdir], ports["nginx"],
+                                  workdir, tls_ports["nginx"])
     if shutil.which("haproxy"):
         conf = os.path.join(workdir, "haproxy.cfg")
         with open(conf, "w") as f:
-            f.write(haproxy_conf(ports["haproxy"], origin_port, workers))
-        servers["haproxy"] = Server("haproxy", ["haproxy", "-f", conf], ports["haproxy"], workdir)
+            f.write(haproxy_conf(ports["haproxy"], origin_port, workers, tls_ports["haproxy"],
+                                 combined))
+        servers["haproxy"] = Server("haproxy", ["haproxy", "-f", conf], ports["haproxy"], workdir,
+                                    tls_ports["haproxy"])
     return servers
 
 
-def run_wrk(port, scenario, duration, threads, workdir):
+def run_wrk(server, scenario, duration, threads, workdir):
     path, conns, lua, _ = SCENARIOS[scenario]
+    scheme, port = ("https", server.tls_port) if is_https(scenario) else ("http", server.port)
     script = os.path.join(workdir, f"{scenario}.lua")
     with open(script, "w") as f:
         f.write(lua + RESULT_LUA)
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--timeout", "5s", "-s", script,
-         f"http://127.0.0.1:{port}{path}"],
+         f"{scheme}://127.0.0.1:{port}{path}"],
         capture_output=True, text=True, timeout=duration + 60).stdout
     for line in out.splitlines():
         if line.startswith("RESULT "):
@@ -271,7 +313,7 @@ def fmt_us(us):
 
 
 def print_table(table, scenarios, out):
-    header = (f"{'scenario':<11} {'target':<9} {'req/s':>9} {'p50':>9} {'p99':>9} {'p99.9':>9} "
+    header = (f"{'scenario':<14} {'target':<9} {'req/s':>9} {'p50':>9} {'p99':>9} {'p99.9':>9} "
               f"{'cpu s/100k':>10} {'errors':>7} {'vs nginx':>8} {'vs direct':>9}")
     print(header, file=out)
     print("-" * len(header), file=out)
@@ -285,7 +327,7 @@ def print_table(table, scenarios, out):
                 continue
             vs_nginx = f"{c['rps'] / nginx:.2f}x" if nginx else "-"
             vs_direct = f"{c['rps'] / direct:.2f}x" if direct else "-"
-            print(f"{scenario:<11} {target:<9} {c['rps']:>9.0f} {fmt_us(c['p50']):>9} "
+            print(f"{scenario:<14} {target:<9} {c['rps']:>9.0f} {fmt_us(c['p50']):>9} "
                   f"{fmt_us(c['p99']):>9} {fmt_us(c['p999']):>9} {c['cpu_per_100k']:>10.2f} "
                   f"{int(c['errors']):>7} {vs_nginx:>8} {vs_direct:>9}", file=out)
     print("cpu s/100k: CPU seconds (user+sys) the target's own processes spent per 100k requests "
@@ -325,10 +367,12 @@ def main():
             for rnd in range(args.rounds):
                 for target in targets:
                     server = servers[target]
+                    if is_https(scenario) and not server.tls_port:
+                        continue  # the origin speaks plain HTTP only
                     if scenario == FIXED_RATE:
                         fn = lambda: run_oha(server.port, rate, duration, 64)
                     else:
-                        fn = lambda: run_wrk(server.port, scenario, duration, args.workers, workdir)
+                        fn = lambda: run_wrk(server, scenario, duration, args.workers, workdir)
                     result = measure(server, fn)
                     raw[target].append(result)
                     print(f"# {scenario} round {rnd + 1} {target}: {result['rps']:.0f} req/s, "

@@ -12,6 +12,7 @@ command -v nginx >/dev/null 2>&1 || need_apt+=(nginx-light)
 command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 command -v pgrep >/dev/null 2>&1 || need_apt+=(procps)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
