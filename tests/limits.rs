@@ -180,3 +180,25 @@ fn max_connections_refuses_new_connections_and_keeps_existing_ones() {
 fn max_connections_per_ip_caps_one_client_address() {
     connection_cap_holds("max_connections_per_ip = 3");
 }
+
+#[test]
+fn stalled_request_body_is_408_after_the_idle_timeout() {
+    let origin = Origin::start(|r| ok(&r.body));
+    let gw = Gateway::start(&one_shard_config(origin.addr, "idle_timeout = \"1s\""));
+    let mut s = gw.connect();
+    let started = Instant::now();
+    s.write_all(b"POST /slow HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nonly ten b")
+        .unwrap();
+    // meanwhile another client is served
+    assert_eq!(gw.get("/fast").status, 200);
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    let answer = String::from_utf8_lossy(&all);
+    let waited = started.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(10),
+        "{waited:?}"
+    );
+    assert!(origin.received().iter().all(|r| !r.head.contains("/slow")));
+}

@@ -133,3 +133,44 @@ fn ambiguous_origin_framing_gives_502() {
         r.text()
     );
 }
+
+#[test]
+fn ambiguous_origin_responses_are_502_and_their_connections_never_reused() {
+    let bad: &[&[u8]] = &[
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3, 4\r\n\r\nabcd",
+        b"HTTP/1.1 200 OK\r\nContent-Length: +3\r\n\r\nabc",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3x\r\n\r\nabc",
+        b"HTTP/1.1 200 OK\r\nContent-Length : 3\r\n\r\nabc",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\nContent-Length: 3\r\n\r\nabc",
+        b"HTTP/1.1 200 OK\r\nX: a\rb\r\nContent-Length: 3\r\n\r\nabc",
+        b"HTTP/1.1 200 OK\r\nX: a\0b\r\nContent-Length: 3\r\n\r\nabc",
+        b"HTTP/2.0 200 OK\r\nContent-Length: 3\r\n\r\nabc",
+        b"HTTP/1.1 2000 OK\r\nContent-Length: 3\r\n\r\nabc",
+    ];
+    for raw in bad {
+        let response = raw.to_vec();
+        // Every request gets the bad response; a reused connection would show as a request
+        // arriving on an already-seen connection.
+        let origin = Origin::start(move |_| Action::Raw(response.clone()));
+        let gw = Gateway::start(&config(&origin.addr.to_string(), ""));
+        for _ in 0..3 {
+            let r = gw.request("GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+            assert_eq!(
+                r.status,
+                502,
+                "{:?}: {}",
+                String::from_utf8_lossy(raw),
+                r.text()
+            );
+        }
+        let received = origin.received();
+        assert_eq!(received.len(), 3);
+        assert!(
+            received.iter().all(|r| r.index_on_connection == 0),
+            "a connection that carried an ambiguous response was reused: {:?}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+}
