@@ -198,6 +198,7 @@ def ringgate_conf(port, origin_port, workers, tls_port, cert, key):
 workers = {workers}
 [limits]
 max_connections = 100000
+max_connections_per_ip = 100000
 [[listeners]]
 name = "bench"
 bind = "127.0.0.1:{port}"

@@ -39,6 +39,7 @@ workers = 2
 [limits]
 header_read_timeout = "5s"
 max_connections = 100000
+max_connections_per_ip = 100000
 [[listeners]]
 name = "load"
 bind = "127.0.0.1:$gw"

@@ -345,11 +345,15 @@ async fn wait_for_next_request(
     let read_capacity = c.reader.capacity();
     shard.bufs.give(c.reader.take_buffer());
     shard.bufs.give(std::mem::take(&mut c.down.out));
+    c.reader.io.park_buffers(&shard.bufs);
+    c.down.writer.park_buffers(&shard.bufs);
     guard.park(Instant::now() + c.limits.idle_timeout);
     let ready = c.reader.io.readable().await;
     guard.unpark();
     c.reader.restore_buffer(shard.bufs.take(read_capacity));
     c.down.out = shard.bufs.take(OUT_BUF);
+    c.reader.io.unpark_buffers(&shard.bufs);
+    c.down.writer.unpark_buffers(&shard.bufs);
     ready.map_err(|_| HeadStop::Quiet)
 }
 

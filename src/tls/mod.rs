@@ -15,6 +15,7 @@ mod stream;
 pub use certs::{ClientTls, ServerTls, TlsProblem, client_tls, server_tls};
 pub use stream::{HandshakeError, TlsReadHalf, TlsWriteHalf, handshake};
 
+use crate::http::io::BufPool;
 use monoio::BufResult;
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, OwnedReadHalf, OwnedWriteHalf};
@@ -52,6 +53,21 @@ impl ConnRead {
         matches!(self, ConnRead::Tls(_))
     }
 
+    /// Lends TLS buffers to `pool` while the connection idles (plain halves hold none).
+    pub fn park_buffers(&mut self, pool: &BufPool) {
+        if let ConnRead::Tls(t) = self
+            && let Some(buf) = t.park_buffer()
+        {
+            pool.give(buf);
+        }
+    }
+
+    pub fn unpark_buffers(&mut self, pool: &BufPool) {
+        if let ConnRead::Tls(t) = self {
+            t.unpark_buffer(pool.take(16 * 1024));
+        }
+    }
+
     /// Waits until a read would not block: the socket is readable, or TLS already holds bytes.
     pub async fn readable(&self) -> io::Result<()> {
         if let ConnRead::Tls(t) = self
@@ -60,6 +76,21 @@ impl ConnRead {
             return Ok(());
         }
         self.tcp().readable(true).await.map(|_| ())
+    }
+}
+
+impl ConnWrite {
+    /// Lends TLS buffers to `pool` while the connection idles (plain halves hold none).
+    pub fn park_buffers(&mut self, pool: &BufPool) {
+        if let ConnWrite::Tls(t) = self {
+            pool.give(t.park_buffer());
+        }
+    }
+
+    pub fn unpark_buffers(&mut self, pool: &BufPool) {
+        if let ConnWrite::Tls(t) = self {
+            t.unpark_buffer(pool.take(4096));
+        }
     }
 }
 

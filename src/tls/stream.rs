@@ -15,8 +15,9 @@ use std::cell::RefCell;
 use std::io::{self, Read, Write};
 use std::rc::Rc;
 
-/// Room for one full TLS record (16 KiB plaintext + header, padding and tag).
-const CIPHER_BUF: usize = 16 * 1024 + 512;
+/// Ciphertext read size. rustls reassembles records across reads, so this need not hold a
+/// whole record; matching the shard pool's buffer size lets idle connections lend it back.
+const CIPHER_BUF: usize = 16 * 1024;
 
 type Session = Rc<RefCell<rustls::Connection>>;
 
@@ -178,15 +179,34 @@ impl TlsReadHalf {
         }
     }
 
+    /// Lends the ciphertext buffer out while the connection idles (nothing undecrypted in it).
+    pub fn park_buffer(&mut self) -> Option<Vec<u8>> {
+        (self.pos == self.cipher.len()).then(|| {
+            self.pos = 0;
+            std::mem::take(&mut self.cipher)
+        })
+    }
+
+    pub fn unpark_buffer(&mut self, mut buf: Vec<u8>) {
+        if self.cipher.capacity() == 0 {
+            buf.clear();
+            self.cipher = buf;
+        }
+    }
+
     async fn read_into(&mut self, dst: &mut [u8]) -> io::Result<usize> {
         loop {
             if let Some(result) = self.read_plaintext(dst) {
                 return result;
             }
+            if self.cipher.capacity() < CIPHER_BUF {
+                self.cipher.reserve_exact(CIPHER_BUF);
+            }
             self.cipher.clear();
             self.pos = 0;
             let cipher = std::mem::take(&mut self.cipher);
-            let (result, slice) = self.io.read(cipher.slice_mut(0..CIPHER_BUF)).await;
+            let cap = cipher.capacity();
+            let (result, slice) = self.io.read(cipher.slice_mut(0..cap)).await;
             self.cipher = slice.into_inner();
             if result? == 0 {
                 // Tell rustls the transport ended; the next read_plaintext reports how.
@@ -245,6 +265,18 @@ impl TlsWriteHalf {
         out.clear();
         self.out = out;
         result.map(|_| ())
+    }
+
+    /// Lends the output buffer out while the connection idles (it is empty between writes).
+    pub fn park_buffer(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
+    pub fn unpark_buffer(&mut self, mut buf: Vec<u8>) {
+        if self.out.capacity() == 0 {
+            buf.clear();
+            self.out = buf;
+        }
     }
 
     pub fn tcp(&self) -> &TcpStream {
