@@ -7,6 +7,7 @@
 //! - [`http`]: strict HTTP/1.1 parsing, chunked coding, buffered I/O
 //! - [`route`]: host/path/method lookup tables
 //! - [`tls`]: TLS termination and origination (rustls), certificates, SNI, mTLS
+//! - [`gossip`]: the lock-free cross-shard channel (backend state now, global quotas next)
 //! - [`upstream`]: target choice and per-shard keep-alive pools
 //! - [`control`]: the control thread (start-up reports, signals)
 //! - [`echo`]: the built-in origin used by `demo`, tests and benchmarks
@@ -14,6 +15,7 @@
 pub mod config;
 pub mod control;
 pub mod echo;
+pub mod gossip;
 pub mod http;
 pub mod observe;
 pub mod request_path;
