@@ -5,6 +5,7 @@
 use crate::config::Snapshot;
 use crate::observe;
 use crate::shard::{self, DRAIN, Started};
+use crate::upstream::Cluster;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -24,6 +25,12 @@ pub enum StartError {
     Runtime { shard: usize, error: std::io::Error },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("{file}: admin.bind: cannot bind {addr}: {error}")]
+    Admin {
+        file: String,
+        addr: std::net::SocketAddr,
+        error: std::io::Error,
+    },
 }
 
 /// A running gateway: its shard threads and every listener socket they bound.
@@ -34,8 +41,18 @@ pub struct Running {
 
 /// Starts every shard and waits until each has bound its listeners (or one failed).
 pub fn start(snapshot: &Arc<Snapshot>) -> Result<Running, StartError> {
+    let cluster = Arc::new(Cluster::new(snapshot));
+    if let Some(addr) = snapshot.admin {
+        crate::admin::start(addr, snapshot.clone(), cluster.clone()).map_err(|error| {
+            StartError::Admin {
+                file: snapshot.file.display().to_string(),
+                addr,
+                error,
+            }
+        })?;
+    }
     let (tx, rx) = mpsc::channel();
-    let threads = shard::spawn_shards(snapshot, tx);
+    let threads = shard::spawn_shards(snapshot, &cluster, tx);
     let mut running = Running {
         threads,
         listener_fds: Vec::new(),

@@ -9,9 +9,11 @@
 //! - [`tls`]: TLS termination and origination (rustls), certificates, SNI, mTLS
 //! - [`gossip`]: the lock-free cross-shard channel (backend state now, global quotas next)
 //! - [`upstream`]: target choice and per-shard keep-alive pools
+//! - [`admin`]: the admin listener (`/healthz`, `/upstreams`) on its own thread
 //! - [`control`]: the control thread (start-up reports, signals)
 //! - [`echo`]: the built-in origin used by `demo`, tests and benchmarks
 
+pub mod admin;
 pub mod config;
 pub mod control;
 pub mod echo;

@@ -9,6 +9,7 @@
 //!
 //! Each stage that can fail maps to one status with the JSON error body of DESIGN.md §6.
 
+use crate::config::RetryOn;
 use crate::config::{CompiledTransform, EffectiveLimits, RouteAction, RouteSpec};
 use crate::http::body::{BodyError, BodyLimits, stream_body};
 use crate::http::io::{BufConn, ReadError, write_all_buf};
@@ -19,7 +20,7 @@ use crate::http::{
 use crate::route::Match;
 use crate::shard::{ConnGuard, Shard};
 use crate::tls::{ConnRead, ConnWrite};
-use crate::upstream::{ConnectError, UpstreamConn};
+use crate::upstream::{ConnectError, InFlight, Outcome, Tried, UpstreamConn};
 use monoio::io::{AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
@@ -71,6 +72,8 @@ struct Exchange {
     head_method: bool,
     framing: Framing,
     tls: bool,
+    /// Safe to send twice (RFC 9110 §9.2.2), for retries.
+    idempotent: bool,
 }
 
 impl Exchange {
@@ -378,6 +381,7 @@ fn exchange_facts(shard: &Shard, c: &Client) -> Exchange {
         head_method: c.head.is_head_method(buf),
         framing: c.head.framing,
         tls: c.tls,
+        idempotent: is_idempotent(c.head.method(buf)),
     };
     match &c.head.request_id {
         Some(r) => {
@@ -570,8 +574,19 @@ async fn proxy(
     {
         return reject(c, 413, "request body too large", ex.request_id(), true, b"").await;
     }
-    // Pick a target and transform the head (plus a small, fully buffered body) into `out`.
-    let target = shard.upstreams.pick(upstream);
+    // Circuit breaking and target choice (healthy, not ejected) come before any work.
+    if !shard.upstreams.has_capacity(upstream) {
+        let message = "upstream overloaded (max_requests in flight)";
+        return reject_with_body_pending(c, ex, 503, message, b"").await;
+    }
+    shard.upstreams.count_request(upstream);
+    let target = match shard.upstreams.pick(upstream, Tried::default()) {
+        Ok(t) => t,
+        Err(_) => {
+            return reject_with_body_pending(c, ex, 503, "no healthy upstream target", b"").await;
+        }
+    };
+    // Transform the head (plus a small, fully buffered body) into `out`.
     let label = &shard.snapshot.upstreams[upstream].targets[target].label;
     let mut out = std::mem::take(&mut c.down.out);
     out.clear();
@@ -598,10 +613,11 @@ async fn proxy(
         ))
         .await;
     }
-    match send_replayable(shard, c, ex, upstream, target, out).await {
-        Ok(mut up) => {
+    match send_replayable(shard, c, ex, route, upstream, target, out).await {
+        Ok((mut up, target, flight)) => {
             let relayed =
                 relay_response(shard, &mut c.down, ex, route, upstream, &mut up.reader).await;
+            drop(flight);
             finish(
                 shard,
                 upstream,
@@ -616,48 +632,163 @@ async fn proxy(
     }
 }
 
+/// How one try at one target failed.
+enum TryFailure {
+    Connect(ConnectError),
+    Response(ResponseFailure),
+}
+
+impl TryFailure {
+    /// Whether the target is to blame (for passive detection).
+    fn outcome(&self) -> Outcome {
+        match self {
+            TryFailure::Connect(ConnectError::Overloaded) => Outcome::Neutral,
+            TryFailure::Connect(_) => Outcome::Failed,
+            TryFailure::Response(ResponseFailure::Bad(_)) => Outcome::Neutral,
+            TryFailure::Response(_) => Outcome::Failed,
+        }
+    }
+
+    /// Whether the route retries this failure; a request that may have reached the origin
+    /// is retried only when it is idempotent (or the route allows it).
+    fn retryable(&self, on: RetryOn, idempotent: bool) -> bool {
+        match self {
+            TryFailure::Connect(ConnectError::Overloaded) => false,
+            TryFailure::Connect(_) => on.connect_failure,
+            TryFailure::Response(ResponseFailure::NothingReceived) => on.reset && idempotent,
+            TryFailure::Response(ResponseFailure::TimedOut) => on.timeout && idempotent,
+            TryFailure::Response(ResponseFailure::Bad(_)) => false,
+        }
+    }
+}
+
+impl From<TryFailure> for UpstreamFailure {
+    fn from(f: TryFailure) -> Self {
+        match f {
+            TryFailure::Connect(e) => UpstreamFailure::Connect(e),
+            TryFailure::Response(r) => r.into(),
+        }
+    }
+}
+
+fn retries_status(on: RetryOn, status: u16) -> bool {
+    match status {
+        502 => on.status_502,
+        503 => on.status_503,
+        504 => on.status_504,
+        _ => false,
+    }
+}
+
+fn is_idempotent(method: &[u8]) -> bool {
+    matches!(
+        method,
+        b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+    )
+}
+
 /// Sends a request that is entirely in `out` and reads the response head into
-/// `c.down.resp`. A reused connection that fails before any response byte arrived is retried
-/// once on a fresh connection: the origin never answered, and the bytes can be replayed.
-async fn send_replayable(
+/// `c.down.resp`, retrying per the route (each retry on a different target, within the
+/// upstream's retry budget, after a jittered backoff). Returns the connection, the target
+/// that answered, and its in-flight guard.
+async fn send_replayable<'s>(
+    shard: &'s Shard,
+    c: &mut Client,
+    ex: &Exchange,
+    route: &RouteSpec,
+    upstream: usize,
+    mut target: usize,
+    mut out: Vec<u8>,
+) -> Result<(UpstreamConn, usize, InFlight<'s>), UpstreamFailure> {
+    let spec = &shard.snapshot.upstreams[upstream];
+    let try_timeout = route.per_try_timeout.unwrap_or(spec.response_timeout);
+    let idempotent = route.retry_non_idempotent || ex.idempotent;
+    let mut tried = Tried::default();
+    let mut retries_left = route.retries;
+    let mut backoff_ms = 25;
+    loop {
+        tried.add(target);
+        let mut flight = shard.upstreams.begin(upstream, target);
+        let started = Instant::now();
+        let failure = match try_once(shard, c, ex, upstream, target, &mut out, try_timeout).await {
+            Ok(up) => {
+                let status = c.down.resp.status;
+                flight.outcome = Outcome::Answered {
+                    status,
+                    micros: started.elapsed().as_micros() as u64,
+                };
+                let retry = retries_status(route.retry_on, status) && idempotent;
+                if !(retry && retries_left > 0) {
+                    c.down.out = out;
+                    return Ok((up, target, flight));
+                }
+                // Retrying a 5xx: this connection (with the unread body) is dropped.
+                None
+            }
+            Err(f) => {
+                flight.outcome = f.outcome();
+                Some(f)
+            }
+        };
+        drop(flight);
+        let retryable = failure
+            .as_ref()
+            .is_none_or(|f| f.retryable(route.retry_on, idempotent));
+        let next = if retryable && retries_left > 0 && shard.upstreams.try_retry(upstream) {
+            shard.upstreams.pick(upstream, tried).ok()
+        } else {
+            None
+        };
+        let Some(next) = next else {
+            c.down.out = out;
+            return Err(match failure {
+                Some(f) => f.into(),
+                None => UpstreamFailure::BadGateway("upstream answered with an error status"),
+            });
+        };
+        monoio::time::sleep(Duration::from_millis(shard.upstreams.jitter_ms(backoff_ms))).await;
+        backoff_ms *= 2;
+        retries_left -= 1;
+        target = next;
+    }
+}
+
+/// One try at one target. A reused connection that fails before any response byte is
+/// replaced by a fresh one to the same target at once: the origin never saw the request.
+async fn try_once(
     shard: &Shard,
     c: &mut Client,
     ex: &Exchange,
     upstream: usize,
     target: usize,
-    mut out: Vec<u8>,
-) -> Result<UpstreamConn, UpstreamFailure> {
-    let response_timeout = shard.snapshot.upstreams[upstream].response_timeout;
-    let mut up = match checkout(shard, upstream, target).await {
-        Ok(up) => up,
-        Err(e) => {
-            c.down.out = out;
-            return Err(UpstreamFailure::Connect(e));
-        }
-    };
-    let result = loop {
-        let (written, returned) = write_all_buf(&mut up.writer, out).await;
-        out = returned;
+    out: &mut Vec<u8>,
+    timeout: Duration,
+) -> Result<UpstreamConn, TryFailure> {
+    let mut up = checkout(shard, upstream, target)
+        .await
+        .map_err(TryFailure::Connect)?;
+    loop {
+        let (written, returned) = write_all_buf(&mut up.writer, std::mem::take(out)).await;
+        *out = returned;
         let attempt = match written {
             Err(_) => Err(ResponseFailure::NothingReceived),
             Ok(()) => {
-                let deadline = Instant::now() + response_timeout;
+                let deadline = Instant::now() + timeout;
                 read_response_head(&mut up.reader, &mut c.down.resp, ex.head_method, deadline).await
             }
         };
         match attempt {
-            Ok(()) => break Ok(()),
+            Ok(()) => return Ok(up),
             Err(ResponseFailure::NothingReceived) if up.reused => {
-                up = match shard.upstreams.connect(upstream, target).await {
-                    Ok(fresh) => fresh,
-                    Err(e) => break Err(UpstreamFailure::Connect(e)),
-                };
+                up = shard
+                    .upstreams
+                    .connect(upstream, target)
+                    .await
+                    .map_err(TryFailure::Connect)?;
             }
-            Err(failure) => break Err(failure.into()),
+            Err(failure) => return Err(TryFailure::Response(failure)),
         }
-    };
-    c.down.out = out;
-    result.map(|()| up)
+    }
 }
 
 async fn checkout(
@@ -684,13 +815,37 @@ async fn streamed_exchange(
     out: Vec<u8>,
 ) -> Next {
     let response_timeout = shard.snapshot.upstreams[upstream].response_timeout;
-    let mut up = match checkout(shard, upstream, target).await {
-        Ok(up) => up,
-        Err(e) => {
-            c.down.out = out;
-            return fail_upstream(c, ex, UpstreamFailure::Connect(e), false).await;
+    // The body has not been read yet, so a failed connect can move to another target.
+    let mut target = target;
+    let mut tried = Tried::default();
+    let mut retries_left = route.retries;
+    let mut up = loop {
+        tried.add(target);
+        match checkout(shard, upstream, target).await {
+            Ok(up) => break up,
+            Err(e) => {
+                let failure = TryFailure::Connect(e);
+                shard.upstreams.begin(upstream, target).outcome = failure.outcome();
+                let next = (failure.retryable(route.retry_on, ex.idempotent)
+                    && retries_left > 0
+                    && shard.upstreams.try_retry(upstream))
+                .then(|| shard.upstreams.pick(upstream, tried).ok())
+                .flatten();
+                match next {
+                    Some(next) => {
+                        retries_left -= 1;
+                        target = next;
+                    }
+                    None => {
+                        c.down.out = out;
+                        return fail_upstream(c, ex, failure.into(), false).await;
+                    }
+                }
+            }
         }
     };
+    let mut flight = shard.upstreams.begin(upstream, target);
+    let started = Instant::now();
     let (written, out) = write_all_buf(&mut up.writer, out).await;
     c.down.out = out;
     if written.is_err() {
@@ -703,6 +858,7 @@ async fn streamed_exchange(
         return Next::Close;
     }
     let head_received = Cell::new(false);
+    let head_micros = Cell::new(0);
     let (sent, answered) = {
         let UpstreamConn {
             reader: up_reader,
@@ -726,6 +882,7 @@ async fn streamed_exchange(
             let far = Instant::now() + Duration::from_secs(24 * 3600);
             read_response_head(up_reader, &mut c.down.resp, ex.head_method, far).await?;
             head_received.set(true);
+            head_micros.set(started.elapsed().as_micros() as u64);
             Ok(relay_response(shard, &mut c.down, ex, route, upstream, up_reader).await)
         };
         let mut sending = std::pin::pin!(sending);
@@ -761,6 +918,15 @@ async fn streamed_exchange(
         }
     };
     let sent_all = sent.is_ok();
+    flight.outcome = match &answered {
+        _ if head_received.get() => Outcome::Answered {
+            status: c.down.resp.status,
+            micros: head_micros.get(),
+        },
+        Some(Err(UpstreamFailure::TimedOut)) => Outcome::Failed,
+        _ => Outcome::Neutral,
+    };
+    drop(flight);
     match (sent, answered) {
         (_, Some(Ok(relayed))) => finish(
             shard,
@@ -849,6 +1015,10 @@ async fn fail_upstream(
         UpstreamFailure::Connect(ConnectError::TimedOut) => (502, "upstream connect timed out"),
         UpstreamFailure::Connect(ConnectError::Failed(_)) => (502, "upstream connect failed"),
         UpstreamFailure::Connect(ConnectError::Tls(_)) => (502, "upstream TLS handshake failed"),
+        UpstreamFailure::Connect(ConnectError::Overloaded) => (
+            503,
+            "upstream overloaded (max_pending connections being opened)",
+        ),
         UpstreamFailure::BadGateway(m) => (502, m),
         UpstreamFailure::TimedOut => (504, "upstream response timed out"),
         UpstreamFailure::ClientGone => return Next::Close,

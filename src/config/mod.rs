@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use validate::{
-    CompiledTransform, EffectiveLimits, ListenerSpec, RouteAction, RouteSpec, Snapshot, TargetSpec,
-    UpstreamSpec, compile,
+    CompiledTransform, EffectiveLimits, HealthSpec, ListenerSpec, PassiveSpec, RetryOn,
+    RouteAction, RouteSpec, Snapshot, TargetSpec, UpstreamSpec, compile,
 };
 
 /// The whole config file.
@@ -37,6 +37,16 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// The admin listener (`/healthz`, `/upstreams`); off unless `bind` is set.
+    pub admin: Option<AdminConfig>,
+}
+
+/// `[admin]`: a small HTTP listener for operators, on its own thread (never on a shard).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `IP:PORT`; keep it on loopback or a private network: it is not authenticated.
+    pub bind: String,
 }
 
 /// `[server]`: process-wide settings.
@@ -59,6 +69,10 @@ pub struct ServerConfig {
     /// epoll (e.g. where io_uring is known to be blocked, or to compare the two).
     #[serde(default)]
     pub io_driver: IoDriver,
+    /// How often each shard reads news from the others (backend state); the propagation
+    /// bound is about two of these.
+    #[serde(default = "default_gossip_interval")]
+    pub gossip_interval: ConfigDuration,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -77,6 +91,7 @@ impl Default for ServerConfig {
             drain_timeout: default_drain_timeout(),
             io_uring_entries: default_io_uring_entries(),
             io_driver: IoDriver::Auto,
+            gossip_interval: default_gossip_interval(),
         }
     }
 }
@@ -311,6 +326,97 @@ pub struct UpstreamConfig {
     /// `false` accepts any origin certificate: only for testing against self-signed origins.
     #[serde(default = "default_true")]
     pub tls_verify: bool,
+    /// Active health checks (off unless this table is present).
+    pub health: Option<HealthConfig>,
+    /// Passive outlier detection (on by default).
+    #[serde(default)]
+    pub passive: PassiveConfig,
+    /// When every target is down: `false` (default) answers 503; `true` spreads traffic over
+    /// all targets anyway (Envoy's panic mode), betting that some still work.
+    #[serde(default)]
+    pub panic_mode: bool,
+    /// Requests in flight to this upstream per shard; beyond it: 503 at once.
+    #[serde(default = "default_max_requests")]
+    pub max_requests: usize,
+    /// Connections being opened to this upstream per shard; beyond it: 503 at once.
+    #[serde(default = "default_max_pending")]
+    pub max_pending: usize,
+    /// Retries allowed per shard: at most `percent` of the requests of the last 10 s, plus
+    /// `min_per_10s`, so a failing origin cannot multiply its load.
+    #[serde(default)]
+    pub retry_budget: RetryBudgetConfig,
+}
+
+/// `[upstreams.health]`: each target is probed by exactly one shard; changes are gossiped.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    #[serde(default = "default_health_interval")]
+    pub interval: ConfigDuration,
+    #[serde(default = "default_health_timeout")]
+    pub timeout: ConfigDuration,
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: u32,
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+    /// Statuses that pass, as `"200-399"` or `"200"`.
+    #[serde(default = "default_expected_status")]
+    pub expected_status: String,
+    /// Each probe waits `interval` plus up to this much random delay, so probes spread out.
+    #[serde(default = "default_health_jitter")]
+    pub jitter: ConfigDuration,
+}
+
+/// `[upstreams.passive]`: ejection after consecutive failures seen by a shard.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveConfig {
+    /// Consecutive connect errors, resets and timeouts (and 5xx with `on_5xx`); 0 disables.
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: u32,
+    /// First ejection; doubles on each repeat, up to `max_ejection_time`.
+    #[serde(default = "default_ejection_time")]
+    pub ejection_time: ConfigDuration,
+    #[serde(default = "default_max_ejection_time")]
+    pub max_ejection_time: ConfigDuration,
+    /// Never more than this share of the upstream's targets ejected at once.
+    #[serde(default = "default_max_ejection_percent")]
+    pub max_ejection_percent: u32,
+    /// Count 5xx responses from the origin as failures too.
+    #[serde(default)]
+    pub on_5xx: bool,
+}
+
+impl Default for PassiveConfig {
+    fn default() -> Self {
+        PassiveConfig {
+            consecutive_failures: default_consecutive_failures(),
+            ejection_time: default_ejection_time(),
+            max_ejection_time: default_max_ejection_time(),
+            max_ejection_percent: default_max_ejection_percent(),
+            on_5xx: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudgetConfig {
+    #[serde(default = "default_retry_percent")]
+    pub percent: u32,
+    #[serde(default = "default_retry_min")]
+    pub min_per_10s: u32,
+}
+
+impl Default for RetryBudgetConfig {
+    fn default() -> Self {
+        RetryBudgetConfig {
+            percent: default_retry_percent(),
+            min_per_10s: default_retry_min(),
+        }
+    }
 }
 
 /// A target: `"host:port"` or `{ addr = "host:port", weight = 2 }`.
@@ -346,6 +452,25 @@ pub enum Balance {
     RoundRobin,
     /// Smooth weighted round robin (nginx's algorithm).
     Weighted,
+    /// Uniformly random (per-shard xorshift).
+    Random,
+    /// Fewest requests in flight on this shard (ties: round robin).
+    LeastConn,
+    /// Power of two random choices over (EWMA latency x (in flight + 1)).
+    P2cEwma,
+}
+
+impl Balance {
+    /// As written in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::Weighted => "weighted",
+            Balance::Random => "random",
+            Balance::LeastConn => "least_conn",
+            Balance::P2cEwma => "p2c_ewma",
+        }
+    }
 }
 
 /// `[[routes]]`: which requests go where.
@@ -374,6 +499,18 @@ pub struct RouteConfig {
     pub response_headers: HeaderTransform,
     /// `hsts = { max_age = "365d", include_subdomains = true }`: sent on TLS listeners only.
     pub hsts: Option<HstsConfig>,
+    /// Extra tries, each on a different target, for failures listed in `retry_on`.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// `"connect-failure"`, `"reset"` (closed before any response byte), `"timeout"`,
+    /// `"502"`, `"503"`, `"504"`.
+    #[serde(default = "default_retry_on")]
+    pub retry_on: Vec<String>,
+    /// Time for each try's response head (default: the upstream's `response_timeout`).
+    pub per_try_timeout: Option<ConfigDuration>,
+    /// Retry POST/PATCH etc. even after the request may have reached an origin.
+    #[serde(default)]
+    pub retry_non_idempotent: bool,
 }
 
 /// Header edits: `add` sets a header (replacing any of the same name), `remove` drops it.
@@ -441,6 +578,60 @@ fn default_max_idle_connections() -> usize {
 }
 fn default_upstream_idle_timeout() -> ConfigDuration {
     ConfigDuration(Duration::from_secs(60))
+}
+fn default_gossip_interval() -> ConfigDuration {
+    ConfigDuration(Duration::from_millis(5))
+}
+fn default_max_requests() -> usize {
+    10_000
+}
+fn default_max_pending() -> usize {
+    1_000
+}
+fn default_health_path() -> String {
+    "/healthz".to_string()
+}
+fn default_health_interval() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(2))
+}
+fn default_health_timeout() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(1))
+}
+fn default_healthy_threshold() -> u32 {
+    2
+}
+fn default_unhealthy_threshold() -> u32 {
+    3
+}
+fn default_expected_status() -> String {
+    "200-399".to_string()
+}
+fn default_health_jitter() -> ConfigDuration {
+    ConfigDuration(Duration::from_millis(100))
+}
+fn default_consecutive_failures() -> u32 {
+    5
+}
+fn default_ejection_time() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(30))
+}
+fn default_max_ejection_time() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(300))
+}
+fn default_max_ejection_percent() -> u32 {
+    50
+}
+fn default_retry_percent() -> u32 {
+    20
+}
+fn default_retry_min() -> u32 {
+    30
+}
+fn default_retries() -> u32 {
+    1
+}
+fn default_retry_on() -> Vec<String> {
+    vec!["connect-failure".to_string(), "reset".to_string()]
 }
 fn default_alpn() -> Vec<String> {
     vec!["http/1.1".to_string()]

@@ -24,6 +24,10 @@ pub struct Snapshot {
     pub upstreams: Vec<UpstreamSpec>,
     pub routes: Vec<RouteSpec>,
     pub router: Router,
+    pub gossip_interval: Duration,
+    pub admin: Option<SocketAddr>,
+    /// Targets of all upstreams together (the gossip channel's slots).
+    pub total_targets: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +65,47 @@ pub struct UpstreamSpec {
     pub max_idle_connections: usize,
     pub idle_timeout: Duration,
     pub tls: Option<Arc<ClientTls>>,
+    pub health: Option<HealthSpec>,
+    pub passive: PassiveSpec,
+    pub panic_mode: bool,
+    pub max_requests: usize,
+    pub max_pending: usize,
+    pub retry_budget_percent: u32,
+    pub retry_budget_min: u32,
+    /// This upstream's first target's gossip slot (targets follow in order).
+    pub first_slot: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthSpec {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    pub expected: std::ops::RangeInclusive<u16>,
+    pub jitter: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct PassiveSpec {
+    /// 0: passive detection off.
+    pub consecutive_failures: u32,
+    pub ejection_time: Duration,
+    pub max_ejection_time: Duration,
+    pub max_ejection_percent: u32,
+    pub on_5xx: bool,
+}
+
+/// Which failures a route retries.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RetryOn {
+    pub connect_failure: bool,
+    pub reset: bool,
+    pub timeout: bool,
+    pub status_502: bool,
+    pub status_503: bool,
+    pub status_504: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +129,10 @@ pub struct RouteSpec {
     /// `response_headers` plus `strict-transport-security` when the route sets `hsts`: what
     /// responses over TLS get (HSTS over plain HTTP is meaningless, RFC 6797 §7.2).
     pub response_headers_tls: CompiledTransform,
+    pub retries: u32,
+    pub retry_on: RetryOn,
+    pub per_try_timeout: Option<Duration>,
+    pub retry_non_idempotent: bool,
 }
 
 impl RouteSpec {
@@ -203,6 +252,24 @@ pub fn compile(file: &Path, config: &Config, lines: &KeyLines) -> Result<Snapsho
     }
     check_limits(&mut c, "limits", &config.limits);
     let base = file.parent().unwrap_or(Path::new("."));
+    if config.server.gossip_interval.0.is_zero()
+        || config.server.gossip_interval.0 > Duration::from_secs(1)
+    {
+        c.problem("server.gossip_interval", "must be between 1ms and 1s");
+    }
+    let admin = config.admin.as_ref().and_then(|a| match a.bind.parse() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            c.problem(
+                "admin.bind",
+                format!(
+                    "bad address {:?}: expected IP:PORT such as \"127.0.0.1:9901\"",
+                    a.bind
+                ),
+            );
+            None
+        }
+    });
     let listeners = compile_listeners(&mut c, config, base);
     let upstreams = compile_upstreams(&mut c, config, base);
     let (routes, keys) = compile_routes(&mut c, config, &upstreams);
@@ -229,6 +296,9 @@ pub fn compile(file: &Path, config: &Config, lines: &KeyLines) -> Result<Snapsho
             drain_timeout: config.server.drain_timeout.0,
             io_uring_entries: config.server.io_uring_entries,
             io_driver: config.server.io_driver,
+            gossip_interval: config.server.gossip_interval.0,
+            admin,
+            total_targets: upstreams.iter().map(|u| u.targets.len()).sum(),
             listeners,
             upstreams,
             routes,
@@ -384,8 +454,33 @@ fn compile_upstreams(c: &mut Checker, config: &Config, base: &Path) -> Vec<Upstr
             }
         }
         let tls = upstream_tls(c, i, u, base);
+        let health = u.health.as_ref().and_then(|h| health_spec(c, i, h));
+        let passive = passive_spec(c, i, &u.passive);
+        for (name, v) in [
+            ("max_requests", u.max_requests),
+            ("max_pending", u.max_pending),
+        ] {
+            if v == 0 {
+                c.problem(format!("upstreams[{i}].{name}"), "must be at least 1");
+            }
+        }
+        if u.retry_budget.percent > 100 {
+            c.problem(
+                format!("upstreams[{i}].retry_budget.percent"),
+                "must be between 0 and 100",
+            );
+        }
+        let first_slot = out.iter().map(|o: &UpstreamSpec| o.targets.len()).sum();
         out.push(UpstreamSpec {
             tls,
+            health,
+            passive,
+            panic_mode: u.panic_mode,
+            max_requests: u.max_requests,
+            max_pending: u.max_pending,
+            retry_budget_percent: u.retry_budget.percent,
+            retry_budget_min: u.retry_budget.min_per_10s,
+            first_slot,
             name: u.name.clone(),
             balance: u.balance,
             targets,
@@ -396,6 +491,102 @@ fn compile_upstreams(c: &mut Checker, config: &Config, base: &Path) -> Vec<Upstr
         });
     }
     out
+}
+
+fn health_spec(c: &mut Checker, i: usize, h: &super::HealthConfig) -> Option<HealthSpec> {
+    let key = format!("upstreams[{i}].health");
+    let before = c.problems.len();
+    if !h.path.starts_with('/') || h.path.bytes().any(|b| b <= b' ' || b >= 0x7f) {
+        c.problem(
+            format!("{key}.path"),
+            "must start with '/' and contain no spaces",
+        );
+    }
+    for (name, d) in [("interval", h.interval), ("timeout", h.timeout)] {
+        if d.0.is_zero() {
+            c.problem(format!("{key}.{name}"), "must be greater than zero");
+        }
+    }
+    for (name, n) in [
+        ("healthy_threshold", h.healthy_threshold),
+        ("unhealthy_threshold", h.unhealthy_threshold),
+    ] {
+        if !(1..=100).contains(&n) {
+            c.problem(format!("{key}.{name}"), "must be between 1 and 100");
+        }
+    }
+    let expected = parse_status_range(&h.expected_status);
+    if expected.is_none() {
+        c.problem(
+            format!("{key}.expected_status"),
+            format!(
+                "bad status range {:?}: expected \"200\" or \"200-399\"",
+                h.expected_status
+            ),
+        );
+    }
+    (c.problems.len() == before).then(|| HealthSpec {
+        path: h.path.clone(),
+        interval: h.interval.0,
+        timeout: h.timeout.0,
+        healthy_threshold: h.healthy_threshold,
+        unhealthy_threshold: h.unhealthy_threshold,
+        expected: expected.unwrap_or(200..=399),
+        jitter: h.jitter.0,
+    })
+}
+
+fn parse_status_range(text: &str) -> Option<std::ops::RangeInclusive<u16>> {
+    let (lo, hi) = text.split_once('-').unwrap_or((text, text));
+    let (lo, hi): (u16, u16) = (lo.trim().parse().ok()?, hi.trim().parse().ok()?);
+    ((100..=599).contains(&lo) && (lo..=599).contains(&hi)).then_some(lo..=hi)
+}
+
+fn passive_spec(c: &mut Checker, i: usize, p: &super::PassiveConfig) -> PassiveSpec {
+    let key = format!("upstreams[{i}].passive");
+    if p.max_ejection_percent > 100 {
+        c.problem(
+            format!("{key}.max_ejection_percent"),
+            "must be between 0 and 100",
+        );
+    }
+    if p.consecutive_failures > 0 && p.ejection_time.0.is_zero() {
+        c.problem(format!("{key}.ejection_time"), "must be greater than zero");
+    }
+    if p.max_ejection_time.0 < p.ejection_time.0 {
+        c.problem(
+            format!("{key}.max_ejection_time"),
+            "must be at least ejection_time",
+        );
+    }
+    PassiveSpec {
+        consecutive_failures: p.consecutive_failures,
+        ejection_time: p.ejection_time.0,
+        max_ejection_time: p.max_ejection_time.0,
+        max_ejection_percent: p.max_ejection_percent,
+        on_5xx: p.on_5xx,
+    }
+}
+
+fn retry_on(c: &mut Checker, key: &str, list: &[String]) -> RetryOn {
+    let mut on = RetryOn::default();
+    for (j, item) in list.iter().enumerate() {
+        match item.as_str() {
+            "connect-failure" => on.connect_failure = true,
+            "reset" => on.reset = true,
+            "timeout" => on.timeout = true,
+            "502" => on.status_502 = true,
+            "503" => on.status_503 = true,
+            "504" => on.status_504 = true,
+            other => c.problem(
+                format!("{key}.retry_on[{j}]"),
+                format!(
+                    "unknown condition {other:?}: expected connect-failure, reset, timeout, 502, 503 or 504"
+                ),
+            ),
+        }
+    }
+    on
 }
 
 fn upstream_tls(
@@ -488,6 +679,15 @@ fn compile_routes(
             list.clone()
         });
         let action = route_action(c, &key, r, upstreams);
+        if r.retries > 10 {
+            c.problem(format!("{key}.retries"), "must be between 0 and 10");
+        }
+        if r.per_try_timeout.is_some_and(|d| d.0.is_zero()) {
+            c.problem(
+                format!("{key}.per_try_timeout"),
+                "must be greater than zero",
+            );
+        }
         if r.strip_prefix && r.path_prefix.is_none() {
             c.problem(
                 format!("{key}.strip_prefix"),
@@ -517,6 +717,10 @@ fn compile_routes(
             request_headers,
             response_headers_tls: with_hsts(&response_headers, r.hsts.as_ref()),
             response_headers,
+            retries: r.retries,
+            retry_on: retry_on(c, &key, &r.retry_on),
+            per_try_timeout: r.per_try_timeout.map(|d| d.0),
+            retry_non_idempotent: r.retry_non_idempotent,
         });
     }
     (specs, keys)

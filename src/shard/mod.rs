@@ -10,7 +10,7 @@ use crate::config::{IoDriver, Snapshot};
 use crate::http::RequestIds;
 use crate::http::io::BufPool;
 use crate::observe;
-use crate::upstream::ShardUpstreams;
+use crate::upstream::{Cluster, ShardUpstreams};
 use monoio::net::{ListenerOpts, TcpListener};
 use monoio::time::{Duration, Instant};
 use std::cell::{Cell, RefCell};
@@ -99,11 +99,17 @@ impl Drop for ConnGuard {
 }
 
 impl Shard {
-    fn new(id: usize, snapshot: Arc<Snapshot>) -> Self {
+    fn new(id: usize, snapshot: Arc<Snapshot>, cluster: Arc<Cluster>) -> Self {
         let bufs = Rc::new(BufPool::new(1024));
         Shard {
             id,
-            upstreams: ShardUpstreams::new(snapshot.clone(), bufs.clone()),
+            upstreams: ShardUpstreams::new(
+                snapshot.clone(),
+                bufs.clone(),
+                cluster,
+                id,
+                crate::http::random_seed(),
+            ),
             open: snapshot.listeners.iter().map(|_| Cell::new(0)).collect(),
             open_per_ip: snapshot
                 .listeners
@@ -201,6 +207,7 @@ pub enum Started {
 /// Starts `snapshot.workers` shard threads; each reports once on `started`.
 pub fn spawn_shards(
     snapshot: &Arc<Snapshot>,
+    cluster: &Arc<Cluster>,
     started: mpsc::Sender<Started>,
 ) -> Vec<std::thread::JoinHandle<()>> {
     let cores = if snapshot.pin_cores {
@@ -211,11 +218,12 @@ pub fn spawn_shards(
     (0..snapshot.workers)
         .map(|id| {
             let snapshot = snapshot.clone();
+            let cluster = cluster.clone();
             let started = started.clone();
             let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
             std::thread::Builder::new()
                 .name(format!("shard-{id}"))
-                .spawn(move || shard_thread(id, core, snapshot, started))
+                .spawn(move || shard_thread(id, core, snapshot, cluster, started))
                 .unwrap_or_else(|e| {
                     eprintln!("ringgate: cannot start shard thread {id}: {e}");
                     std::process::exit(1);
@@ -228,6 +236,7 @@ fn shard_thread(
     id: usize,
     core: Option<core_affinity::CoreId>,
     snapshot: Arc<Snapshot>,
+    cluster: Arc<Cluster>,
     started: mpsc::Sender<Started>,
 ) {
     // Pinning applies to the calling thread only, so it must happen here, not in the spawner.
@@ -250,7 +259,7 @@ fn shard_thread(
         {
             Ok(mut rt) => {
                 describe("io_uring");
-                rt.block_on(run_shard(id, snapshot, started));
+                rt.block_on(run_shard(id, snapshot, cluster, started));
                 return;
             }
             Err(e) => observe::warn(&format!(
@@ -268,7 +277,7 @@ fn shard_thread(
     {
         Ok(mut rt) => {
             describe("epoll");
-            rt.block_on(run_shard(id, snapshot, started));
+            rt.block_on(run_shard(id, snapshot, cluster, started));
         }
         Err(error) => {
             let _ = started.send(Started::RuntimeFailed { shard: id, error });
@@ -276,7 +285,12 @@ fn shard_thread(
     }
 }
 
-async fn run_shard(id: usize, snapshot: Arc<Snapshot>, started: mpsc::Sender<Started>) {
+async fn run_shard(
+    id: usize,
+    snapshot: Arc<Snapshot>,
+    cluster: Arc<Cluster>,
+    started: mpsc::Sender<Started>,
+) {
     let mut listeners = Vec::new();
     for (i, spec) in snapshot.listeners.iter().enumerate() {
         let opts = ListenerOpts::new().reuse_port(true).backlog(4096);
@@ -294,7 +308,9 @@ async fn run_shard(id: usize, snapshot: Arc<Snapshot>, started: mpsc::Sender<Sta
         listener_fds,
     });
     drop(started);
-    let shard = Rc::new(Shard::new(id, snapshot));
+    let shard = Rc::new(Shard::new(id, snapshot, cluster));
+    monoio::spawn(gossip_loop(shard.clone()));
+    start_probes(&shard);
     for (i, listener) in listeners.into_iter().enumerate() {
         monoio::spawn(accept_loop(shard.clone(), i, listener));
     }
@@ -324,6 +340,35 @@ async fn accept_loop(shard: Rc<Shard>, listener_index: usize, listener: TcpListe
             }
             // Out of fds or memory: back off instead of spinning; existing connections go on.
             Err(_) => monoio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+/// Applies backend news from other shards every `gossip_interval` (no cross-thread wake-ups:
+/// senders only push; this shard looks on its own tick).
+async fn gossip_loop(shard: Rc<Shard>) {
+    let interval = shard.snapshot.gossip_interval;
+    while !shard.draining.get() {
+        shard.upstreams.health().drain_gossip();
+        monoio::time::sleep(interval).await;
+    }
+}
+
+/// Starts the active probes for the targets this shard owns (one shard per target).
+fn start_probes(shard: &Rc<Shard>) {
+    let cluster = shard.upstreams.cluster().clone();
+    for (u, spec) in shard.snapshot.upstreams.iter().enumerate() {
+        if spec.health.is_none() {
+            continue;
+        }
+        for t in 0..spec.targets.len() {
+            if cluster.prober_of(spec.first_slot + t) == shard.id {
+                let shard = shard.clone();
+                monoio::spawn(async move {
+                    crate::upstream::probe::probe_loop(&shard.upstreams, u, t, &shard.draining)
+                        .await;
+                });
+            }
         }
     }
 }

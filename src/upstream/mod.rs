@@ -1,10 +1,20 @@
-//! Upstreams as one shard sees them: target choice (round robin, smooth weighted round robin)
-//! and keep-alive connection pools per target.
+//! Upstreams as one shard sees them: target choice (round robin, smooth weighted, random,
+//! least connections, power of two choices over EWMA latency), health (in [`health`]: passive
+//! ejection, active probes, gossip), circuit breaking, the retry budget, and keep-alive
+//! connection pools per target.
 //!
-//! Owns shard-local state only (`Cell`/`RefCell`, never shared across threads). It must not
-//! parse HTTP: the request path decides whether a connection is clean enough to pool.
+//! Owns shard-local state (`Cell`/`RefCell`) plus this shard's row of the [`Cluster`] views
+//! (atomics written only by this shard, read by the admin thread). It must not parse HTTP:
+//! the request path decides whether a connection is clean enough to pool and how an
+//! exchange went.
+
+pub mod health;
+pub mod probe;
+
+pub use health::{Cluster, Outcome, ShardHealth, TargetView};
 
 use crate::config::{Balance, Snapshot, UpstreamSpec};
+use crate::gossip::now_ms;
 use crate::http::io::{BufConn, BufPool};
 use crate::tls::{ConnRead, ConnWrite};
 use monoio::io::Splitable;
@@ -14,6 +24,7 @@ use std::cell::{Cell, RefCell};
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
 /// A connection to a target, with whether it came from the pool (a reused connection may have
 /// been closed by the origin in the meantime, which makes one retry safe).
@@ -38,8 +49,60 @@ struct Group {
     next: Cell<usize>,
     /// Smooth weighted round robin's running weights.
     current: Vec<Cell<i64>>,
-    total_weight: i64,
     idle: Vec<RefCell<Vec<Idle>>>,
+    /// Requests in flight to this upstream on this shard (circuit breaking).
+    in_flight: Cell<usize>,
+    /// Connections being opened (circuit breaking).
+    pending: Cell<usize>,
+    budget: RetryBudget,
+}
+
+/// Retries allowed over a sliding 10 s window (two 5 s buckets): `percent` of requests plus
+/// a floor, per upstream per shard.
+#[derive(Default)]
+struct RetryBudget {
+    bucket_start_ms: Cell<u64>,
+    requests: [Cell<u32>; 2],
+    retries: [Cell<u32>; 2],
+}
+
+const BUDGET_BUCKET_MS: u64 = 5_000;
+
+impl RetryBudget {
+    fn roll(&self, now: u64) {
+        let start = self.bucket_start_ms.get();
+        if now >= start + 2 * BUDGET_BUCKET_MS {
+            for b in 0..2 {
+                self.requests[b].set(0);
+                self.retries[b].set(0);
+            }
+            self.bucket_start_ms.set(now);
+        } else if now >= start + BUDGET_BUCKET_MS {
+            self.requests[1].set(self.requests[0].get());
+            self.retries[1].set(self.retries[0].get());
+            self.requests[0].set(0);
+            self.retries[0].set(0);
+            self.bucket_start_ms.set(start + BUDGET_BUCKET_MS);
+        }
+    }
+
+    fn count_request(&self, now: u64) {
+        self.roll(now);
+        self.requests[0].set(self.requests[0].get().saturating_add(1));
+    }
+
+    fn try_spend(&self, now: u64, percent: u32, floor: u32) -> bool {
+        self.roll(now);
+        let requests = u64::from(self.requests[0].get()) + u64::from(self.requests[1].get());
+        let retries = u64::from(self.retries[0].get()) + u64::from(self.retries[1].get());
+        let allowed = u64::from(floor) + requests * u64::from(percent) / 100;
+        if retries < allowed {
+            self.retries[0].set(self.retries[0].get().saturating_add(1));
+            true
+        } else {
+            false
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,33 +113,72 @@ pub enum ConnectError {
     Failed(std::io::Error),
     #[error("upstream {0}")]
     Tls(crate::tls::HandshakeError),
+    #[error("too many connections being opened to the upstream (max_pending)")]
+    Overloaded,
+}
+
+/// Why no target was picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PickError {
+    /// Every target is unhealthy or ejected (and `panic_mode` is off).
+    NoneHealthy,
+    /// Every usable target was already tried for this request.
+    Exhausted,
 }
 
 pub struct ShardUpstreams {
     snapshot: Arc<Snapshot>,
     groups: Vec<Group>,
     bufs: Rc<BufPool>,
+    cluster: Arc<Cluster>,
+    shard: usize,
+    rng: Cell<u64>,
 }
 
 /// Capacity of an upstream connection's read buffer (response heads must fit in it).
 pub const UPSTREAM_BUF: usize = 32 * 1024;
 
+/// Targets already tried by one request (bit i: target i; upstreams beyond 64 targets reuse
+/// bits, which only makes a retry less picky).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tried(u64);
+
+impl Tried {
+    pub fn add(&mut self, target: usize) {
+        self.0 |= 1 << (target % 64);
+    }
+    fn has(&self, target: usize) -> bool {
+        self.0 & (1 << (target % 64)) != 0
+    }
+}
+
 impl ShardUpstreams {
-    pub fn new(snapshot: Arc<Snapshot>, bufs: Rc<BufPool>) -> Self {
+    pub fn new(
+        snapshot: Arc<Snapshot>,
+        bufs: Rc<BufPool>,
+        cluster: Arc<Cluster>,
+        shard: usize,
+        seed: u64,
+    ) -> Self {
         let groups = snapshot
             .upstreams
             .iter()
             .map(|u| Group {
                 next: Cell::new(0),
                 current: u.targets.iter().map(|_| Cell::new(0)).collect(),
-                total_weight: u.targets.iter().map(|t| i64::from(t.weight)).sum(),
                 idle: u.targets.iter().map(|_| RefCell::new(Vec::new())).collect(),
+                in_flight: Cell::new(0),
+                pending: Cell::new(0),
+                budget: RetryBudget::default(),
             })
             .collect();
         ShardUpstreams {
             snapshot,
             groups,
             bufs,
+            cluster,
+            shard,
+            rng: Cell::new(seed | 1),
         }
     }
 
@@ -84,32 +186,183 @@ impl ShardUpstreams {
         &self.snapshot.upstreams[upstream]
     }
 
-    /// Picks the target for the next request to `upstream`.
-    pub fn pick(&self, upstream: usize) -> usize {
+    pub fn health(&self) -> ShardHealth<'_> {
+        ShardHealth {
+            shard: self.shard,
+            cluster: &self.cluster,
+        }
+    }
+
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    fn view(&self, upstream: usize, target: usize) -> &TargetView {
+        &self.cluster.views[self.shard][self.spec(upstream).first_slot + target]
+    }
+
+    fn random(&self) -> u64 {
+        // xorshift64*: shard-local, no syscalls
+        let mut x = self.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A random duration in `0..=max_ms` milliseconds (retry backoff, probe jitter).
+    pub fn jitter_ms(&self, max_ms: u64) -> u64 {
+        if max_ms == 0 {
+            0
+        } else {
+            self.random() % (max_ms + 1)
+        }
+    }
+
+    /// Whether this upstream can take another request on this shard (`max_requests`).
+    pub fn has_capacity(&self, upstream: usize) -> bool {
+        self.groups[upstream].in_flight.get() < self.spec(upstream).max_requests
+    }
+
+    /// Counts a request against the retry budget's denominator.
+    pub fn count_request(&self, upstream: usize) {
+        self.groups[upstream].budget.count_request(now_ms());
+    }
+
+    /// Takes one retry from the budget, if any is left.
+    pub fn try_retry(&self, upstream: usize) -> bool {
+        let spec = self.spec(upstream);
+        self.groups[upstream].budget.try_spend(
+            now_ms(),
+            spec.retry_budget_percent,
+            spec.retry_budget_min,
+        )
+    }
+
+    /// Picks the target for the next request to `upstream`, skipping unhealthy, ejected and
+    /// already-tried targets. With every target down, `panic_mode` ignores health.
+    pub fn pick(&self, upstream: usize, tried: Tried) -> Result<usize, PickError> {
+        let now = now_ms();
+        let n = self.spec(upstream).targets.len();
+        let healthy = |t: usize| !tried.has(t) && self.view(upstream, t).usable(now);
+        if let Some(t) = self.pick_among(upstream, &healthy) {
+            return Ok(t);
+        }
+        let any_usable = (0..n).any(|t| self.view(upstream, t).usable(now));
+        if any_usable {
+            return Err(PickError::Exhausted);
+        }
+        if self.spec(upstream).panic_mode {
+            let untried = |t: usize| !tried.has(t);
+            return self
+                .pick_among(upstream, &untried)
+                .ok_or(PickError::Exhausted);
+        }
+        Err(PickError::NoneHealthy)
+    }
+
+    fn pick_among(&self, upstream: usize, ok: &dyn Fn(usize) -> bool) -> Option<usize> {
         let group = &self.groups[upstream];
         let targets = &self.spec(upstream).targets;
+        let n = targets.len();
         match self.spec(upstream).balance {
             Balance::RoundRobin => {
-                let i = group.next.get() % targets.len();
-                group.next.set(i + 1);
-                i
+                let start = group.next.get();
+                let t = (0..n).map(|i| (start + i) % n).find(|&t| ok(t))?;
+                group.next.set(t + 1);
+                Some(t)
             }
             Balance::Weighted => {
-                let mut best = 0;
-                for (i, t) in targets.iter().enumerate() {
+                let mut best: Option<usize> = None;
+                let mut total = 0i64;
+                for (i, t) in targets.iter().enumerate().filter(|&(i, _)| ok(i)) {
                     let c = &group.current[i];
                     c.set(c.get() + i64::from(t.weight));
-                    if c.get() > group.current[best].get() {
-                        best = i;
+                    total += i64::from(t.weight);
+                    if best.is_none_or(|b| c.get() > group.current[b].get()) {
+                        best = Some(i);
                     }
                 }
+                let best = best?;
                 let c = &group.current[best];
-                c.set(c.get() - group.total_weight);
-                best
+                c.set(c.get() - total);
+                Some(best)
+            }
+            Balance::Random => {
+                let start = (self.random() % n as u64) as usize;
+                (0..n).map(|i| (start + i) % n).find(|&t| ok(t))
+            }
+            Balance::LeastConn => {
+                // rotate the starting point so ties spread instead of piling on target 0
+                let start = group.next.get();
+                group.next.set(start.wrapping_add(1));
+                (0..n)
+                    .map(|i| (start + i) % n)
+                    .filter(|&t| ok(t))
+                    .min_by_key(|&t| self.view(upstream, t).in_flight.load(Relaxed))
+            }
+            Balance::P2cEwma => {
+                // two distinct random candidates (with two targets: always both)
+                let a = (self.random() % n as u64) as usize;
+                let first = (0..n).map(|i| (a + i) % n).find(|&t| ok(t))?;
+                let skip = 1 + (self.random() % (n as u64 - 1).max(1)) as usize;
+                let second = (0..n)
+                    .map(|i| (first + skip + i) % n)
+                    .find(|&t| t != first && ok(t))
+                    .unwrap_or(first);
+                let cost = |t: usize| {
+                    let v = self.view(upstream, t);
+                    // unmeasured targets look fast so they get measured
+                    v.ewma_us.load(Relaxed).max(1) * (u64::from(v.in_flight.load(Relaxed)) + 1)
+                };
+                Some(if cost(second) < cost(first) {
+                    second
+                } else {
+                    first
+                })
             }
         }
     }
 
+    /// Marks a request to `target` as in flight until the returned guard is dropped.
+    pub fn begin(&self, upstream: usize, target: usize) -> InFlight<'_> {
+        let view = self.view(upstream, target);
+        view.in_flight
+            .store(view.in_flight.load(Relaxed) + 1, Relaxed);
+        let group = &self.groups[upstream];
+        group.in_flight.set(group.in_flight.get() + 1);
+        InFlight {
+            upstreams: self,
+            upstream,
+            target,
+            outcome: Outcome::Neutral,
+        }
+    }
+}
+
+/// A request in flight to a target; dropping it records the outcome.
+pub struct InFlight<'a> {
+    upstreams: &'a ShardUpstreams,
+    upstream: usize,
+    target: usize,
+    pub outcome: Outcome,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let u = self.upstreams;
+        let view = u.view(self.upstream, self.target);
+        view.in_flight
+            .store(view.in_flight.load(Relaxed).saturating_sub(1), Relaxed);
+        let group = &u.groups[self.upstream];
+        group.in_flight.set(group.in_flight.get().saturating_sub(1));
+        u.health()
+            .record(u.spec(self.upstream), self.target, self.outcome);
+    }
+}
+
+impl ShardUpstreams {
     /// A pooled connection that is still open and fresh enough, if any.
     pub fn checkout_idle(&self, upstream: usize, target: usize) -> Option<UpstreamConn> {
         let idle_timeout = self.spec(upstream).idle_timeout;
@@ -137,6 +390,12 @@ impl ShardUpstreams {
     ) -> Result<UpstreamConn, ConnectError> {
         let spec = self.spec(upstream);
         let addr = spec.targets[target].addr;
+        let group = &self.groups[upstream];
+        if group.pending.get() >= spec.max_pending {
+            return Err(ConnectError::Overloaded);
+        }
+        group.pending.set(group.pending.get() + 1);
+        let _pending = scopeguard(|| group.pending.set(group.pending.get() - 1));
         let opened = monoio::time::timeout(spec.connect_timeout, async {
             let stream = TcpStream::connect_addr(addr)
                 .await
@@ -201,6 +460,19 @@ impl ShardUpstreams {
     }
 }
 
+/// Runs `f` when dropped (also when the future holding it is cancelled).
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
 /// A pooled connection the origin closed (or wrote to unasked) reads as EOF or data; an open,
 /// quiet one has nothing to read. One non-blocking peek tells them apart.
 fn origin_still_open(fd: RawFd) -> bool {
@@ -227,8 +499,9 @@ mod tests {
         let text = format!(
             "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n[[upstreams]]\nname = \"u\"\nbalance = \"{balance}\"\ntargets = {targets}\n"
         );
-        let snapshot = load_str(Path::new("test.toml"), &text).unwrap();
-        ShardUpstreams::new(Arc::new(snapshot), Rc::new(BufPool::new(4)))
+        let snapshot = Arc::new(load_str(Path::new("test.toml"), &text).unwrap());
+        let cluster = Arc::new(Cluster::new(&snapshot));
+        ShardUpstreams::new(snapshot, Rc::new(BufPool::new(4)), cluster, 0, 42)
     }
 
     #[test]
@@ -237,7 +510,9 @@ mod tests {
             "round_robin",
             r#"["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]"#,
         );
-        let picks: Vec<usize> = (0..6).map(|_| u.pick(0)).collect();
+        let picks: Vec<usize> = (0..6)
+            .map(|_| u.pick(0, Tried::default()).unwrap())
+            .collect();
         assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
     }
 
@@ -247,12 +522,14 @@ mod tests {
             "weighted",
             r#"[{ addr = "127.0.0.1:1", weight = 5 }, "127.0.0.1:2", "127.0.0.1:3"]"#,
         );
-        let picks: Vec<usize> = (0..7).map(|_| u.pick(0)).collect();
+        let picks: Vec<usize> = (0..7)
+            .map(|_| u.pick(0, Tried::default()).unwrap())
+            .collect();
         // nginx's smooth weighted round robin for 5:1:1
         assert_eq!(picks, vec![0, 0, 1, 0, 2, 0, 0]);
         let mut counts = [0; 3];
         for _ in 0..7000 {
-            counts[u.pick(0)] += 1;
+            counts[u.pick(0, Tried::default()).unwrap()] += 1;
         }
         assert_eq!(counts, [5000, 1000, 1000]);
     }

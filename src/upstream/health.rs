@@ -1,0 +1,239 @@
+//! Backend health as one shard sees it, and how it changes: passive outlier detection on
+//! this shard's traffic, active probes for the targets this shard owns, and gossip from
+//! the others. Every change goes through [`Gossip::update`], so all shards converge.
+
+use crate::config::{PassiveSpec, Snapshot, UpstreamSpec};
+use crate::gossip::{Gossip, Reason, TargetState, now_ms};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+
+/// One target as one shard sees it. Atomics only so the admin thread can read them; the
+/// owning shard is the only writer (relaxed stores: plain moves on x86).
+#[derive(Default)]
+pub struct TargetView {
+    pub generation: AtomicU32,
+    pub unhealthy: AtomicBool,
+    pub ejected_until_ms: AtomicU64,
+    pub ejections: AtomicU32,
+    pub reason: AtomicU8,
+    pub changed_ms: AtomicU64,
+    pub consecutive_failures: AtomicU32,
+    pub in_flight: AtomicU32,
+    /// Exponentially weighted response-head latency, microseconds.
+    pub ewma_us: AtomicU64,
+}
+
+impl TargetView {
+    pub fn usable(&self, now_ms: u64) -> bool {
+        !self.unhealthy.load(Relaxed) && self.ejected_until_ms.load(Relaxed) <= now_ms
+    }
+
+    pub fn state_name(&self, now_ms: u64) -> &'static str {
+        if self.ejected_until_ms.load(Relaxed) > now_ms {
+            "ejected"
+        } else if self.unhealthy.load(Relaxed) {
+            "unhealthy"
+        } else {
+            "healthy"
+        }
+    }
+
+    pub fn reason(&self) -> &'static str {
+        match self.reason.load(Relaxed) {
+            1 => Reason::ActiveCheckPassed,
+            2 => Reason::ActiveCheckFailed,
+            3 => Reason::ConsecutiveFailures,
+            4 => Reason::EjectionEnded,
+            _ => Reason::Initial,
+        }
+        .describe()
+    }
+
+    /// Takes a cluster-wide state if it is newer than what this shard has.
+    fn apply(&self, s: &TargetState) {
+        let have = self.generation.load(Relaxed);
+        // wrapping comparison: a generation "after" ours within half the range is newer
+        if s.generation.wrapping_sub(have) as i32 <= 0 && have != 0 {
+            return;
+        }
+        self.generation.store(s.generation, Relaxed);
+        self.unhealthy.store(s.unhealthy, Relaxed);
+        self.ejected_until_ms.store(s.ejected_until_ms, Relaxed);
+        self.ejections.store(u32::from(s.ejections), Relaxed);
+        self.reason.store(s.reason as u8, Relaxed);
+        self.changed_ms.store(s.changed_ms, Relaxed);
+        if !s.is_ejected(now_ms()) {
+            self.consecutive_failures.store(0, Relaxed);
+        }
+    }
+
+    fn record_latency(&self, micros: u64) {
+        // EWMA with alpha = 1/8; the first sample seeds it.
+        let old = self.ewma_us.load(Relaxed);
+        let new = if old == 0 {
+            micros.max(1)
+        } else {
+            (old * 7 + micros) / 8
+        };
+        self.ewma_us.store(new.max(1), Relaxed);
+    }
+}
+
+/// Every shard's view of every target (indexed by gossip slot), plus the gossip channel:
+/// shared by the shards and the admin thread.
+pub struct Cluster {
+    pub gossip: Gossip,
+    pub views: Vec<Vec<TargetView>>,
+}
+
+impl Cluster {
+    pub fn new(snapshot: &Snapshot) -> Cluster {
+        let slots = snapshot.total_targets;
+        Cluster {
+            gossip: Gossip::new(slots, snapshot.workers, 1024),
+            views: (0..snapshot.workers)
+                .map(|_| (0..slots).map(|_| TargetView::default()).collect())
+                .collect(),
+        }
+    }
+
+    /// The shard that actively probes `slot`: exactly one per target.
+    pub fn prober_of(&self, slot: usize) -> usize {
+        slot % self.views.len().max(1)
+    }
+}
+
+/// How an exchange with a target went, for passive detection and latency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response head arrived (its status, and how long it took).
+    Answered { status: u16, micros: u64 },
+    /// Connect error, reset before any response byte, or response timeout.
+    Failed,
+    /// Neither (the client went away, or the request was refused before sending).
+    Neutral,
+}
+
+/// This shard's side of health: applying gossip, passive detection, probe results.
+pub struct ShardHealth<'a> {
+    pub shard: usize,
+    pub cluster: &'a Cluster,
+}
+
+impl ShardHealth<'_> {
+    pub fn view(&self, slot: usize) -> &TargetView {
+        &self.cluster.views[self.shard][slot]
+    }
+
+    /// Applies news from other shards; returns how many notices there were.
+    pub fn drain_gossip(&self) -> usize {
+        let views = &self.cluster.views[self.shard];
+        self.cluster
+            .gossip
+            .drain(self.shard, |slot, state| views[slot].apply(&state))
+    }
+
+    fn publish(&self, slot: usize, change: impl FnMut(&TargetState) -> Option<TargetState>) {
+        if let Some(state) = self.cluster.gossip.update(self.shard, slot, change) {
+            self.view(slot).apply(&state);
+        }
+    }
+
+    /// Counts an exchange's outcome; enough consecutive failures eject the target for
+    /// everyone (within `max_ejection_percent`).
+    pub fn record(&self, spec: &UpstreamSpec, target: usize, outcome: Outcome) {
+        let slot = spec.first_slot + target;
+        let view = self.view(slot);
+        let failed = match outcome {
+            Outcome::Answered { status, micros } => {
+                view.record_latency(micros);
+                spec.passive.on_5xx && status >= 500
+            }
+            Outcome::Failed => true,
+            Outcome::Neutral => return,
+        };
+        if !failed {
+            view.consecutive_failures.store(0, Relaxed);
+            return;
+        }
+        let failures = view.consecutive_failures.load(Relaxed) + 1;
+        view.consecutive_failures.store(failures, Relaxed);
+        let passive = &spec.passive;
+        if passive.consecutive_failures == 0 || failures < passive.consecutive_failures {
+            return;
+        }
+        let now = now_ms();
+        if view.ejected_until_ms.load(Relaxed) > now || !self.may_eject(spec, now) {
+            return;
+        }
+        view.consecutive_failures.store(0, Relaxed);
+        self.publish(slot, |s| {
+            (!s.is_ejected(now)).then(|| TargetState {
+                ejections: s.ejections.saturating_add(1),
+                ejected_until_ms: now + ejection_ms(passive, s.ejections),
+                reason: Reason::ConsecutiveFailures,
+                ..*s
+            })
+        });
+    }
+
+    fn may_eject(&self, spec: &UpstreamSpec, now: u64) -> bool {
+        let n = spec.targets.len();
+        let ejected = (0..n)
+            .filter(|&t| {
+                self.view(spec.first_slot + t)
+                    .ejected_until_ms
+                    .load(Relaxed)
+                    > now
+            })
+            .count();
+        (ejected + 1) * 100 <= n * spec.passive.max_ejection_percent as usize
+    }
+
+    /// An active probe's verdict after the thresholds: `true` healthy, `false` unhealthy.
+    pub fn probe_verdict(&self, slot: usize, healthy: bool) {
+        let now = now_ms();
+        self.publish(slot, |s| {
+            let ends_ejection = healthy && s.is_ejected(now);
+            if s.unhealthy != healthy && !ends_ejection {
+                return None;
+            }
+            Some(TargetState {
+                unhealthy: !healthy,
+                ejected_until_ms: if healthy { 0 } else { s.ejected_until_ms },
+                reason: match (healthy, ends_ejection) {
+                    (true, true) if !s.unhealthy => Reason::EjectionEnded,
+                    (true, _) => Reason::ActiveCheckPassed,
+                    (false, _) => Reason::ActiveCheckFailed,
+                },
+                ..*s
+            })
+        });
+    }
+}
+
+/// `ejection_time` doubled for each earlier ejection, capped at `max_ejection_time`.
+fn ejection_ms(p: &PassiveSpec, earlier: u8) -> u64 {
+    let base = p.ejection_time.as_millis() as u64;
+    let cap = p.max_ejection_time.as_millis() as u64;
+    base.saturating_mul(1u64 << u32::from(earlier).min(20))
+        .min(cap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn ejection_time_doubles_up_to_the_cap() {
+        let p = PassiveSpec {
+            consecutive_failures: 5,
+            ejection_time: Duration::from_secs(30),
+            max_ejection_time: Duration::from_secs(300),
+            max_ejection_percent: 50,
+            on_5xx: false,
+        };
+        let times: Vec<u64> = (0..6).map(|e| ejection_ms(&p, e) / 1000).collect();
+        assert_eq!(times, vec![30, 60, 120, 240, 300, 300]);
+    }
+}

@@ -1,0 +1,409 @@
+//! Load balancing, health, failover, retries and circuit breaking with real origins on
+//! 127.0.0.1, observed through the client side and the admin `/upstreams` endpoint.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+fn targets_list(addrs: &[String]) -> String {
+    addrs
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A gateway with `workers` shards, an admin listener, one upstream and one catch-all route.
+fn gateway(workers: usize, upstream: &str, route: &str) -> (Gateway, SocketAddr) {
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = format!(
+        "[server]\nworkers = {workers}\ngossip_interval = \"5ms\"\n\n[admin]\nbind = \"{admin}\"\n\n[[listeners]]\nname = \"main\"\nbind = \"{{listen}}\"\n\n[[upstreams]]\nname = \"o\"\n{upstream}\n\n[[routes]]\nname = \"all\"\nupstream = \"o\"\n{route}\n"
+    );
+    let gw = Gateway::start(&config);
+    assert!(wait_for_port(admin, Duration::from_secs(10)));
+    (gw, admin)
+}
+
+fn admin_get(admin: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").unwrap();
+    let mut all = String::new();
+    let _ = s.read_to_string(&mut all);
+    all.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// `state` of target `t` on every shard, from `/upstreams`.
+fn shard_states(admin: SocketAddr, t: usize) -> Vec<String> {
+    let body = admin_get(admin, "/upstreams");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("valid JSON");
+    json["upstreams"][0]["targets"][t]["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn keep_alive_get(s: &mut TcpStream, reader: &mut ResponseReader, path: &str) -> Option<Response> {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .ok()?;
+    reader.try_read(s, false)
+}
+
+/// Sends `n` GETs on one keep-alive connection (so one shard sees them in order).
+fn send_many(gw: &Gateway, n: usize) {
+    let mut s = gw.connect();
+    let mut reader = ResponseReader::default();
+    for i in 0..n {
+        let r = keep_alive_get(&mut s, &mut reader, &format!("/{i}")).expect("response");
+        assert_eq!(r.status, 200);
+    }
+}
+
+fn origins(n: usize) -> Vec<Origin> {
+    (0..n).map(|_| Origin::echo_path()).collect()
+}
+
+fn addrs(origins: &[Origin]) -> Vec<String> {
+    origins.iter().map(|o| o.addr.to_string()).collect()
+}
+
+#[test]
+fn admin_healthz_and_upstreams_shape() {
+    let os = origins(2);
+    let (_gw, admin) = gateway(2, &format!("targets = [{}]", targets_list(&addrs(&os))), "");
+    assert_eq!(admin_get(admin, "/healthz"), r#"{"status":"ok"}"#);
+    let body = admin_get(admin, "/upstreams");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let u = &json["upstreams"][0];
+    assert_eq!(u["name"], "o");
+    assert_eq!(u["balance"], "round_robin");
+    let shards = u["targets"][1]["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 2, "one entry per shard");
+    for key in [
+        "shard",
+        "state",
+        "consecutive_failures",
+        "ejections",
+        "in_flight",
+        "ewma_ms",
+        "last_change",
+        "reason",
+    ] {
+        assert!(shards[0].get(key).is_some(), "missing {key}: {body}");
+    }
+    assert_eq!(shards[0]["state"], "healthy");
+}
+
+#[test]
+fn weights_random_and_round_robin_distribute_as_configured() {
+    for (balance, targets, expected) in [
+        ("round_robin", "", [1.0 / 3.0; 3]),
+        ("weighted", "weighted", [5.0 / 7.0, 1.0 / 7.0, 1.0 / 7.0]),
+        ("random", "", [1.0 / 3.0; 3]),
+    ] {
+        let os = origins(3);
+        let a = addrs(&os);
+        let list = if targets == "weighted" {
+            format!(
+                "[{{ addr = \"{}\", weight = 5 }}, \"{}\", \"{}\"]",
+                a[0], a[1], a[2]
+            )
+        } else {
+            format!("[{}]", targets_list(&a))
+        };
+        let (gw, _) = gateway(1, &format!("targets = {list}\nbalance = \"{balance}\""), "");
+        let n = 10_000;
+        send_many(&gw, n);
+        for (i, o) in os.iter().enumerate() {
+            let share = o.received().len() as f64 / n as f64;
+            assert!(
+                (share - expected[i]).abs() < 0.03,
+                "{balance}: target {i} got {share:.3}, expected {:.3}",
+                expected[i]
+            );
+        }
+    }
+}
+
+/// Concurrent clients against one fast and one slow origin: `least_conn` and `p2c_ewma`
+/// send most traffic to the fast one.
+#[test]
+fn least_conn_and_p2c_ewma_prefer_the_faster_origin() {
+    for balance in ["least_conn", "p2c_ewma"] {
+        let fast = Origin::echo_path();
+        let slow = Origin::start(|r| {
+            std::thread::sleep(Duration::from_millis(20));
+            let path = r.request_line().split(' ').nth(1).unwrap_or("").to_string();
+            ok(path.as_bytes())
+        });
+        let (gw, _) = gateway(
+            1,
+            &format!(
+                "targets = [\"{}\", \"{}\"]\nbalance = \"{balance}\"",
+                fast.addr, slow.addr
+            ),
+            "",
+        );
+        let gw = Arc::new(gw);
+        let clients: Vec<_> = (0..8)
+            .map(|_| {
+                let gw = gw.clone();
+                std::thread::spawn(move || send_many(&gw, 100))
+            })
+            .collect();
+        for c in clients {
+            c.join().unwrap();
+        }
+        let (f, s) = (fast.received().len(), slow.received().len());
+        assert_eq!(f + s, 800);
+        assert!(f > 3 * s, "{balance}: fast {f}, slow {s}");
+    }
+}
+
+/// `ringgate echo` as a separate origin process that can be killed.
+fn echo_origin() -> (Proc, SocketAddr) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = temp_dir("echo-origin");
+    let p = spawn_bin(
+        &dir,
+        &["echo", "--bind", &addr.to_string(), "--workers", "1"],
+    );
+    assert!(wait_for_port(addr, Duration::from_secs(10)));
+    (p, addr)
+}
+
+#[test]
+fn a_killed_origin_fails_no_request_and_every_shard_stops_using_it() {
+    let (mut doomed, doomed_addr) = echo_origin();
+    let (_survivor, survivor_addr) = echo_origin();
+    let (gw, admin) = gateway(
+        2,
+        &format!(
+            "targets = [\"{doomed_addr}\", \"{survivor_addr}\"]\n[upstreams.passive]\nconsecutive_failures = 2\nejection_time = \"60s\""
+        ),
+        "retries = 2",
+    );
+    let gw = Arc::new(gw);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (gw, stop, sent, failed) = (gw.clone(), stop.clone(), sent.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                let mut s = gw.connect();
+                let mut reader = ResponseReader::default();
+                while !stop.load(Ordering::Acquire) && Instant::now() < deadline {
+                    sent.fetch_add(1, Ordering::AcqRel);
+                    match keep_alive_get(&mut s, &mut reader, "/") {
+                        Some(r) if r.status == 200 => {}
+                        other => {
+                            failed.fetch_add(1, Ordering::AcqRel);
+                            eprintln!("failed: {:?}", other.map(|r| (r.status, r.text())));
+                            s = gw.connect();
+                            reader = ResponseReader::default();
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    assert!(wait_until(Duration::from_secs(10), || sent
+        .load(Ordering::Acquire)
+        > 200));
+    doomed.signal(libc::SIGKILL);
+    let _ = doomed.wait_exit(Duration::from_secs(5));
+    // Once one shard has ejected it, all shards agree within a couple of gossip ticks.
+    let mut first_seen = None;
+    let all = wait_until(Duration::from_secs(20), || {
+        let states = shard_states(admin, 0);
+        if first_seen.is_none() && states.iter().any(|s| s == "ejected") {
+            first_seen = Some(Instant::now());
+        }
+        states.iter().all(|s| s == "ejected")
+    });
+    assert!(
+        all,
+        "every shard ejects the dead origin: {:?}",
+        shard_states(admin, 0)
+    );
+    let spread = first_seen.map(|t| t.elapsed()).unwrap_or_default();
+    assert!(
+        spread < Duration::from_millis(500),
+        "propagation took {spread:?}"
+    );
+    let before = sent.load(Ordering::Acquire);
+    assert!(wait_until(Duration::from_secs(10), || sent
+        .load(Ordering::Acquire)
+        > before + 200));
+    stop.store(true, Ordering::Release);
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::Acquire),
+        0,
+        "of {} requests",
+        sent.load(Ordering::Acquire)
+    );
+}
+
+#[test]
+fn a_hanging_origin_is_ejected_via_timeouts() {
+    let hang = Origin::start(|_| Action::Hang);
+    let good = Origin::echo_path();
+    let (gw, admin) = gateway(
+        1,
+        &format!(
+            "targets = [\"{}\", \"{}\"]\nresponse_timeout = \"200ms\"\n[upstreams.passive]\nconsecutive_failures = 2",
+            hang.addr, good.addr
+        ),
+        "retry_on = [\"timeout\"]\nretries = 1",
+    );
+    for _ in 0..6 {
+        assert_eq!(
+            gw.get("/").status,
+            200,
+            "timeouts are retried on the good origin"
+        );
+    }
+    assert_eq!(shard_states(admin, 0), vec!["ejected"]);
+    let body = admin_get(admin, "/upstreams");
+    assert!(body.contains("consecutive failures"), "{body}");
+    let hung = hang.received().len();
+    for _ in 0..10 {
+        assert_eq!(gw.get("/").status, 200);
+    }
+    assert_eq!(
+        hang.received().len(),
+        hung,
+        "an ejected origin gets no traffic"
+    );
+}
+
+#[test]
+fn an_origin_that_comes_back_is_readmitted_by_active_checks() {
+    let (mut first, addr) = echo_origin();
+    let (_other, other_addr) = echo_origin();
+    let (gw, admin) = gateway(
+        2,
+        &format!(
+            "targets = [\"{addr}\", \"{other_addr}\"]\n[upstreams.health]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"200ms\"\nhealthy_threshold = 2\nunhealthy_threshold = 2\njitter = \"10ms\""
+        ),
+        "",
+    );
+    first.signal(libc::SIGKILL);
+    let _ = first.wait_exit(Duration::from_secs(5));
+    assert!(wait_until(Duration::from_secs(10), || shard_states(
+        admin, 0
+    )
+    .iter()
+    .all(|s| s == "unhealthy")));
+    for _ in 0..10 {
+        assert_eq!(gw.get("/").status, 200);
+    }
+    // back on the same port
+    let dir = temp_dir("echo-back");
+    let _back = spawn_bin(
+        &dir,
+        &["echo", "--bind", &addr.to_string(), "--workers", "1"],
+    );
+    assert!(wait_for_port(addr, Duration::from_secs(10)));
+    assert!(
+        wait_until(Duration::from_secs(10), || shard_states(admin, 0)
+            .iter()
+            .all(|s| s == "healthy")),
+        "{:?}",
+        shard_states(admin, 0)
+    );
+    let body = admin_get(admin, "/upstreams");
+    assert!(body.contains("active check passed"), "{body}");
+}
+
+#[test]
+fn health_probes_happen_once_per_target_per_interval_whatever_the_shard_count() {
+    let probes = Arc::new(AtomicUsize::new(0));
+    let counter = probes.clone();
+    let origin = Origin::start(move |r| {
+        if r.request_line().contains("/healthz") {
+            counter.fetch_add(1, Ordering::AcqRel);
+        }
+        ok(b"ok")
+    });
+    let (_gw, _admin) = gateway(
+        4,
+        &format!(
+            "targets = [\"{}\"]\n[upstreams.health]\ninterval = \"100ms\"\njitter = \"0ms\"",
+            origin.addr
+        ),
+        "",
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let start = probes.load(Ordering::Acquire);
+    std::thread::sleep(Duration::from_secs(2));
+    let n = probes.load(Ordering::Acquire) - start;
+    // one prober: about 20 in 2 s; four would be about 80
+    assert!((8..=26).contains(&n), "{n} probes in 2 s");
+}
+
+#[test]
+fn the_retry_budget_caps_retries_while_every_request_fails() {
+    let failing = || {
+        Origin::start(|_| {
+            Action::Raw(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n".to_vec())
+        })
+    };
+    let (a, b) = (failing(), failing());
+    let (gw, _) = gateway(
+        1,
+        &format!(
+            "targets = [\"{}\", \"{}\"]\nretry_budget = {{ percent = 10, min_per_10s = 5 }}\n[upstreams.passive]\nconsecutive_failures = 0",
+            a.addr, b.addr
+        ),
+        "retries = 3\nretry_on = [\"503\"]",
+    );
+    let n = 100;
+    let mut s = gw.connect();
+    let mut reader = ResponseReader::default();
+    for _ in 0..n {
+        let r = keep_alive_get(&mut s, &mut reader, "/").unwrap();
+        assert!(r.status == 503 || r.status == 502, "{}", r.status);
+    }
+    let reached = a.received().len() + b.received().len();
+    // without a budget: up to 2 tries each (two targets) = 200; with it: 100 + 5 + 10% of 100
+    assert!(
+        reached <= n + 5 + 10 + 1,
+        "{reached} origin requests for {n} client requests"
+    );
+    assert!(reached > n, "some retries happened: {reached}");
+}
+
+#[test]
+fn the_circuit_breaker_answers_503_beyond_max_requests() {
+    let (_echo, addr) = echo_origin();
+    let (gw, _) = gateway(1, &format!("targets = [\"{addr}\"]\nmax_requests = 2"), "");
+    let gw = Arc::new(gw);
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let gw = gw.clone();
+            std::thread::spawn(move || gw.get("/delay/1500").status)
+        })
+        .collect();
+    // wait until both are in flight (the admin view shows them)
+    std::thread::sleep(Duration::from_millis(500));
+    let r = gw.get("/fast");
+    assert_eq!(r.status, 503);
+    assert!(r.text().contains("max_requests"), "{}", r.text());
+    for t in slow {
+        assert_eq!(t.join().unwrap(), 200);
+    }
+    assert_eq!(gw.get("/fast").status, 200);
+}
