@@ -46,9 +46,14 @@ bind = "127.0.0.1:$gw"
 [[upstreams]]
 name = "echo"
 targets = ["127.0.0.1:$origin_a", "127.0.0.1:$origin_b"]
+[upstreams.health]
+path = "/healthz"
+interval = "500ms"
+timeout = "250ms"
 [[routes]]
 name = "all"
 upstream = "echo"
+retries = 2
 TOML
 gw_pid=$(start "$bin" run --config "$work/ringgate.toml")
 wait_port "$origin_a"; wait_port "$origin_b"; wait_port "$gw"
@@ -98,9 +103,9 @@ if [ "$scenario" = kill ] || [ "$scenario" = all ]; then
   echo "## kill: origin A is killed a third of the way in and restarted at two thirds"
   (
     sleep "$((load_s / 3))"; kill -9 "$pid_a" 2>/dev/null || true
-    sleep "$((load_s / 3))"; "$bin" echo --bind "127.0.0.1:$origin_a" --workers 1 >>"$work/servers.log" 2>&1 &
-    echo $! >"$work/restarted.pid"; wait
-  ) &
+    sleep "$((load_s / 3))"; "$bin" echo --bind "127.0.0.1:$origin_a" --workers 1 >>"$work/servers.log" 2>&1 </dev/null &
+    echo $! >"$work/restarted.pid"
+  ) >/dev/null 2>&1 &
   killer=$!
   "$driver" soak --target "127.0.0.1:$gw" --rate 1000 --duration "$load_s" --label kill || status=1
   wait "$killer" 2>/dev/null || true
