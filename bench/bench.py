@@ -50,6 +50,13 @@ SCENARIOS = {
 }
 FIXED_RATE = "fixed-rate"
 TARGETS = ["direct", "ringgate", "nginx", "haproxy"]
+# Opt-in (--targets): ringgate balancing over two entries of the same origin, one process per
+# algorithm, to show what the choice itself costs.
+BALANCE_TARGETS = {"rg-round_robin": "round_robin", "rg-least_conn": "least_conn",
+                   "rg-p2c_ewma": "p2c_ewma"}
+# Opt-in: RINGGATE_BEFORE=/path/to/older/ringgate adds target "rg-before" (same config as
+# "ringgate", plain HTTP only) to measure a change before/after in one run.
+RINGGATE_BEFORE = os.environ.get("RINGGATE_BEFORE")
 
 
 def free_port():
@@ -192,7 +199,9 @@ backend be
 """
 
 
-def ringgate_conf(port, origin_port, workers, tls_port, cert, key):
+def ringgate_conf(port, origin_port, workers, tls_port, cert, key, balance=None):
+    targets = (f'["127.0.0.1:{origin_port}"]' if balance is None else
+               f'["127.0.0.1:{origin_port}", "127.0.0.1:{origin_port}"]\nbalance = "{balance}"')
     return f"""
 [server]
 workers = {workers}
@@ -209,6 +218,26 @@ bind = "127.0.0.1:{tls_port}"
 certificates = [{{ cert = "{cert}", key = "{key}" }}]
 [[upstreams]]
 name = "origin"
+targets = {targets}
+max_idle_connections = 256
+[[routes]]
+name = "all"
+upstream = "origin"
+"""
+
+
+def before_conf(port, origin_port, workers):
+    """The plain-HTTP part of ringgate_conf, for an older binary without TLS."""
+    return f"""
+[server]
+workers = {workers}
+[limits]
+max_connections = 100000
+[[listeners]]
+name = "bench"
+bind = "127.0.0.1:{port}"
+[[upstreams]]
+name = "origin"
 targets = ["127.0.0.1:{origin_port}"]
 max_idle_connections = 256
 [[routes]]
@@ -217,19 +246,19 @@ upstream = "origin"
 """
 
 
-def start_all(workdir, workers):
+def start_all(workdir, workers, wanted):
     servers = {}
     try:
-        return start_each(workdir, workers, servers)
+        return start_each(workdir, workers, servers, wanted)
     except BaseException:
         for server in servers.values():
             server.stop()
         raise
 
 
-def start_each(workdir, workers, servers):
-    ports = {t: free_port() for t in TARGETS}
-    tls_ports = {t: free_port() for t in TARGETS if t != "direct"}
+def start_each(workdir, workers, servers, wanted):
+    ports = {t: free_port() for t in TARGETS + list(BALANCE_TARGETS) + ["rg-before"]}
+    tls_ports = {t: free_port() for t in ports if t != "direct"}
     cert, key, combined = make_certificate(workdir)
     origin_port = ports["direct"]
     servers["direct"] = Server("origin", [RINGGATE, "echo", "--bind", f"127.0.0.1:{origin_port}",
@@ -240,6 +269,21 @@ def start_each(workdir, workers, servers):
                               cert, key))
     servers["ringgate"] = Server("ringgate", [RINGGATE, "run", "--config", rg_conf],
                                  ports["ringgate"], workdir, tls_ports["ringgate"])
+    if RINGGATE_BEFORE and "rg-before" in wanted:
+        conf = os.path.join(workdir, "rg-before.toml")
+        with open(conf, "w") as f:
+            f.write(before_conf(ports["rg-before"], origin_port, workers))
+        servers["rg-before"] = Server("rg-before", [RINGGATE_BEFORE, "run", "--config", conf],
+                                      ports["rg-before"], workdir)
+    for name, balance in BALANCE_TARGETS.items():
+        if name not in wanted:
+            continue
+        conf = os.path.join(workdir, f"{name}.toml")
+        with open(conf, "w") as f:
+            f.write(ringgate_conf(ports[name], origin_port, workers, tls_ports[name], cert, key,
+                                  balance))
+        servers[name] = Server(name, [RINGGATE, "run", "--config", conf], ports[name], workdir,
+                               tls_ports[name])
     if shutil.which("nginx"):
         conf = os.path.join(workdir, "nginx.conf")
         with open(conf, "w") as f:
@@ -314,7 +358,7 @@ def fmt_us(us):
 
 
 def print_table(table, scenarios, out):
-    header = (f"{'scenario':<14} {'target':<9} {'req/s':>9} {'p50':>9} {'p99':>9} {'p99.9':>9} "
+    header = (f"{'scenario':<14} {'target':<14} {'req/s':>9} {'p50':>9} {'p99':>9} {'p99.9':>9} "
               f"{'cpu s/100k':>10} {'errors':>7} {'vs nginx':>8} {'vs direct':>9}")
     print(header, file=out)
     print("-" * len(header), file=out)
@@ -322,13 +366,13 @@ def print_table(table, scenarios, out):
         cells = table.get(scenario, {})
         nginx = cells.get("nginx", {}).get("rps")
         direct = cells.get("direct", {}).get("rps")
-        for target in TARGETS:
+        for target in TARGETS + list(BALANCE_TARGETS) + ["rg-before"]:
             c = cells.get(target)
             if not c:
                 continue
             vs_nginx = f"{c['rps'] / nginx:.2f}x" if nginx else "-"
             vs_direct = f"{c['rps'] / direct:.2f}x" if direct else "-"
-            print(f"{scenario:<14} {target:<9} {c['rps']:>9.0f} {fmt_us(c['p50']):>9} "
+            print(f"{scenario:<14} {target:<14} {c['rps']:>9.0f} {fmt_us(c['p50']):>9} "
                   f"{fmt_us(c['p99']):>9} {fmt_us(c['p999']):>9} {c['cpu_per_100k']:>10.2f} "
                   f"{int(c['errors']):>7} {vs_nginx:>8} {vs_direct:>9}", file=out)
     print("cpu s/100k: CPU seconds (user+sys) the target's own processes spent per 100k requests "
@@ -349,8 +393,8 @@ def main():
     scenarios = [s for s in args.scenarios.split(",") if s]
     wanted = set(args.targets.split(","))
     workdir = tempfile.mkdtemp(prefix="ringgate-bench-")
-    servers = start_all(workdir, args.workers)
-    targets = [t for t in TARGETS if t in servers and t in wanted]
+    servers = start_all(workdir, args.workers, wanted)
+    targets = [t for t in TARGETS + list(BALANCE_TARGETS) + ["rg-before"] if t in servers and t in wanted]
     print(f"# {time.strftime('%Y-%m-%d %H:%M:%S')}  nproc={os.cpu_count()}  "
           f"duration={duration}s rounds={args.rounds} workers={args.workers} targets={','.join(targets)}",
           flush=True)

@@ -11,6 +11,7 @@
 
 use crate::config::RetryOn;
 use crate::config::{CompiledTransform, EffectiveLimits, RouteAction, RouteSpec};
+use crate::config::{HashKey, UpstreamSpec, stable_hash};
 use crate::http::body::{BodyError, BodyLimits, stream_body};
 use crate::http::io::{BufConn, ReadError, write_all_buf};
 use crate::http::{
@@ -20,7 +21,7 @@ use crate::http::{
 use crate::route::Match;
 use crate::shard::{ConnGuard, Shard};
 use crate::tls::{ConnRead, ConnWrite};
-use crate::upstream::{ConnectError, InFlight, Outcome, Tried, UpstreamConn};
+use crate::upstream::{Affinity, ConnectError, InFlight, Outcome, Tried, UpstreamConn};
 use monoio::io::{AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
@@ -61,6 +62,8 @@ struct Downstream {
     out: Vec<u8>,
     /// Re-chunking buffer for response bodies.
     scratch: Vec<u8>,
+    /// Per-response header lines the gateway adds (a sticky cookie).
+    extra: Vec<u8>,
 }
 
 /// Facts about the current request that outlive its head bytes in the read buffer.
@@ -122,6 +125,7 @@ pub async fn serve_connection(
             resp: state.resp,
             out: shard.bufs.take(OUT_BUF),
             scratch: state.down_scratch,
+            extra: Vec::new(),
         },
         up_scratch: state.up_scratch,
         peer_ip: PeerIp::new(peer.ip()),
@@ -580,7 +584,8 @@ async fn proxy(
         return reject_with_body_pending(c, ex, 503, message, b"").await;
     }
     shard.upstreams.count_request(upstream);
-    let target = match shard.upstreams.pick(upstream, Tried::default()) {
+    let affinity = affinity_of(&shard.snapshot.upstreams[upstream], c);
+    let target = match shard.upstreams.pick(upstream, Tried::default(), &affinity) {
         Ok(t) => t,
         Err(_) => {
             return reject_with_body_pending(c, ex, 503, "no healthy upstream target", b"").await;
@@ -609,12 +614,18 @@ async fn proxy(
         // Boxed: this path's state is large and rare; keeping it out of every connection's
         // future keeps idle connections small.
         return Box::pin(streamed_exchange(
-            shard, c, ex, route, upstream, target, out,
+            shard, c, ex, route, upstream, target, &affinity, out,
         ))
         .await;
     }
-    match send_replayable(shard, c, ex, route, upstream, target, out).await {
+    match send_replayable(shard, c, ex, route, upstream, target, &affinity, out).await {
         Ok((mut up, target, flight)) => {
+            stick_to(
+                &shard.snapshot.upstreams[upstream],
+                &affinity,
+                target,
+                &mut c.down,
+            );
             let relayed =
                 relay_response(shard, &mut c.down, ex, route, upstream, &mut up.reader).await;
             drop(flight);
@@ -629,6 +640,39 @@ async fn proxy(
             )
         }
         Err(failure) => fail_upstream(c, ex, failure, true).await,
+    }
+}
+
+/// A sticky cookie naming a known target, and the consistent-hash key, if configured.
+fn affinity_of(spec: &UpstreamSpec, c: &Client) -> Affinity {
+    let buf = c.reader.buffered();
+    let sticky = spec.sticky.as_ref().and_then(|st| {
+        let value = c.head.cookie(buf, st.cookie.as_bytes())?;
+        st.ids.iter().position(|id| id.as_bytes() == value)
+    });
+    let hash = match &spec.hash_key {
+        Some(HashKey::Header(name)) => c.head.field(buf, name.as_bytes()).map(stable_hash),
+        Some(HashKey::Cookie(name)) => c.head.cookie(buf, name.as_bytes()).map(stable_hash),
+        Some(HashKey::ClientIp) => Some(stable_hash(c.peer_ip.as_bytes())),
+        None => None,
+    };
+    Affinity { sticky, hash }
+}
+
+/// With sticky sessions, a response from a target the client was not stuck to sets the
+/// cookie that sticks it there.
+fn stick_to(spec: &UpstreamSpec, affinity: &Affinity, target: usize, down: &mut Downstream) {
+    down.extra.clear();
+    if let Some(st) = &spec.sticky
+        && affinity.sticky != Some(target)
+    {
+        down.extra.extend_from_slice(b"set-cookie: ");
+        down.extra.extend_from_slice(st.cookie.as_bytes());
+        down.extra.push(b'=');
+        down.extra.extend_from_slice(st.ids[target].as_bytes());
+        down.extra.extend_from_slice(b"; Path=/; Max-Age=");
+        push_decimal(&mut down.extra, st.max_age_secs);
+        down.extra.extend_from_slice(b"; HttpOnly\r\n");
     }
 }
 
@@ -691,6 +735,7 @@ fn is_idempotent(method: &[u8]) -> bool {
 /// `c.down.resp`, retrying per the route (each retry on a different target, within the
 /// upstream's retry budget, after a jittered backoff). Returns the connection, the target
 /// that answered, and its in-flight guard.
+#[allow(clippy::too_many_arguments)]
 async fn send_replayable<'s>(
     shard: &'s Shard,
     c: &mut Client,
@@ -698,6 +743,7 @@ async fn send_replayable<'s>(
     route: &RouteSpec,
     upstream: usize,
     mut target: usize,
+    affinity: &Affinity,
     mut out: Vec<u8>,
 ) -> Result<(UpstreamConn, usize, InFlight<'s>), UpstreamFailure> {
     let spec = &shard.snapshot.upstreams[upstream];
@@ -735,7 +781,7 @@ async fn send_replayable<'s>(
             .as_ref()
             .is_none_or(|f| f.retryable(route.retry_on, idempotent));
         let next = if retryable && retries_left > 0 && shard.upstreams.try_retry(upstream) {
-            shard.upstreams.pick(upstream, tried).ok()
+            shard.upstreams.pick(upstream, tried, affinity).ok()
         } else {
             None
         };
@@ -805,6 +851,7 @@ async fn checkout(
 /// A request whose body is streamed: the body goes up while the response may already come
 /// down (an origin may answer early, or echo as it reads). The response timeout starts once
 /// the whole request has been sent.
+#[allow(clippy::too_many_arguments)]
 async fn streamed_exchange(
     shard: &Shard,
     c: &mut Client,
@@ -812,6 +859,7 @@ async fn streamed_exchange(
     route: &RouteSpec,
     upstream: usize,
     target: usize,
+    affinity: &Affinity,
     out: Vec<u8>,
 ) -> Next {
     let response_timeout = shard.snapshot.upstreams[upstream].response_timeout;
@@ -829,7 +877,7 @@ async fn streamed_exchange(
                 let next = (failure.retryable(route.retry_on, ex.idempotent)
                     && retries_left > 0
                     && shard.upstreams.try_retry(upstream))
-                .then(|| shard.upstreams.pick(upstream, tried).ok())
+                .then(|| shard.upstreams.pick(upstream, tried, affinity).ok())
                 .flatten();
                 match next {
                     Some(next) => {
@@ -846,6 +894,12 @@ async fn streamed_exchange(
     };
     let mut flight = shard.upstreams.begin(upstream, target);
     let started = Instant::now();
+    stick_to(
+        &shard.snapshot.upstreams[upstream],
+        affinity,
+        target,
+        &mut c.down,
+    );
     let (written, out) = write_all_buf(&mut up.writer, out).await;
     c.down.out = out;
     if written.is_err() {
@@ -1105,6 +1159,7 @@ async fn relay_response(
         up.buffered(),
         ex,
         route.response_edits(ex.tls),
+        &down.extra,
         rechunk,
         close,
         upgraded,
@@ -1261,6 +1316,7 @@ fn write_client_head(
     buf: &[u8],
     ex: &Exchange,
     edits: &CompiledTransform,
+    extra: &[u8],
     rechunk: bool,
     close: bool,
     tunnel: bool,
@@ -1291,6 +1347,7 @@ fn write_client_head(
         push_header(out, name, &buf[field.value.clone()]);
     }
     out.extend_from_slice(&edits.add);
+    out.extend_from_slice(extra);
     push_header(out, b"x-request-id", ex.request_id());
     if rechunk {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");

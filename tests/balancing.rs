@@ -407,3 +407,188 @@ fn the_circuit_breaker_answers_503_beyond_max_requests() {
     }
     assert_eq!(gw.get("/fast").status, 200);
 }
+
+/// Which origin (by index) served each request, from the `x-user` header it received.
+fn owners(origins: &[Origin]) -> std::collections::HashMap<String, usize> {
+    let mut map = std::collections::HashMap::new();
+    for (i, o) in origins.iter().enumerate() {
+        for r in o.received() {
+            if let Some(user) = r.header("x-user") {
+                map.insert(user, i);
+            }
+        }
+    }
+    map
+}
+
+fn send_keys(gw: &Gateway, keys: usize) {
+    let mut s = gw.connect();
+    let mut reader = ResponseReader::default();
+    for k in 0..keys {
+        s.write_all(format!("GET / HTTP/1.1\r\nHost: t\r\nX-User: user-{k}\r\n\r\n").as_bytes())
+            .unwrap();
+        assert_eq!(reader.read(&mut s, false).status, 200);
+    }
+}
+
+#[test]
+fn consistent_hash_keeps_keys_and_moves_about_one_in_n_when_a_target_is_added() {
+    let os = origins(5);
+    let all = addrs(&os);
+    let upstream = |n: usize| {
+        format!(
+            "targets = [{}]\nbalance = \"consistent_hash\"\nhash_key = \"header:x-user\"",
+            targets_list(&all[..n])
+        )
+    };
+    let keys = 2000;
+    let (four, _) = gateway(2, &upstream(4), "");
+    send_keys(&four, keys);
+    send_keys(&four, keys); // the same keys again, possibly on the other shard
+    let before = owners(&os[..4]);
+    // a key never shows up at two origins (both rounds, both shards)
+    let mut homes: std::collections::HashMap<String, std::collections::HashSet<usize>> =
+        std::collections::HashMap::new();
+    for (i, o) in os[..4].iter().enumerate() {
+        for r in o.received() {
+            homes
+                .entry(r.header("x-user").unwrap())
+                .or_default()
+                .insert(i);
+        }
+    }
+    assert_eq!(homes.len(), keys);
+    assert!(
+        homes.values().all(|h| h.len() == 1),
+        "a key went to two origins"
+    );
+    drop(four);
+    for o in &os {
+        o.received.lock().unwrap().clear();
+    }
+    let (five, _) = gateway(2, &upstream(5), "");
+    send_keys(&five, keys);
+    let after = owners(&os);
+    let moved: Vec<&String> = before
+        .iter()
+        .filter(|(k, i)| after.get(*k) != Some(i))
+        .map(|(k, _)| k)
+        .collect();
+    let share = moved.len() as f64 / keys as f64;
+    assert!(
+        (0.12..=0.30).contains(&share),
+        "moved {share:.3} of keys (ideal 0.2)"
+    );
+    assert!(
+        moved.iter().all(|k| after[*k] == 4),
+        "keys only move to the new target"
+    );
+}
+
+#[test]
+fn sticky_cookie_holds_while_healthy_and_moves_when_not() {
+    let broken: Vec<Arc<AtomicBool>> = (0..2).map(|_| Arc::new(AtomicBool::new(false))).collect();
+    let os: Vec<Origin> = broken
+        .iter()
+        .map(|b| {
+            let b = b.clone();
+            Origin::start(move |_| {
+                if b.load(Ordering::Acquire) {
+                    Action::Close
+                } else {
+                    ok(b"ok")
+                }
+            })
+        })
+        .collect();
+    let (gw, _) = gateway(
+        2,
+        &format!(
+            "targets = [{}]\nsticky = {{ cookie = \"rg_sticky\", ttl = \"1h\" }}\n[upstreams.passive]\nconsecutive_failures = 1",
+            targets_list(&addrs(&os))
+        ),
+        "retries = 2",
+    );
+    let r = gw.get("/");
+    let set = r
+        .header("set-cookie")
+        .expect("first response sets the cookie")
+        .to_string();
+    assert!(
+        set.starts_with("rg_sticky=") && set.contains("Max-Age=3600") && set.contains("HttpOnly"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().unwrap().to_string();
+    let stuck = (0..2)
+        .find(|&i| cookie_names(&cookie, &os[i].addr))
+        .expect("the cookie names one of the targets");
+    let before = os[stuck].received().len();
+    // With the cookie every request (on any shard: new connections) goes to the same origin.
+    for _ in 0..20 {
+        let r = gw.request(&format!(
+            "GET / HTTP/1.1\r\nHost: t\r\nCookie: a=b; {cookie}\r\nConnection: close\r\n\r\n"
+        ));
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("set-cookie"), None, "no new cookie while it holds");
+    }
+    assert_eq!(os[stuck].received().len(), before + 20);
+    // The stuck origin starts failing: the request moves, and so does the cookie.
+    broken[stuck].store(true, Ordering::Release);
+    let r = gw.request(&format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
+    ));
+    assert_eq!(r.status, 200, "retried on the other target");
+    let moved = r
+        .header("set-cookie")
+        .expect("a new cookie for the new target");
+    assert!(
+        cookie_names(moved.split(';').next().unwrap(), &os[1 - stuck].addr),
+        "{moved}"
+    );
+}
+
+/// Whether a sticky cookie (`name=value`) names the target at `addr` (its value is the
+/// stable hash of the target's address).
+fn cookie_names(cookie: &str, addr: &SocketAddr) -> bool {
+    cookie.ends_with(&format!(
+        "={:016x}",
+        ringgate::config::stable_hash(addr.to_string().as_bytes())
+    ))
+}
+
+#[test]
+fn every_target_down_is_503_unless_panic_mode() {
+    let dead = || format!("127.0.0.1:{}", free_port());
+    for (panic_mode, expected) in [(false, 503), (true, 502)] {
+        let (gw, admin) = gateway(
+            1,
+            &format!(
+                "targets = [\"{}\", \"{}\"]\npanic_mode = {panic_mode}\n[upstreams.passive]\nconsecutive_failures = 1\nmax_ejection_percent = 100",
+                dead(),
+                dead()
+            ),
+            "retries = 0",
+        );
+        // fail once on each target: both get ejected
+        for _ in 0..2 {
+            assert_eq!(gw.get("/").status, 502);
+        }
+        assert!(wait_until(Duration::from_secs(5), || {
+            (0..2).all(|t| shard_states(admin, t) == vec!["ejected"])
+        }));
+        let r = gw.get("/");
+        assert_eq!(
+            r.status,
+            expected,
+            "panic_mode = {panic_mode}: {}",
+            r.text()
+        );
+        if !panic_mode {
+            assert!(
+                r.text().contains("no healthy upstream target"),
+                "{}",
+                r.text()
+            );
+        }
+    }
+}

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use validate::{
-    CompiledTransform, EffectiveLimits, HealthSpec, ListenerSpec, PassiveSpec, RetryOn,
-    RouteAction, RouteSpec, Snapshot, TargetSpec, UpstreamSpec, compile,
+    CompiledTransform, EffectiveLimits, HashKey, HealthSpec, ListenerSpec, PassiveSpec, RetryOn,
+    RouteAction, RouteSpec, Snapshot, StickySpec, TargetSpec, UpstreamSpec, compile, stable_hash,
 };
 
 /// The whole config file.
@@ -345,6 +345,20 @@ pub struct UpstreamConfig {
     /// `min_per_10s`, so a failing origin cannot multiply its load.
     #[serde(default)]
     pub retry_budget: RetryBudgetConfig,
+    /// The key `consistent_hash` hashes: `"header:NAME"`, `"cookie:NAME"` or `"client_ip"`.
+    pub hash_key: Option<String>,
+    /// Sticky sessions: the first response sets a cookie naming (opaquely) the target that
+    /// answered; later requests carrying it go there while it is healthy.
+    pub sticky: Option<StickyConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StickyConfig {
+    #[serde(default = "default_sticky_cookie")]
+    pub cookie: String,
+    #[serde(default = "default_sticky_ttl")]
+    pub ttl: ConfigDuration,
 }
 
 /// `[upstreams.health]`: each target is probed by exactly one shard; changes are gossiped.
@@ -458,6 +472,8 @@ pub enum Balance {
     LeastConn,
     /// Power of two random choices over (EWMA latency x (in flight + 1)).
     P2cEwma,
+    /// A hash ring over `hash_key`: adding or removing a target moves about 1/N of the keys.
+    ConsistentHash,
 }
 
 impl Balance {
@@ -469,6 +485,7 @@ impl Balance {
             Balance::Random => "random",
             Balance::LeastConn => "least_conn",
             Balance::P2cEwma => "p2c_ewma",
+            Balance::ConsistentHash => "consistent_hash",
         }
     }
 }
@@ -632,6 +649,12 @@ fn default_retries() -> u32 {
 }
 fn default_retry_on() -> Vec<String> {
     vec!["connect-failure".to_string(), "reset".to_string()]
+}
+fn default_sticky_cookie() -> String {
+    "rg_sticky".to_string()
+}
+fn default_sticky_ttl() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(3600))
 }
 fn default_alpn() -> Vec<String> {
     vec!["http/1.1".to_string()]

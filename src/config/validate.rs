@@ -74,6 +74,57 @@ pub struct UpstreamSpec {
     pub retry_budget_min: u32,
     /// This upstream's first target's gossip slot (targets follow in order).
     pub first_slot: usize,
+    pub hash_key: Option<HashKey>,
+    /// The consistent-hash ring: (point, target), sorted by point.
+    pub ring: Vec<(u64, usize)>,
+    pub sticky: Option<StickySpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// Lower-case header name.
+    Header(String),
+    Cookie(String),
+    ClientIp,
+}
+
+#[derive(Debug, Clone)]
+pub struct StickySpec {
+    pub cookie: String,
+    pub max_age_secs: u64,
+    /// The opaque cookie value of each target (a hash of its address).
+    pub ids: Vec<String>,
+}
+
+/// FNV-1a, then a final avalanche: stable across processes and restarts (sticky cookies and
+/// the hash ring must agree between shards and gateway instances).
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// Points per unit of weight on the ring: enough for an even spread with few targets.
+const RING_POINTS: u32 = 160;
+
+fn build_ring(targets: &[TargetSpec]) -> Vec<(u64, usize)> {
+    let mut ring: Vec<(u64, usize)> = targets
+        .iter()
+        .enumerate()
+        .flat_map(|(i, t)| {
+            (0..RING_POINTS * t.weight)
+                .map(move |p| (stable_hash(format!("{}#{p}", t.label).as_bytes()), i))
+        })
+        .collect();
+    ring.sort_unstable();
+    ring
 }
 
 #[derive(Debug, Clone)]
@@ -471,7 +522,32 @@ fn compile_upstreams(c: &mut Checker, config: &Config, base: &Path) -> Vec<Upstr
             );
         }
         let first_slot = out.iter().map(|o: &UpstreamSpec| o.targets.len()).sum();
+        let hash_key = hash_key(c, i, u);
+        let ring = if u.balance == super::Balance::ConsistentHash {
+            build_ring(&targets)
+        } else {
+            Vec::new()
+        };
+        let sticky = u.sticky.as_ref().map(|st| {
+            if !is_token(&st.cookie) {
+                c.problem(
+                    format!("upstreams[{i}].sticky.cookie"),
+                    format!("bad cookie name {:?}", st.cookie),
+                );
+            }
+            StickySpec {
+                cookie: st.cookie.clone(),
+                max_age_secs: st.ttl.0.as_secs(),
+                ids: targets
+                    .iter()
+                    .map(|t| format!("{:016x}", stable_hash(t.label.as_bytes())))
+                    .collect(),
+            }
+        });
         out.push(UpstreamSpec {
+            hash_key,
+            ring,
+            sticky,
             tls,
             health,
             passive,
@@ -534,6 +610,40 @@ fn health_spec(c: &mut Checker, i: usize, h: &super::HealthConfig) -> Option<Hea
         expected: expected.unwrap_or(200..=399),
         jitter: h.jitter.0,
     })
+}
+
+fn hash_key(c: &mut Checker, i: usize, u: &super::UpstreamConfig) -> Option<HashKey> {
+    let key = format!("upstreams[{i}].hash_key");
+    let consistent = u.balance == super::Balance::ConsistentHash;
+    let Some(text) = &u.hash_key else {
+        if consistent {
+            c.problem(
+                key,
+                "balance = \"consistent_hash\" needs hash_key (\"header:NAME\", \"cookie:NAME\" or \"client_ip\")",
+            );
+        }
+        return None;
+    };
+    if !consistent {
+        c.problem(&key, "hash_key needs balance = \"consistent_hash\"");
+    }
+    let parsed = match text.split_once(':') {
+        Some(("header", name)) if is_token(name) => {
+            Some(HashKey::Header(name.to_ascii_lowercase()))
+        }
+        Some(("cookie", name)) if is_token(name) => Some(HashKey::Cookie(name.to_string())),
+        None if text == "client_ip" => Some(HashKey::ClientIp),
+        _ => None,
+    };
+    if parsed.is_none() {
+        c.problem(
+            key,
+            format!(
+                "bad hash_key {text:?}: expected \"header:NAME\", \"cookie:NAME\" or \"client_ip\""
+            ),
+        );
+    }
+    parsed
 }
 
 fn parse_status_range(text: &str) -> Option<std::ops::RangeInclusive<u16>> {

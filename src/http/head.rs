@@ -273,6 +273,27 @@ impl RequestHead {
         self.method(buf) == b"HEAD"
     }
 
+    /// The first field named `name` (any case).
+    pub fn field<'b>(&self, buf: &'b [u8], name: &[u8]) -> Option<&'b [u8]> {
+        self.fields
+            .iter()
+            .find(|f| buf[f.name.clone()].eq_ignore_ascii_case(name))
+            .map(|f| &buf[f.value.clone()])
+    }
+
+    /// The value of cookie `name` from any `Cookie` field.
+    pub fn cookie<'b>(&self, buf: &'b [u8], name: &[u8]) -> Option<&'b [u8]> {
+        self.fields
+            .iter()
+            .filter(|f| buf[f.name.clone()].eq_ignore_ascii_case(b"cookie"))
+            .flat_map(|f| buf[f.value.clone()].split(|&b| b == b';'))
+            .find_map(|pair| {
+                let pair = pair.trim_ascii();
+                let eq = pair.iter().position(|&b| b == b'=')?;
+                (&pair[..eq] == name).then(|| &pair[eq + 1..])
+            })
+    }
+
     /// True when `name` (lower-case) is listed in `Connection` and so must not be forwarded.
     pub fn is_connection_named(&self, buf: &[u8], lower_name: &[u8]) -> bool {
         self.connection_names

@@ -138,6 +138,13 @@ pub struct ShardUpstreams {
 /// Capacity of an upstream connection's read buffer (response heads must fit in it).
 pub const UPSTREAM_BUF: usize = 32 * 1024;
 
+/// What ties a request to a target: a valid sticky cookie, or a consistent-hash key.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Affinity {
+    pub sticky: Option<usize>,
+    pub hash: Option<u64>,
+}
+
 /// Targets already tried by one request (bit i: target i; upstreams beyond 64 targets reuse
 /// bits, which only makes a retry less picky).
 #[derive(Debug, Clone, Copy, Default)]
@@ -241,12 +248,21 @@ impl ShardUpstreams {
     }
 
     /// Picks the target for the next request to `upstream`, skipping unhealthy, ejected and
-    /// already-tried targets. With every target down, `panic_mode` ignores health.
-    pub fn pick(&self, upstream: usize, tried: Tried) -> Result<usize, PickError> {
+    /// already-tried targets; a sticky cookie or hash key is honoured while its target is
+    /// usable. With every target down, `panic_mode` ignores health.
+    pub fn pick(
+        &self,
+        upstream: usize,
+        tried: Tried,
+        affinity: &Affinity,
+    ) -> Result<usize, PickError> {
         let now = now_ms();
         let n = self.spec(upstream).targets.len();
         let healthy = |t: usize| !tried.has(t) && self.view(upstream, t).usable(now);
-        if let Some(t) = self.pick_among(upstream, &healthy) {
+        if let Some(t) = self
+            .pick_by_affinity(upstream, affinity, &healthy)
+            .or_else(|| self.pick_among(upstream, &healthy))
+        {
             return Ok(t);
         }
         let any_usable = (0..n).any(|t| self.view(upstream, t).usable(now));
@@ -256,10 +272,31 @@ impl ShardUpstreams {
         if self.spec(upstream).panic_mode {
             let untried = |t: usize| !tried.has(t);
             return self
-                .pick_among(upstream, &untried)
+                .pick_by_affinity(upstream, affinity, &untried)
+                .or_else(|| self.pick_among(upstream, &untried))
                 .ok_or(PickError::Exhausted);
         }
         Err(PickError::NoneHealthy)
+    }
+
+    fn pick_by_affinity(
+        &self,
+        upstream: usize,
+        affinity: &Affinity,
+        ok: &dyn Fn(usize) -> bool,
+    ) -> Option<usize> {
+        if let Some(t) = affinity.sticky
+            && t < self.spec(upstream).targets.len()
+            && ok(t)
+        {
+            return Some(t);
+        }
+        let hash = affinity.hash?;
+        let ring = &self.spec(upstream).ring;
+        let start = ring.partition_point(|&(point, _)| point < hash);
+        (0..ring.len())
+            .map(|i| ring[(start + i) % ring.len()].1)
+            .find(|&t| ok(t))
     }
 
     fn pick_among(&self, upstream: usize, ok: &dyn Fn(usize) -> bool) -> Option<usize> {
@@ -267,7 +304,8 @@ impl ShardUpstreams {
         let targets = &self.spec(upstream).targets;
         let n = targets.len();
         match self.spec(upstream).balance {
-            Balance::RoundRobin => {
+            // consistent_hash without a key (header or cookie missing) spreads like round robin
+            Balance::RoundRobin | Balance::ConsistentHash => {
                 let start = group.next.get();
                 let t = (0..n).map(|i| (start + i) % n).find(|&t| ok(t))?;
                 group.next.set(t + 1);
@@ -511,7 +549,7 @@ mod tests {
             r#"["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]"#,
         );
         let picks: Vec<usize> = (0..6)
-            .map(|_| u.pick(0, Tried::default()).unwrap())
+            .map(|_| u.pick(0, Tried::default(), &Affinity::default()).unwrap())
             .collect();
         assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
     }
@@ -523,13 +561,13 @@ mod tests {
             r#"[{ addr = "127.0.0.1:1", weight = 5 }, "127.0.0.1:2", "127.0.0.1:3"]"#,
         );
         let picks: Vec<usize> = (0..7)
-            .map(|_| u.pick(0, Tried::default()).unwrap())
+            .map(|_| u.pick(0, Tried::default(), &Affinity::default()).unwrap())
             .collect();
         // nginx's smooth weighted round robin for 5:1:1
         assert_eq!(picks, vec![0, 0, 1, 0, 2, 0, 0]);
         let mut counts = [0; 3];
         for _ in 0..7000 {
-            counts[u.pick(0, Tried::default()).unwrap()] += 1;
+            counts[u.pick(0, Tried::default(), &Affinity::default()).unwrap()] += 1;
         }
         assert_eq!(counts, [5000, 1000, 1000]);
     }
