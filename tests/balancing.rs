@@ -592,3 +592,28 @@ fn every_target_down_is_503_unless_panic_mode() {
         }
     }
 }
+
+#[test]
+fn bad_balancing_and_health_settings_are_config_errors_with_line_and_key() {
+    let dir = temp_dir("lb-check");
+    let path = dir.join("bad.toml");
+    std::fs::write(
+        &path,
+        "[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\n[[upstreams]]\nname = \"u\"\ntargets = [\"127.0.0.1:2\"]\nbalance = \"consistent_hash\"\n[upstreams.health]\ninterval = \"0s\"\nexpected_status = \"abc\"\n[[routes]]\nname = \"r\"\nupstream = \"u\"\nretry_on = [\"sometimes\"]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        ":9: upstreams[0].health.interval: must be greater than zero",
+        ":10: upstreams[0].health.expected_status: bad status range",
+        "upstreams[0].hash_key: balance = \"consistent_hash\" needs hash_key",
+        ":14: routes[0].retry_on[0]: unknown condition \"sometimes\"",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+}
