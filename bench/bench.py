@@ -389,7 +389,7 @@ def main():
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--json", help="also write the medians as JSON here")
     args = parser.parse_args()
-    duration = args.duration or (2 if args.quick else 8)
+    duration = args.duration or (1 if args.quick else 8)
     scenarios = [s for s in args.scenarios.split(",") if s]
     wanted = set(args.targets.split(","))
     workdir = tempfile.mkdtemp(prefix="ringgate-bench-")
