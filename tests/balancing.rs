@@ -617,3 +617,47 @@ fn bad_balancing_and_health_settings_are_config_errors_with_line_and_key() {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
 }
+
+#[test]
+fn slow_start_ramps_a_returning_target_up_gradually() {
+    let down = Arc::new(AtomicBool::new(false));
+    let flag = down.clone();
+    let steady = Origin::echo_path();
+    let returning = Origin::start(move |_| {
+        if flag.load(Ordering::Acquire) {
+            Action::Close
+        } else {
+            ok(b"ok")
+        }
+    });
+    let (gw, admin) = gateway(
+        1,
+        &format!(
+            "targets = [\"{}\", \"{}\"]\nslow_start = \"30s\"\n[upstreams.health]\ninterval = \"100ms\"\ntimeout = \"200ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 1\njitter = \"0ms\"",
+            steady.addr, returning.addr
+        ),
+        "retries = 1",
+    );
+    down.store(true, Ordering::Release);
+    assert!(wait_until(Duration::from_secs(10), || shard_states(
+        admin, 1
+    ) == vec![
+        "unhealthy"
+    ]));
+    down.store(false, Ordering::Release);
+    assert!(wait_until(Duration::from_secs(10), || shard_states(
+        admin, 1
+    ) == vec!["healthy"]));
+    let count = |o: &Origin| {
+        o.received()
+            .iter()
+            .filter(|r| !r.head.contains("/healthz"))
+            .count()
+    };
+    let (s0, r0) = (count(&steady), count(&returning));
+    send_many(&gw, 400);
+    let (s, r) = (count(&steady) - s0, count(&returning) - r0);
+    assert_eq!(s + r, 400);
+    // Round robin would give it half; early in a 30 s ramp it gets about a tenth.
+    assert!(r > 0 && r < 120, "returning target got {r} of 400");
+}

@@ -350,6 +350,9 @@ pub struct UpstreamConfig {
     /// Sticky sessions: the first response sets a cookie naming (opaquely) the target that
     /// answered; later requests carrying it go there while it is healthy.
     pub sticky: Option<StickyConfig>,
+    /// A target that comes back (health check passed, ejection over) gets a share of its
+    /// picks that ramps linearly from 10 % to 100 % over this time. Off unless set.
+    pub slow_start: Option<ConfigDuration>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

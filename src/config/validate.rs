@@ -78,6 +78,7 @@ pub struct UpstreamSpec {
     /// The consistent-hash ring: (point, target), sorted by point.
     pub ring: Vec<(u64, usize)>,
     pub sticky: Option<StickySpec>,
+    pub slow_start: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -544,7 +545,14 @@ fn compile_upstreams(c: &mut Checker, config: &Config, base: &Path) -> Vec<Upstr
                     .collect(),
             }
         });
+        if u.slow_start.is_some_and(|d| d.0.is_zero()) {
+            c.problem(
+                format!("upstreams[{i}].slow_start"),
+                "must be greater than zero when given",
+            );
+        }
         out.push(UpstreamSpec {
+            slow_start: u.slow_start.map(|d| d.0),
             hash_key,
             ring,
             sticky,

@@ -20,11 +20,25 @@ pub struct TargetView {
     pub in_flight: AtomicU32,
     /// Exponentially weighted response-head latency, microseconds.
     pub ewma_us: AtomicU64,
+    /// When the target last came back from unhealthy ([`now_ms`]; 0: never went down).
+    pub recovered_ms: AtomicU64,
 }
 
 impl TargetView {
     pub fn usable(&self, now_ms: u64) -> bool {
         !self.unhealthy.load(Relaxed) && self.ejected_until_ms.load(Relaxed) <= now_ms
+    }
+
+    /// When the target became usable again: after a recovery, or when its last ejection ran
+    /// out (0 when it has always been usable).
+    pub fn usable_since(&self, now_ms: u64) -> u64 {
+        let ejection_end = self.ejected_until_ms.load(Relaxed);
+        let recovered = self.recovered_ms.load(Relaxed);
+        if ejection_end <= now_ms {
+            recovered.max(ejection_end)
+        } else {
+            recovered
+        }
     }
 
     pub fn state_name(&self, now_ms: u64) -> &'static str {
@@ -54,6 +68,11 @@ impl TargetView {
         // wrapping comparison: a generation "after" ours within half the range is newer
         if s.generation.wrapping_sub(have) as i32 <= 0 && have != 0 {
             return;
+        }
+        let now = now_ms();
+        let was_down = self.unhealthy.load(Relaxed) || self.ejected_until_ms.load(Relaxed) > now;
+        if was_down && !s.unhealthy && !s.is_ejected(now) {
+            self.recovered_ms.store(s.changed_ms.max(1), Relaxed);
         }
         self.generation.store(s.generation, Relaxed);
         self.unhealthy.store(s.unhealthy, Relaxed);

@@ -263,7 +263,7 @@ impl ShardUpstreams {
             .pick_by_affinity(upstream, affinity, &healthy)
             .or_else(|| self.pick_among(upstream, &healthy))
         {
-            return Ok(t);
+            return Ok(self.slow_start_filter(upstream, t, tried, &healthy, now));
         }
         let any_usable = (0..n).any(|t| self.view(upstream, t).usable(now));
         if any_usable {
@@ -277,6 +277,35 @@ impl ShardUpstreams {
                 .ok_or(PickError::Exhausted);
         }
         Err(PickError::NoneHealthy)
+    }
+
+    /// A target still ramping up after coming back keeps a pick with probability
+    /// 10 %..100 % (linear over `slow_start`); otherwise one other usable target is picked.
+    fn slow_start_filter(
+        &self,
+        upstream: usize,
+        t: usize,
+        tried: Tried,
+        healthy: &dyn Fn(usize) -> bool,
+        now: u64,
+    ) -> usize {
+        let Some(ramp) = self.spec(upstream).slow_start else {
+            return t;
+        };
+        let since = self.view(upstream, t).usable_since(now);
+        let ramp_ms = ramp.as_millis() as u64;
+        let elapsed = now.saturating_sub(since);
+        if since == 0 || elapsed >= ramp_ms {
+            return t;
+        }
+        let permille = 100 + elapsed * 900 / ramp_ms.max(1);
+        if self.random() % 1000 < permille {
+            return t;
+        }
+        let mut others = tried;
+        others.add(t);
+        let other = |x: usize| !others.has(x) && healthy(x);
+        self.pick_among(upstream, &other).unwrap_or(t)
     }
 
     fn pick_by_affinity(
