@@ -22,7 +22,7 @@ use crate::route::Match;
 use crate::shard::{ConnGuard, Shard};
 use crate::tls::{ConnRead, ConnWrite};
 use crate::upstream::{Affinity, ConnectError, InFlight, Outcome, Tried, UpstreamConn};
-use monoio::io::{AsyncWriteRentExt, Splitable};
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 use std::cell::Cell;
@@ -53,6 +53,8 @@ struct Client {
     tls: bool,
     /// The verified client certificate's subject (mTLS listeners), for later stages.
     client_subject: Option<Box<str>>,
+    /// Close by lingering: an error response went out while the client may still be sending.
+    linger: bool,
 }
 
 /// Everything that writes to the client.
@@ -133,6 +135,7 @@ pub async fn serve_connection(
         listener,
         tls,
         client_subject,
+        linger: false,
     };
     loop {
         match exchange(&shard, &guard, &mut client).await {
@@ -143,6 +146,9 @@ pub async fn serve_connection(
                 return;
             }
         }
+    }
+    if client.linger {
+        linger(&mut client).await;
     }
     let (_, buf) = client.reader.into_parts();
     shard.bufs.give(buf);
@@ -462,10 +468,31 @@ async fn reject(
     push_error_response(&mut down.out, status, message, request_id, close, extra);
     let (result, out) = write_all_buf(&mut down.writer, std::mem::take(&mut down.out)).await;
     down.out = out;
+    c.linger = close && result.is_ok();
     if close || result.is_err() {
         Next::Close
     } else {
         Next::KeepAlive
+    }
+}
+
+/// Lingering close (as nginx does) after an error response on a connection whose client may
+/// still be sending: closing with unread bytes would make the kernel send a reset, which can
+/// destroy our response before the client reads it. So: send FIN, then read and discard for
+/// a bounded time and amount.
+async fn linger(c: &mut Client) {
+    const LINGER_TIME: Duration = Duration::from_secs(2);
+    const LINGER_BYTES: usize = 1024 * 1024;
+    let _ = c.down.writer.shutdown().await;
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut discarded = 0;
+    while discarded < LINGER_BYTES {
+        let pending = c.reader.buffered().len();
+        c.reader.consume(pending);
+        match c.reader.fill_until(deadline).await {
+            Ok(n) => discarded += n,
+            Err(_) => return,
+        }
     }
 }
 
