@@ -417,13 +417,8 @@ enum RouteMiss {
 fn route(shard: &Shard, c: &Client) -> Result<(usize, usize), RouteMiss> {
     let buf = c.reader.buffered();
     let head = &c.head;
-    let host_raw = head
-        .target_authority
-        .clone()
-        .or_else(|| head.host.clone())
-        .map_or(&b""[..], |r| &buf[r]);
     let mut host_buf = [0u8; 256];
-    let host = lower_host_without_port(host_raw, &mut host_buf);
+    let host = request_host(c, &mut host_buf);
     let path = std::str::from_utf8(&buf[head.path.clone()]).map_err(|_| RouteMiss::BadPath)?;
     let method = std::str::from_utf8(head.method(buf)).map_err(|_| RouteMiss::BadPath)?;
     match shard.snapshot.router.lookup(host, path, method) {
@@ -431,6 +426,18 @@ fn route(shard: &Shard, c: &Client) -> Result<(usize, usize), RouteMiss> {
         Match::MethodNotAllowed { allow } => Err(RouteMiss::MethodNotAllowed(allow)),
         Match::NotFound => Err(RouteMiss::NotFound),
     }
+}
+
+/// The request's host: from an absolute-form target, else `Host`; port dropped, lower-cased.
+fn request_host<'a>(c: &Client, out: &'a mut [u8; 256]) -> &'a str {
+    let buf = c.reader.buffered();
+    let raw = c
+        .head
+        .target_authority
+        .clone()
+        .or_else(|| c.head.host.clone())
+        .map_or(&b""[..], |r| &buf[r]);
+    lower_host_without_port(raw, out)
 }
 
 fn lower_host_without_port<'a>(raw: &[u8], out: &'a mut [u8; 256]) -> &'a str {
@@ -516,13 +523,8 @@ async fn reject_with_body_pending(
 async fn redirect_to_https(c: &mut Client, ex: &Exchange, port: u16) -> Next {
     let buf = c.reader.buffered();
     let head = &c.head;
-    let host_raw = head
-        .target_authority
-        .clone()
-        .or_else(|| head.host.clone())
-        .map_or(&b""[..], |r| &buf[r]);
     let mut host_buf = [0u8; 256];
-    let host = lower_host_without_port(host_raw, &mut host_buf);
+    let host = request_host(c, &mut host_buf);
     if host.is_empty() {
         return reject_with_body_pending(c, ex, 400, "missing host for the https redirect", b"")
             .await;

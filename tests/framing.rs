@@ -61,21 +61,9 @@ const SMUGGLED: &[u8] = b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
 /// Sends `raw` followed by a smuggled request; returns what the gateway answered before it
 /// closed the connection.
 fn attack(gw: &Gateway, raw: &[u8]) -> String {
-    let mut s = gw.connect();
     let mut all = raw.to_vec();
     all.extend_from_slice(SMUGGLED);
-    let _ = s.write_all(&all);
-    let mut answer = Vec::new();
-    let _ = s.read_to_end(&mut answer);
-    String::from_utf8_lossy(&answer).into_owned()
-}
-
-fn status_of(answer: &str) -> u16 {
-    answer
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+    exchange_raw(gw, &all)
 }
 
 fn assert_rejected(gw: &Gateway, origin: &RawOrigin, raw: &[u8], status: u16) {

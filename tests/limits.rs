@@ -16,23 +16,6 @@ fn config(origin: std::net::SocketAddr) -> String {
     )
 }
 
-/// Sends raw bytes and reads until the gateway closes; returns everything it answered.
-fn exchange_raw(gw: &Gateway, raw: &[u8]) -> String {
-    let mut s = gw.connect();
-    let _ = s.write_all(raw);
-    let mut all = Vec::new();
-    let _ = s.read_to_end(&mut all);
-    String::from_utf8_lossy(&all).into_owned()
-}
-
-fn status_of(answer: &str) -> u16 {
-    answer
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn body_over_the_limit_is_413_up_front() {
     let origin = Origin::echo_path();

@@ -124,7 +124,7 @@ fn peer_cert(tls: &Tls) -> CertificateDer<'static> {
         .into_owned()
 }
 
-fn tls_listener(dir: &Path, certs: &[(PathBuf, PathBuf)], extra: &str) -> String {
+fn tls_listener(certs: &[(PathBuf, PathBuf)], extra: &str) -> String {
     let list: Vec<String> = certs
         .iter()
         .map(|(c, k)| {
@@ -135,10 +135,54 @@ fn tls_listener(dir: &Path, certs: &[(PathBuf, PathBuf)], extra: &str) -> String
             )
         })
         .collect();
-    let _ = dir;
     format!(
         "[listeners.tls]\ncertificates = [{}]\n{extra}\n",
         list.join(", ")
+    )
+}
+
+/// A certificate for `a.test` signed by `ca`, written to a fresh directory.
+fn a_test_cert(ca: &Ca) -> (PathBuf, PathBuf) {
+    let dir = temp_dir("tls");
+    write_leaf(
+        &dir,
+        "a",
+        &ca.leaf(&["a.test"], "a", &PKCS_ECDSA_P256_SHA256),
+    )
+}
+
+/// A TLS listener with `certs` proxying everything to `origin`.
+fn proxy_gateway(
+    certs: &[(PathBuf, PathBuf)],
+    tls_extra: &str,
+    origin: std::net::SocketAddr,
+    route_extra: &str,
+) -> Gateway {
+    Gateway::start(&format!(
+        "{}{}{}",
+        base_config(),
+        tls_listener(certs, tls_extra),
+        proxy_tail(origin, route_extra)
+    ))
+}
+
+/// A TLS listener with `certs` and a direct `/hello` route answering `hi`.
+fn hello_gateway(certs: &[(PathBuf, PathBuf)], tls_extra: &str) -> Gateway {
+    Gateway::start(&format!(
+        "{}{}[[routes]]\nname = \"hello\"\npath = \"/hello\"\ndirect_response = {{ status = 200, body = \"hi\" }}\n",
+        base_config(),
+        tls_listener(certs, tls_extra)
+    ))
+}
+
+/// A client that speaks TLS 1.2 only.
+fn tls12_client(ca: &Ca) -> Arc<ClientConfig> {
+    Arc::new(
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(ca.roots())
+            .with_no_client_auth(),
     )
 }
 
@@ -151,20 +195,9 @@ fn proxy_tail(origin: std::net::SocketAddr, route_extra: &str) -> String {
 #[test]
 fn terminates_tls_and_tells_the_origin_it_was_https() {
     let ca = Ca::new("ringgate test ca");
-    let dir = temp_dir("tls");
-    let a = write_leaf(
-        &dir,
-        "a",
-        &ca.leaf(&["a.test"], "a", &PKCS_ECDSA_P256_SHA256),
-    );
+    let a = a_test_cert(&ca);
     let origin = Origin::echo_path();
-    let config = format!(
-        "{}{}{}",
-        base_config(),
-        tls_listener(&dir, &[a], ""),
-        proxy_tail(origin.addr, "")
-    );
-    let gw = Gateway::start(&config);
+    let gw = proxy_gateway(&[a], "", origin.addr, "");
     let mut tls = tls_connect(gw.listen, client_config(&ca, None), "a.test").unwrap();
     assert_eq!(tls.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
     for i in 0..3 {
@@ -197,7 +230,7 @@ fn sni_chooses_the_certificate_and_the_first_is_the_default() {
     let config = format!(
         "{}{}[[routes]]\nname = \"hello\"\npath = \"/hello\"\ndirect_response = {{ status = 200, body = \"hi\" }}\n",
         base_config(),
-        tls_listener(&dir, &certs, "")
+        tls_listener(&certs, "")
     );
     let gw = Gateway::start(&config);
     let client = client_config(&ca, None);
@@ -280,20 +313,9 @@ fn tls11_client_hello() -> Vec<u8> {
 #[test]
 fn tls_1_1_is_refused_with_an_alert_and_tls_1_2_works() {
     let ca = Ca::new("ringgate test ca");
-    let dir = temp_dir("tls");
-    let a = write_leaf(
-        &dir,
-        "a",
-        &ca.leaf(&["a.test"], "a", &PKCS_ECDSA_P256_SHA256),
-    );
+    let a = a_test_cert(&ca);
     let origin = Origin::echo_path();
-    let config = format!(
-        "{}{}{}",
-        base_config(),
-        tls_listener(&dir, &[a], ""),
-        proxy_tail(origin.addr, "")
-    );
-    let gw = Gateway::start(&config);
+    let gw = proxy_gateway(&[a], "", origin.addr, "");
     let mut s = gw.connect();
     s.write_all(&tls11_client_hello()).unwrap();
     let mut answer = Vec::new();
@@ -304,13 +326,8 @@ fn tls_1_1_is_refused_with_an_alert_and_tls_1_2_works() {
     assert_eq!(answer[5], 2, "fatal alert: {answer:?}");
     assert!(matches!(answer[6], 70 | 40), "alert description {answer:?}");
 
-    let tls12 =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS12])
-            .unwrap()
-            .with_root_certificates(ca.roots())
-            .with_no_client_auth();
-    let mut tls = tls_connect(gw.listen, Arc::new(tls12), "a.test").unwrap();
+    let tls12 = tls12_client(&ca);
+    let mut tls = tls_connect(gw.listen, tls12, "a.test").unwrap();
     assert_eq!(
         tls.conn.protocol_version(),
         Some(rustls::ProtocolVersion::TLSv1_2)
@@ -322,25 +339,10 @@ fn tls_1_1_is_refused_with_an_alert_and_tls_1_2_works() {
 #[test]
 fn min_version_1_3_refuses_tls_1_2() {
     let ca = Ca::new("ringgate test ca");
-    let dir = temp_dir("tls");
-    let a = write_leaf(
-        &dir,
-        "a",
-        &ca.leaf(&["a.test"], "a", &PKCS_ECDSA_P256_SHA256),
-    );
-    let config = format!(
-        "{}{}[[routes]]\nname = \"hello\"\npath = \"/hello\"\ndirect_response = {{ status = 200, body = \"hi\" }}\n",
-        base_config(),
-        tls_listener(&dir, &[a], "min_version = \"1.3\"")
-    );
-    let gw = Gateway::start(&config);
-    let tls12 =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS12])
-            .unwrap()
-            .with_root_certificates(ca.roots())
-            .with_no_client_auth();
-    assert!(tls_connect(gw.listen, Arc::new(tls12), "a.test").is_err());
+    let a = a_test_cert(&ca);
+    let gw = hello_gateway(&[a], "min_version = \"1.3\"");
+    let tls12 = tls12_client(&ca);
+    assert!(tls_connect(gw.listen, tls12, "a.test").is_err());
     let tls = tls_connect(gw.listen, client_config(&ca, None), "a.test").unwrap();
     assert_eq!(
         tls.conn.protocol_version(),
@@ -363,20 +365,11 @@ fn mtls_gateway(client_auth: &str) -> (Ca, Ca, Origin, Gateway) {
         let subject = r.header("x-client-cert-subject").unwrap_or_default();
         ok(format!("subject={subject}").as_bytes())
     });
-    let config = format!(
-        "{}{}{}",
-        base_config(),
-        tls_listener(
-            &dir,
-            &[a],
-            &format!(
-                "client_ca = {:?}\nclient_auth = \"{client_auth}\"",
-                client_ca_path.display().to_string()
-            )
-        ),
-        proxy_tail(origin.addr, "")
+    let tls_extra = format!(
+        "client_ca = {:?}\nclient_auth = \"{client_auth}\"",
+        client_ca_path.display().to_string()
     );
-    let gw = Gateway::start(&config);
+    let gw = proxy_gateway(&[a], &tls_extra, origin.addr, "");
     (ca, client_ca, origin, gw)
 }
 
@@ -432,19 +425,14 @@ fn mtls_optional_accepts_clients_without_a_certificate() {
 #[test]
 fn plain_listener_redirects_to_https_and_hsts_is_sent_only_over_tls() {
     let ca = Ca::new("ringgate test ca");
-    let dir = temp_dir("tls");
-    let a = write_leaf(
-        &dir,
-        "a",
-        &ca.leaf(&["a.test"], "a", &PKCS_ECDSA_P256_SHA256),
-    );
+    let a = a_test_cert(&ca);
     let plain_port = free_port();
     let redirect_port = free_port();
     let origin = Origin::echo_path();
     let config = format!(
         "{}{}[[listeners]]\nname = \"plain\"\nbind = \"127.0.0.1:{plain_port}\"\n\n[[listeners]]\nname = \"redirect\"\nbind = \"127.0.0.1:{redirect_port}\"\nredirect_https = {{ port = 8443 }}\n\n{}",
         base_config(),
-        tls_listener(&dir, &[a], ""),
+        tls_listener(&[a], ""),
         proxy_tail(
             origin.addr,
             "hsts = { max_age = \"365d\", include_subdomains = true }"
@@ -487,18 +475,8 @@ fn plain_listener_redirects_to_https_and_hsts_is_sent_only_over_tls() {
 #[test]
 fn sessions_resume_across_connections() {
     let ca = Ca::new("ringgate test ca");
-    let dir = temp_dir("tls");
-    let a = write_leaf(
-        &dir,
-        "a",
-        &ca.leaf(&["a.test"], "a", &PKCS_ECDSA_P256_SHA256),
-    );
-    let config = format!(
-        "{}{}[[routes]]\nname = \"hello\"\npath = \"/hello\"\ndirect_response = {{ status = 200, body = \"hi\" }}\n",
-        base_config(),
-        tls_listener(&dir, &[a], "")
-    );
-    let gw = Gateway::start(&config);
+    let a = a_test_cert(&ca);
+    let gw = hello_gateway(&[a], "");
     let client = client_config(&ca, None);
     let mut first = tls_connect(gw.listen, client.clone(), "a.test").unwrap();
     // reading a response also receives the session tickets sent after the handshake
@@ -517,18 +495,8 @@ fn sessions_resume_across_connections() {
 #[test]
 fn a_stalled_handshake_is_dropped_on_time_without_disturbing_others() {
     let ca = Ca::new("ringgate test ca");
-    let dir = temp_dir("tls");
-    let a = write_leaf(
-        &dir,
-        "a",
-        &ca.leaf(&["a.test"], "a", &PKCS_ECDSA_P256_SHA256),
-    );
-    let config = format!(
-        "{}{}[[routes]]\nname = \"hello\"\npath = \"/hello\"\ndirect_response = {{ status = 200, body = \"hi\" }}\n",
-        base_config(),
-        tls_listener(&dir, &[a], "handshake_timeout = \"1s\"")
-    );
-    let gw = Gateway::start(&config);
+    let a = a_test_cert(&ca);
+    let gw = hello_gateway(&[a], "handshake_timeout = \"1s\"");
     let started = Instant::now();
     let mut stalled: Vec<TcpStream> = (0..4).map(|_| gw.connect()).collect();
     // half a ClientHello, then silence
@@ -560,7 +528,7 @@ fn tls_upstream_is_verified_against_its_ca() {
     let origin = Gateway::start(&format!(
         "{}{}[[routes]]\nname = \"hello\"\npath = \"/hello\"\ndirect_response = {{ status = 200, body = \"from tls origin\" }}\n",
         base_config(),
-        tls_listener(&dir, &[origin_cert], "")
+        tls_listener(&[origin_cert], "")
     ));
     let ca_file = dir.join("origin-ca.pem");
     std::fs::write(&ca_file, &ca.pem).unwrap();
@@ -683,7 +651,7 @@ fn rsa_certificates_from_openssl_are_served() {
     let config = format!(
         "{}{}[[routes]]\nname = \"hello\"\npath = \"/hello\"\ndirect_response = {{ status = 200, body = \"rsa\" }}\n",
         base_config(),
-        tls_listener(&dir, &[(cert.clone(), key)], "")
+        tls_listener(&[(cert.clone(), key)], "")
     );
     let gw = Gateway::start(&config);
     let der = CertificateDer::from_pem_file_compat(&cert);

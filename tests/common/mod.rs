@@ -170,6 +170,25 @@ impl Gateway {
     }
 }
 
+/// Sends raw bytes on a new connection and reads until the gateway closes it; returns
+/// everything it answered.
+pub fn exchange_raw(gw: &Gateway, raw: &[u8]) -> String {
+    let mut s = gw.connect();
+    let _ = s.write_all(raw);
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+/// The status code of a raw response (0 when there is none).
+pub fn status_of(answer: &str) -> u16 {
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The gateway config header every test shares: two shards, one listener.
 pub fn base_config() -> String {
     "[server]\nworkers = 2\ndrain_timeout = \"10s\"\n\n[[listeners]]\nname = \"main\"\nbind = \"{listen}\"\n\n"
