@@ -4,12 +4,14 @@
 # keep-alive GETs through it to `ringgate echo`; the difference divided by the extra requests
 # removes start-up and shutdown. valgrind 3.19+ runs the io_uring driver, so this is the real path.
 #   bench/callgrind.sh [SMALL] [LARGE]
+#   RINGGATE_BIN=/path/to/other/ringgate bench/callgrind.sh   # measure another build
 set -euo pipefail
 cd "$(dirname "$0")/.."
 small=${1:-500}
 large=${2:-5500}
 command -v valgrind >/dev/null || { echo "valgrind is required (apt-get install valgrind)" >&2; exit 1; }
-cargo build --release --quiet
+bin=${RINGGATE_BIN:-target/release/ringgate}
+[ -n "${RINGGATE_BIN:-}" ] || cargo build --release --quiet
 work=$(mktemp -d /tmp/ringgate-callgrind.XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"; }
@@ -17,7 +19,7 @@ trap cleanup EXIT
 [ -n "${KEEP:-}" ] && trap 'for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; echo "kept $work"' EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 origin=$(free_port)
-target/release/ringgate echo --bind "127.0.0.1:$origin" >/dev/null 2>&1 & pids+=($!)
+"$bin" echo --bind "127.0.0.1:$origin" >/dev/null 2>&1 & pids+=($!)
 
 count_for() {
   local n=$1 port out
@@ -36,7 +38,7 @@ targets = ["127.0.0.1:$origin"]
 name = "all"
 upstream = "o"
 TOML
-  valgrind --tool=callgrind --callgrind-out-file="$work/cg.$n" target/release/ringgate run --config "$work/rg.toml" >/dev/null 2>"$work/vg.$n" &
+  valgrind --tool=callgrind --callgrind-out-file="$work/cg.$n" "$bin" run --config "$work/rg.toml" >/dev/null 2>"$work/vg.$n" &
   local vg=$!
   pids+=($vg)
   python3 - "$port" "$n" <<'PY'

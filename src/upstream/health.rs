@@ -186,9 +186,10 @@ impl ShardHealth<'_> {
         }
         view.consecutive_failures.store(0, Relaxed);
         self.publish(slot, |s| {
+            let earlier = earlier_ejections(s, passive, now);
             (!s.is_ejected(now)).then(|| TargetState {
-                ejections: s.ejections.saturating_add(1),
-                ejected_until_ms: now + ejection_ms(passive, s.ejections),
+                ejections: earlier.saturating_add(1),
+                ejected_until_ms: now + ejection_ms(passive, earlier),
                 reason: Reason::ConsecutiveFailures,
                 ..*s
             })
@@ -230,6 +231,17 @@ impl ShardHealth<'_> {
     }
 }
 
+/// Earlier ejections that still count: a target that stayed in service for
+/// `max_ejection_time` since its last ejection ended starts over at the base time.
+fn earlier_ejections(s: &TargetState, p: &PassiveSpec, now: u64) -> u8 {
+    let forgiven_after = s.ejected_until_ms + p.max_ejection_time.as_millis() as u64;
+    if s.ejections > 0 && now >= forgiven_after {
+        0
+    } else {
+        s.ejections
+    }
+}
+
 /// `ejection_time` doubled for each earlier ejection, capped at `max_ejection_time`.
 fn ejection_ms(p: &PassiveSpec, earlier: u8) -> u64 {
     let base = p.ejection_time.as_millis() as u64;
@@ -242,6 +254,31 @@ fn ejection_ms(p: &PassiveSpec, earlier: u8) -> u64 {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn ejections_are_forgiven_after_a_long_healthy_spell() {
+        let p = passive();
+        let s = TargetState {
+            generation: 3,
+            unhealthy: false,
+            ejections: 3,
+            reason: Reason::ConsecutiveFailures,
+            ejected_until_ms: 1_000_000,
+            changed_ms: 0,
+        };
+        assert_eq!(earlier_ejections(&s, &p, 1_000_000 + 299_999), 3);
+        assert_eq!(earlier_ejections(&s, &p, 1_000_000 + 300_000), 0);
+    }
+
+    fn passive() -> PassiveSpec {
+        PassiveSpec {
+            consecutive_failures: 5,
+            ejection_time: Duration::from_secs(30),
+            max_ejection_time: Duration::from_secs(300),
+            max_ejection_percent: 50,
+            on_5xx: false,
+        }
+    }
 
     #[test]
     fn ejection_time_doubles_up_to_the_cap() {
