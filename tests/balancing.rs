@@ -661,3 +661,40 @@ fn slow_start_ramps_a_returning_target_up_gradually() {
     // Round robin would give it half; early in a 30 s ramp it gets about a tenth.
     assert!(r > 0 && r < 120, "returning target got {r} of 400");
 }
+
+/// A TLS origin that accepts TCP but never answers the handshake keeps a connect pending;
+/// beyond `max_pending` such connects the gateway answers 503 at once instead of queueing.
+#[test]
+fn max_pending_answers_503_instead_of_queueing_connects() {
+    let silent = Origin::start(|_| Action::Hang);
+    let (gw, _) = gateway(
+        1,
+        &format!(
+            "targets = [\"{}\"]\ntls = true\ntls_verify = false\ntls_server_name = \"origin.test\"\nconnect_timeout = \"3s\"\nmax_pending = 1",
+            silent.addr
+        ),
+        "retries = 0",
+    );
+    let gw = Arc::new(gw);
+    let first = {
+        let gw = gw.clone();
+        std::thread::spawn(move || gw.get("/first").status)
+    };
+    // wait until the first connect is pending (the origin has accepted it)
+    assert!(wait_until(Duration::from_secs(10), || silent
+        .connection_count()
+        >= 1));
+    let started = Instant::now();
+    let r = gw.get("/second");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("max_pending"), "{}", r.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answered at once, not queued"
+    );
+    assert_eq!(
+        first.join().unwrap(),
+        502,
+        "the stalled handshake times out"
+    );
+}
