@@ -1,10 +1,11 @@
 //! The lock-free cross-shard channel (DESIGN.md §2): what one shard learns about a backend
 //! reaches every other shard within a tick or two.
 //!
-//! Owns the authoritative per-target state word (a generation-stamped snapshot in one
-//! atomic, so stale news always loses) and one bounded lock-free inbox per shard. A sender
-//! never blocks and never wakes anyone: it updates the state word and pushes a notice into
-//! each other shard's inbox; a full inbox only sets its `behind` flag, after which the
+//! Owns the authoritative per-target state word (the whole state, generation-stamped, in one
+//! atomic updated by compare-and-swap) and one bounded lock-free inbox per shard. Notices
+//! carry no state: a receiver reads the current word, so stale news cannot arrive out of
+//! order. A sender never blocks and never wakes anyone: it swaps the state word and pushes a
+//! notice into each other shard's inbox; a full inbox only sets its `behind` flag, after which the
 //! receiver re-reads every state word (coalescing: memory stays bounded however far a shard
 //! falls behind). Receivers drain their inbox on their own tick. Must not touch sockets or
 //! shard-local state; shards apply what they receive themselves.
@@ -60,7 +61,7 @@ impl Reason {
 /// A target's cluster-wide state: what every shard converges to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TargetState {
-    /// Bumped on every change; a shard ignores news older than what it has.
+    /// Bumped on every change (16 bits, wrapping): tells whether a shard's view is current.
     pub generation: u32,
     /// Active checks say it is down.
     pub unhealthy: bool,
@@ -79,23 +80,38 @@ impl TargetState {
     }
 }
 
-// The state word: generation (32) | unhealthy (8) | ejections (8) | reason (8).
+// The state word holds the whole state, so one compare-and-swap publishes it atomically:
+// generation (16) | reason (8) | ejections (7) | unhealthy (1) | ejected until (32, in
+// tenths of a second since the process started: 13 years).
 fn pack(s: &TargetState) -> u64 {
-    (u64::from(s.generation) << 32)
-        | (u64::from(s.unhealthy) << 16)
-        | (u64::from(s.ejections) << 8)
-        | u64::from(s.reason as u8)
+    let until_ds = s.ejected_until_ms.div_ceil(100).min(u64::from(u32::MAX));
+    (u64::from(s.generation & 0xffff) << 48)
+        | (u64::from(s.reason as u8) << 40)
+        | (u64::from(s.ejections & 0x7f) << 33)
+        | (u64::from(s.unhealthy) << 32)
+        | until_ds
 }
 
-/// One target's slot: the state word plus the times that do not fit in it. A writer stores
-/// the times before publishing the word (Release); a reader loads the word first (Acquire).
+fn unpack(word: u64, changed_ms: u64) -> TargetState {
+    TargetState {
+        generation: (word >> 48) as u32,
+        reason: Reason::from_u8((word >> 40) as u8),
+        ejections: ((word >> 33) & 0x7f) as u8,
+        unhealthy: (word >> 32) & 1 == 1,
+        ejected_until_ms: (word & 0xffff_ffff) * 100,
+        changed_ms,
+    }
+}
+
+/// One target's slot: the state word, and when it last changed (for display only: it is
+/// stored after the word and may lag it for an instant).
 struct Slot {
     word: AtomicU64,
-    ejected_until_ms: AtomicU64,
     changed_ms: AtomicU64,
 }
 
-/// A notice that target `slot` changed; the receiver reads the slot for the state.
+/// A notice that target `slot` changed; the receiver reads the slot for the (current) state,
+/// so a notice can never carry stale news.
 #[derive(Debug, Clone, Copy)]
 pub struct Notice {
     pub slot: usize,
@@ -120,7 +136,6 @@ impl Gossip {
             slots: (0..targets)
                 .map(|_| Slot {
                     word: AtomicU64::new(0),
-                    ejected_until_ms: AtomicU64::new(0),
                     changed_ms: AtomicU64::new(0),
                 })
                 .collect(),
@@ -140,15 +155,10 @@ impl Gossip {
     /// The current cluster-wide state of `slot`.
     pub fn read(&self, slot: usize) -> TargetState {
         let s = &self.slots[slot];
-        let word = s.word.load(Ordering::Acquire);
-        TargetState {
-            generation: (word >> 32) as u32,
-            unhealthy: (word >> 16) & 0xff != 0,
-            ejections: ((word >> 8) & 0xff) as u8,
-            reason: Reason::from_u8((word & 0xff) as u8),
-            ejected_until_ms: s.ejected_until_ms.load(Ordering::Acquire),
-            changed_ms: s.changed_ms.load(Ordering::Acquire),
-        }
+        unpack(
+            s.word.load(Ordering::Acquire),
+            s.changed_ms.load(Ordering::Relaxed),
+        )
     }
 
     /// Applies `change` to the current state of `slot` and tells every other shard. Returns
@@ -162,20 +172,18 @@ impl Gossip {
     ) -> Option<TargetState> {
         let s = &self.slots[slot];
         loop {
-            let current = self.read(slot);
+            let current_word = s.word.load(Ordering::Acquire);
+            let current = unpack(current_word, s.changed_ms.load(Ordering::Relaxed));
             let mut next = change(&current)?;
-            next.generation = current.generation.wrapping_add(1);
+            next.generation = (current.generation + 1) & 0xffff;
             next.changed_ms = now_ms();
-            // Times first, then the word that makes them current. A reader racing this may
-            // pair the old word with new times for an instant; the next notice corrects it.
-            s.ejected_until_ms
-                .store(next.ejected_until_ms, Ordering::Release);
-            s.changed_ms.store(next.changed_ms, Ordering::Release);
-            let old_word = pack(&current);
+            let next_word = pack(&next);
+            next = unpack(next_word, next.changed_ms); // as readers will see it (rounded)
             if s.word
-                .compare_exchange(old_word, pack(&next), Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange(current_word, next_word, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
+                s.changed_ms.store(next.changed_ms, Ordering::Relaxed);
                 self.notify(from_shard, slot, next.generation);
                 return Some(next);
             }
@@ -252,6 +260,19 @@ mod tests {
         let mut slots = Vec::new();
         g.drain(1, |slot, s| slots.push((slot, s.generation)));
         assert_eq!(slots, vec![(0, 0), (1, 10), (2, 0)]);
+    }
+
+    #[test]
+    fn the_state_word_round_trips() {
+        let s = TargetState {
+            generation: 65_535,
+            unhealthy: true,
+            ejections: 100,
+            reason: Reason::ActiveCheckFailed,
+            ejected_until_ms: 123_456_700,
+            changed_ms: 9,
+        };
+        assert_eq!(unpack(pack(&s), 9), s);
     }
 
     #[test]

@@ -64,9 +64,9 @@ impl TargetView {
 
     /// Takes a cluster-wide state if it is newer than what this shard has.
     fn apply(&self, s: &TargetState) {
-        let have = self.generation.load(Relaxed);
-        // wrapping comparison: a generation "after" ours within half the range is newer
-        if s.generation.wrapping_sub(have) as i32 <= 0 && have != 0 {
+        // `s` is always the slot's current state (notices carry no state), so any other
+        // generation than ours is newer.
+        if s.generation == self.generation.load(Relaxed) {
             return;
         }
         let now = now_ms();
@@ -188,7 +188,7 @@ impl ShardHealth<'_> {
         self.publish(slot, |s| {
             let earlier = earlier_ejections(s, passive, now);
             (!s.is_ejected(now)).then(|| TargetState {
-                ejections: earlier.saturating_add(1),
+                ejections: earlier.saturating_add(1).min(127),
                 ejected_until_ms: now + ejection_ms(passive, earlier),
                 reason: Reason::ConsecutiveFailures,
                 ..*s
