@@ -136,7 +136,7 @@ pub struct ShardUpstreams {
 }
 
 /// Capacity of an upstream connection's read buffer (response heads must fit in it).
-pub const UPSTREAM_BUF: usize = 32 * 1024;
+pub const UPSTREAM_BUF: usize = 64 * 1024;
 
 /// What ties a request to a target: a valid sticky cookie, or a consistent-hash key.
 #[derive(Debug, Clone, Copy, Default)]
