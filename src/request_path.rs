@@ -32,6 +32,8 @@ use std::time::Duration;
 
 /// Bodies at most this large that are already buffered travel in the same write as the head.
 const INLINE_BODY: usize = 16 * 1024;
+/// Read buffer lent to a connection while it streams a request body too large to inline.
+const BODY_BUF: usize = 64 * 1024;
 /// Initial capacity of a connection's output buffer (heads; it grows for inline bodies).
 const OUT_BUF: usize = 4096;
 
@@ -940,6 +942,10 @@ async fn streamed_exchange(
     if c.head.expect_continue && c.down.writer.write_all(CONTINUE).await.0.is_err() {
         return Next::Close;
     }
+    // A large body streams through a larger buffer (fewer reads and writes), lent for the
+    // duration of this exchange.
+    let lent = (c.reader.capacity() < BODY_BUF)
+        .then(|| c.reader.swap_buffer(shard.body_bufs.take(BODY_BUF)));
     let head_received = Cell::new(false);
     let head_micros = Cell::new(0);
     let (sent, answered) = {
@@ -1001,6 +1007,14 @@ async fn streamed_exchange(
         }
     };
     let sent_all = sent.is_ok();
+    if let Some(small) = lent {
+        let returned = c.reader.swap_buffer(small);
+        if returned.capacity() >= BODY_BUF {
+            shard.body_bufs.give(returned);
+        } else {
+            shard.bufs.give(returned);
+        }
+    }
     flight.outcome = match &answered {
         _ if head_received.get() => Outcome::Answered {
             status: c.down.resp.status,

@@ -114,6 +114,19 @@ impl<S: AsyncReadRent> BufConn<S> {
         Ok(())
     }
 
+    /// Moves the unconsumed bytes into `buf` and returns the old buffer, or gives `buf` back
+    /// when it cannot hold them.
+    pub fn swap_buffer(&mut self, mut buf: Vec<u8>) -> Vec<u8> {
+        let pending = self.buffered().len();
+        if pending > buf.capacity() {
+            return buf;
+        }
+        buf.clear();
+        buf.extend_from_slice(self.buffered());
+        self.pos = 0;
+        std::mem::replace(&mut self.buf, buf)
+    }
+
     pub fn into_parts(self) -> (S, Vec<u8>) {
         (self.io, self.buf)
     }

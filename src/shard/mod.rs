@@ -35,6 +35,8 @@ pub struct Shard {
     pub id: usize,
     pub snapshot: Arc<Snapshot>,
     pub bufs: Rc<BufPool>,
+    /// Larger buffers lent to a connection while it streams a large request body.
+    pub body_bufs: BufPool,
     pub upstreams: ShardUpstreams,
     pub ids: RequestIds,
     pub draining: Cell<bool>,
@@ -118,6 +120,7 @@ impl Shard {
                 .collect(),
             snapshot,
             bufs,
+            body_bufs: BufPool::new(64),
             ids: RequestIds::new(crate::http::random_seed()),
             draining: Cell::new(false),
             registry: RefCell::new(Registry::default()),
