@@ -678,3 +678,83 @@ impl FromPemFile for CertificateDer<'static> {
         CertificateDer::from_pem_file(path).unwrap()
     }
 }
+
+/// A TLS origin (rustls, blocking) answering `200 ok` to every request; counts connections.
+fn tls_origin(leaf: &Leaf) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der.clone()],
+            PrivateKeyDer::try_from(leaf.key_der.clone()).unwrap(),
+        )
+        .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = connections.clone();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            counter.fetch_add(1, Ordering::AcqRel);
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
+                let conn = rustls::ServerConnection::new(config).unwrap();
+                let mut tls = StreamOwned::new(conn, tcp);
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        if tls
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    match tls.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+#[test]
+fn tls_upstream_connections_are_kept_alive_and_reused() {
+    let ca = Ca::new("origin ca");
+    let leaf = ca.leaf(&["origin.test"], "origin", &PKCS_ECDSA_P256_SHA256);
+    let (origin, connections) = tls_origin(&leaf);
+    let dir = temp_dir("tls-pool");
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let gw = Gateway::start(&format!(
+        "{}[[upstreams]]\nname = \"o\"\ntargets = [\"{origin}\"]\ntls = true\ntls_server_name = \"origin.test\"\ntls_ca_file = {:?}\n\n[[routes]]\nname = \"all\"\nupstream = \"o\"\n",
+        base_config(),
+        ca_file.display().to_string()
+    ));
+    // one client connection: one shard, whose pool should carry every request
+    let mut s = gw.connect();
+    let mut reader = ResponseReader::default();
+    for i in 0..10 {
+        s.write_all(format!("GET /{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .unwrap();
+        let r = reader.read(&mut s, false);
+        assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    }
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::Acquire),
+        1,
+        "one TLS connection to the origin carried all ten requests"
+    );
+}
