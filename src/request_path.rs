@@ -1025,15 +1025,20 @@ async fn streamed_exchange(
     };
     drop(flight);
     match (sent, answered) {
-        (_, Some(Ok(relayed))) => finish(
-            shard,
-            upstream,
-            target,
-            up,
-            relayed,
-            sent_all,
-            c.down.resp.reusable,
-        ),
+        (_, Some(Ok(relayed))) => {
+            // An origin that answered before the whole body arrived: the client may still
+            // be sending, so close by lingering or the answer could be lost to a reset.
+            c.linger = !sent_all;
+            finish(
+                shard,
+                upstream,
+                target,
+                up,
+                relayed,
+                sent_all,
+                c.down.resp.reusable,
+            )
+        }
         (_, Some(Err(failure))) if !head_received.get() => {
             fail_upstream(c, ex, failure, sent_all).await
         }
