@@ -199,46 +199,27 @@ backend be
 """
 
 
-def ringgate_conf(port, origin_port, workers, tls_port, cert, key, balance=None):
+def ringgate_conf(port, origin_port, workers, tls=None, balance=None, older=False):
+    """ringgate's bench config. `tls`: (port, cert, key) for an HTTPS listener; `balance`: two
+    entries of the same origin under that algorithm; `older`: only keys an older binary (the
+    `rg-before` target) knows."""
     targets = (f'["127.0.0.1:{origin_port}"]' if balance is None else
                f'["127.0.0.1:{origin_port}", "127.0.0.1:{origin_port}"]\nbalance = "{balance}"')
+    per_ip = "" if older else "max_connections_per_ip = 100000\n"
+    tls_listener = "" if tls is None else (
+        f'[[listeners]]\nname = "bench-tls"\nbind = "127.0.0.1:{tls[0]}"\n'
+        f'[listeners.tls]\ncertificates = [{{ cert = "{tls[1]}", key = "{tls[2]}" }}]\n')
     return f"""
 [server]
 workers = {workers}
 [limits]
 max_connections = 100000
-max_connections_per_ip = 100000
-[[listeners]]
+{per_ip}[[listeners]]
 name = "bench"
 bind = "127.0.0.1:{port}"
-[[listeners]]
-name = "bench-tls"
-bind = "127.0.0.1:{tls_port}"
-[listeners.tls]
-certificates = [{{ cert = "{cert}", key = "{key}" }}]
-[[upstreams]]
+{tls_listener}[[upstreams]]
 name = "origin"
 targets = {targets}
-max_idle_connections = 256
-[[routes]]
-name = "all"
-upstream = "origin"
-"""
-
-
-def before_conf(port, origin_port, workers):
-    """The plain-HTTP part of ringgate_conf, for an older binary without TLS."""
-    return f"""
-[server]
-workers = {workers}
-[limits]
-max_connections = 100000
-[[listeners]]
-name = "bench"
-bind = "127.0.0.1:{port}"
-[[upstreams]]
-name = "origin"
-targets = ["127.0.0.1:{origin_port}"]
 max_idle_connections = 256
 [[routes]]
 name = "all"
@@ -265,14 +246,14 @@ def start_each(workdir, workers, servers, wanted):
                                            "--workers", str(workers)], origin_port, workdir)
     rg_conf = os.path.join(workdir, "ringgate.toml")
     with open(rg_conf, "w") as f:
-        f.write(ringgate_conf(ports["ringgate"], origin_port, workers, tls_ports["ringgate"],
-                              cert, key))
+        f.write(ringgate_conf(ports["ringgate"], origin_port, workers,
+                              (tls_ports["ringgate"], cert, key)))
     servers["ringgate"] = Server("ringgate", [RINGGATE, "run", "--config", rg_conf],
                                  ports["ringgate"], workdir, tls_ports["ringgate"])
     if RINGGATE_BEFORE and "rg-before" in wanted:
         conf = os.path.join(workdir, "rg-before.toml")
         with open(conf, "w") as f:
-            f.write(before_conf(ports["rg-before"], origin_port, workers))
+            f.write(ringgate_conf(ports["rg-before"], origin_port, workers, older=True))
         servers["rg-before"] = Server("rg-before", [RINGGATE_BEFORE, "run", "--config", conf],
                                       ports["rg-before"], workdir)
     for name, balance in BALANCE_TARGETS.items():
@@ -280,8 +261,8 @@ def start_each(workdir, workers, servers, wanted):
             continue
         conf = os.path.join(workdir, f"{name}.toml")
         with open(conf, "w") as f:
-            f.write(ringgate_conf(ports[name], origin_port, workers, tls_ports[name], cert, key,
-                                  balance))
+            f.write(ringgate_conf(ports[name], origin_port, workers,
+                                  (tls_ports[name], cert, key), balance))
         servers[name] = Server(name, [RINGGATE, "run", "--config", conf], ports[name], workdir,
                                tls_ports[name])
     if shutil.which("nginx"):
