@@ -8,10 +8,18 @@ use std::cell::RefCell;
 use std::io;
 
 /// A connection with its read buffer. Bytes in `buf[pos..]` are read but not yet consumed.
+///
+/// Cancellation safety: a read or write lends `buf` to the kernel (monoio's rent model). If
+/// that future is dropped mid-way (a `select!` or a timeout), the buffer does not come back.
+/// Every such operation therefore first puts the `BufConn` in the state a drop leaves behind
+/// (empty buffer, `pos = 0`, `lost = true`) and restores it only on completion, so every
+/// accessor stays in bounds whatever happens. A connection that `lost_bytes()` cannot carry
+/// another message (its stream position is unknown) and must be closed.
 pub struct BufConn<S> {
     pub io: S,
     buf: Vec<u8>,
     pos: usize,
+    lost: bool,
 }
 
 /// Why a read did not produce bytes.
@@ -28,11 +36,27 @@ pub enum ReadError {
 impl<S: AsyncReadRent> BufConn<S> {
     pub fn new(io: S, mut buf: Vec<u8>) -> Self {
         buf.clear();
-        BufConn { io, buf, pos: 0 }
+        BufConn {
+            io,
+            buf,
+            pos: 0,
+            lost: false,
+        }
+    }
+
+    /// Whether an operation on this connection was cancelled mid-way: bytes may have been
+    /// read or written that nobody accounted for, so it must not carry another message.
+    pub fn lost_bytes(&self) -> bool {
+        self.lost
     }
 
     pub fn buffered(&self) -> &[u8] {
         &self.buf[self.pos..]
+    }
+
+    /// The unconsumed bytes, for in-place rewriting (path normalisation).
+    pub fn buffered_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.pos..]
     }
 
     pub fn consume(&mut self, n: usize) {
@@ -65,6 +89,8 @@ impl<S: AsyncReadRent> BufConn<S> {
         std::mem::take(&mut self.buf)
     }
 
+    /// Gives the connection a read buffer again (after `take_buffer`, or after a cancelled
+    /// operation kept the old one).
     pub fn restore_buffer(&mut self, mut buf: Vec<u8>) {
         buf.clear();
         self.buf = buf;
@@ -89,10 +115,12 @@ impl<S: AsyncReadRent> BufConn<S> {
                 return Err(ReadError::BufferFull);
             }
         }
+        let pos = self.lend();
         let buf = std::mem::take(&mut self.buf);
         let (len, cap) = (buf.len(), buf.capacity());
         let (result, slice) = self.io.read(buf.slice_mut(len..cap)).await;
         self.buf = slice.into_inner();
+        self.give_back(pos);
         match result {
             Ok(0) => Err(ReadError::Closed),
             Ok(n) => Ok(n),
@@ -106,12 +134,28 @@ impl<S: AsyncReadRent> BufConn<S> {
         n: usize,
         dst: &mut W,
     ) -> io::Result<()> {
+        let pos = self.lend();
         let buf = std::mem::take(&mut self.buf);
-        let (result, slice) = dst.write_all(buf.slice(self.pos..self.pos + n)).await;
+        let (result, slice) = dst.write_all(buf.slice(pos..pos + n)).await;
         self.buf = slice.into_inner();
+        self.give_back(pos);
         result?;
         self.consume(n);
         Ok(())
+    }
+
+    /// Enters the state a dropped operation leaves (see the type's docs); returns `pos`.
+    fn lend(&mut self) -> usize {
+        let pos = self.pos;
+        self.pos = 0;
+        self.lost = true;
+        pos
+    }
+
+    /// The operation completed: the buffer is back, and so is its position.
+    fn give_back(&mut self, pos: usize) {
+        self.pos = pos;
+        self.lost = false;
     }
 
     /// Moves the unconsumed bytes into `buf` and returns the old buffer, or gives `buf` back
@@ -139,6 +183,23 @@ pub async fn write_all_buf<W: AsyncWriteRent>(
 ) -> (io::Result<()>, Vec<u8>) {
     let (result, out) = dst.write_all(out).await;
     (result.map(|_| ()), out)
+}
+
+/// Writes all of `out` within `timeout` (a peer that stops reading is cut off). On timeout
+/// the buffer stays with the cancelled write and an empty one comes back; the caller must
+/// close the connection, whose stream position is now unknown.
+pub async fn write_all_within<W: AsyncWriteRent>(
+    dst: &mut W,
+    out: Vec<u8>,
+    timeout: std::time::Duration,
+) -> (io::Result<()>, Vec<u8>) {
+    match monoio::time::timeout(timeout, write_all_buf(dst, out)).await {
+        Ok(done) => done,
+        Err(_) => (
+            Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out")),
+            Vec::new(),
+        ),
+    }
 }
 
 /// A shard-local free list of buffers, so requests do not allocate.

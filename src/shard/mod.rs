@@ -19,7 +19,7 @@ use std::net::IpAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 
 /// Set once by the control thread on SIGTERM/SIGINT; shards poll it on their tick.
@@ -60,7 +60,21 @@ struct Slot {
     /// Set while the connection waits for its next request: when it must be closed.
     idle_until: Option<Instant>,
     live: bool,
+    /// The request id of the connection's current request, for a panic report.
+    request_id: [u8; REQUEST_ID_SHOWN],
+    request_id_len: u8,
 }
+
+/// How much of a request id a panic report shows.
+const REQUEST_ID_SHOWN: usize = 64;
+
+/// Connection tasks that panicked, all shards together (the task is dropped, the shard and
+/// every other connection on it go on).
+pub static CONNECTION_PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// Shards that are serving (started and not stopped or dead): `/readyz` compares it with
+/// `workers`.
+pub static SHARDS_ALIVE: AtomicUsize = AtomicUsize::new(0);
 
 /// A connection's place in the registry; unregisters itself when dropped.
 pub struct ConnGuard {
@@ -81,6 +95,16 @@ impl ConnGuard {
     pub fn unpark(&self) {
         self.shard.registry.borrow_mut().slots[self.slot].idle_until = None;
     }
+
+    /// Remembers the current request's id, so a panic can be reported with it.
+    pub fn set_request_id(&self, id: &[u8]) {
+        let n = id.len().min(REQUEST_ID_SHOWN);
+        let mut reg = self.shard.registry.borrow_mut();
+        let slot = &mut reg.slots[self.slot];
+        slot.request_id[..n].copy_from_slice(&id[..n]);
+        slot.request_id_len = n as u8;
+    }
+
 }
 
 impl Drop for ConnGuard {
@@ -149,6 +173,8 @@ impl Shard {
             fd,
             idle_until: None,
             live: true,
+            request_id: [0; REQUEST_ID_SHOWN],
+            request_id_len: 0,
         };
         let slot = match reg.free.pop() {
             Some(i) => {
@@ -166,6 +192,14 @@ impl Shard {
             listener,
             peer,
         })
+    }
+
+    /// The request id a connection last recorded (empty before its first request).
+    fn request_id_in(&self, slot: usize) -> String {
+        let reg = self.registry.borrow();
+        let slot = &reg.slots[slot];
+        String::from_utf8_lossy(&slot.request_id[..usize::from(slot.request_id_len)])
+            .into_owned()
     }
 
     fn open_connections(&self) -> usize {
@@ -262,7 +296,7 @@ fn shard_thread(
         {
             Ok(mut rt) => {
                 describe("io_uring");
-                rt.block_on(run_shard(id, snapshot, cluster, started));
+                exit_if_panicked(id, || rt.block_on(run_shard(id, snapshot, cluster, started)));
                 return;
             }
             Err(e) => observe::warn(&format!(
@@ -280,11 +314,26 @@ fn shard_thread(
     {
         Ok(mut rt) => {
             describe("epoll");
-            rt.block_on(run_shard(id, snapshot, cluster, started));
+            exit_if_panicked(id, || rt.block_on(run_shard(id, snapshot, cluster, started)));
         }
         Err(error) => {
             let _ = started.send(Started::RuntimeFailed { shard: id, error });
         }
+    }
+}
+
+/// A panic outside any connection task (accept loop, probes, gossip, the drain loop) ends
+/// the shard's runtime. A dead shard's `SO_REUSEPORT` listener would keep taking its share
+/// of new connections into a queue nobody accepts from, so the whole process exits non-zero
+/// instead, for its supervisor to restart it: loud and whole beats quiet and partial.
+fn exit_if_panicked(id: usize, run: impl FnOnce()) {
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+        SHARDS_ALIVE.fetch_sub(1, Ordering::AcqRel);
+        observe::warn(&format!(
+            "shard {id} died: {}; exiting (status 70) so a supervisor restarts the gateway",
+            panic_message(&*panic)
+        ));
+        std::process::exit(70);
     }
 }
 
@@ -311,6 +360,7 @@ async fn run_shard(
         listener_fds,
     });
     drop(started);
+    SHARDS_ALIVE.fetch_add(1, Ordering::AcqRel);
     let shard = Rc::new(Shard::new(id, snapshot, cluster));
     monoio::spawn(gossip_loop(shard.clone()));
     start_probes(&shard);
@@ -328,9 +378,10 @@ async fn accept_loop(shard: Rc<Shard>, listener_index: usize, listener: TcpListe
         }
         match accepted {
             Ok((stream, peer)) => {
-                match shard.admit(listener_index, stream.as_raw_fd(), peer.ip().to_canonical()) {
+                let key = per_ip_key(peer.ip());
+                match shard.admit(listener_index, stream.as_raw_fd(), key) {
                     Some(guard) => {
-                        monoio::spawn(crate::request_path::serve_connection(
+                        monoio::spawn(serve_guarded(
                             shard.clone(),
                             guard,
                             listener_index,
@@ -343,6 +394,73 @@ async fn accept_loop(shard: Rc<Shard>, listener_index: usize, listener: TcpListe
             }
             // Out of fds or memory: back off instead of spinning; existing connections go on.
             Err(_) => monoio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+/// What `max_connections_per_ip` counts: an IPv4 address, or an IPv6 /64 (one subscriber
+/// usually holds a whole /64, so counting single v6 addresses would be no limit at all).
+fn per_ip_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let mut octets = v6.octets();
+            octets[8..].fill(0);
+            IpAddr::V6(octets.into())
+        }
+        v4 => v4,
+    }
+}
+
+/// Serves one connection, catching a panic at the task boundary: monoio does not, and an
+/// uncaught one would end the shard thread (and black-hole its listener's share of new
+/// connections). The panicking connection is dropped and reported with its request id.
+async fn serve_guarded(
+    shard: Rc<Shard>,
+    guard: ConnGuard,
+    listener: usize,
+    stream: monoio::net::TcpStream,
+    peer: std::net::SocketAddr,
+) {
+    let slot = guard.slot;
+    let served = crate::request_path::serve_connection(shard.clone(), guard, listener, stream, peer);
+    let mut served = std::pin::pin!(served);
+    if let Err(panic) = CatchUnwind(served.as_mut()).await {
+        CONNECTION_PANICS.fetch_add(1, Ordering::Relaxed);
+        // Read before anything else runs on this shard: the slot may be reused afterwards.
+        let request_id = shard.request_id_in(slot);
+        observe::warn(&format!(
+            "shard {}: connection from {peer} panicked (request id {request_id:?}): {}; that connection was closed, the shard goes on",
+            shard.id,
+            panic_message(&*panic)
+        ));
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
+/// Polls a future inside `catch_unwind`. The future is not polled again after a panic.
+struct CatchUnwind<F>(F);
+
+impl<F: std::future::Future + Unpin> std::future::Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            std::pin::Pin::new(inner).poll(cx)
+        })) {
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
         }
     }
 }
@@ -385,6 +503,7 @@ async fn wait_for_drain(shard: &Rc<Shard>) {
         ticks = ticks.wrapping_add(1);
         if ticks.is_multiple_of(REAP_EVERY_TICKS) {
             shard.close_idle_connections(Some(Instant::now()));
+            shard.upstreams.close_stale();
         }
     }
     shard.draining.set(true);
@@ -394,6 +513,7 @@ async fn wait_for_drain(shard: &Rc<Shard>) {
         shard.close_idle_connections(None);
         monoio::time::sleep(TICK).await;
     }
+    SHARDS_ALIVE.fetch_sub(1, Ordering::AcqRel);
     observe::info(&format!(
         "shard {}: drained ({} connections still open)",
         shard.id,
