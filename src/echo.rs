@@ -222,7 +222,9 @@ fn parse_number(digits: &[u8]) -> Option<u64> {
 /// Echoed and skipped bodies go through the gateway's own streaming code.
 const BODY_LIMITS: BodyLimits = BodyLimits {
     max_bytes: u64::MAX,
-    io_timeout: IDLE,
+    read_timeout: IDLE,
+    write_timeout: IDLE,
+    read_deadline: None,
 };
 
 /// Writes the request body back as it arrives, with the request's own framing.

@@ -13,7 +13,8 @@ use crate::config::RetryOn;
 use crate::config::{CompiledTransform, EffectiveLimits, RouteAction, RouteSpec};
 use crate::config::{HashKey, UpstreamSpec, stable_hash};
 use crate::http::body::{BodyError, BodyLimits, stream_body};
-use crate::http::io::{BufConn, ReadError, write_all_buf};
+use crate::http::head::{HeadScan, PathError};
+use crate::http::io::{BufConn, ReadError, write_all_buf, write_all_within};
 use crate::http::{
     Framing, HeadError, HeadLimits, Known, RequestHead, ResponseHead, Version, push_decimal,
     push_error_response, push_header,
@@ -57,6 +58,8 @@ struct Client {
     client_subject: Option<Box<str>>,
     /// Close by lingering: an error response went out while the client may still be sending.
     linger: bool,
+    /// The listener says `x_forwarded_for = "replace"`.
+    replace_x_forwarded_for: bool,
 }
 
 /// Everything that writes to the client.
@@ -81,6 +84,11 @@ struct Exchange {
     tls: bool,
     /// Safe to send twice (RFC 9110 §9.2.2), for retries.
     idempotent: bool,
+    /// The request offers an upgrade the route allows (else `Upgrade` is not forwarded and a
+    /// `101` from the origin is refused).
+    upgrade: bool,
+    /// Longest wait for one write to the client.
+    send_timeout: Duration,
 }
 
 impl Exchange {
@@ -93,7 +101,15 @@ impl Exchange {
 enum Next {
     KeepAlive,
     Close,
-    Tunnel(UpstreamConn),
+    Tunnel(UpstreamConn, TunnelLimits),
+}
+
+/// How long an upgraded connection may live: quiet, and in all.
+#[derive(Clone, Copy)]
+struct TunnelLimits {
+    idle: Duration,
+    total: Duration,
+    send: Duration,
 }
 
 pub async fn serve_connection(
@@ -138,13 +154,14 @@ pub async fn serve_connection(
         tls,
         client_subject,
         linger: false,
+        replace_x_forwarded_for: spec.replace_x_forwarded_for,
     };
     loop {
         match exchange(&shard, &guard, &mut client).await {
             Next::KeepAlive => {}
             Next::Close => break,
-            Next::Tunnel(upstream) => {
-                tunnel(client.reader, client.down.writer, upstream).await;
+            Next::Tunnel(upstream, limits) => {
+                tunnel(client.reader, client.down.writer, upstream, limits).await;
                 return;
             }
         }
@@ -217,13 +234,27 @@ impl ConnState {
             })
     }
 
-    fn give_back(self) {
+    fn give_back(mut self) {
+        self.head.shrink();
+        self.resp.shrink();
+        shrink_scratch(&mut self.up_scratch);
+        shrink_scratch(&mut self.down_scratch);
         SPARE_STATES.with(|spare| {
             let mut spare = spare.borrow_mut();
             if spare.len() < SPARE_CONN_STATES {
                 spare.push(self);
             }
         });
+    }
+}
+
+/// Re-chunking buffers above this are released between requests (one large chunked body
+/// must not pin its buffer for the connection's life, or in the spare pool after it).
+const KEEP_SCRATCH: usize = 16 * 1024;
+
+fn shrink_scratch(scratch: &mut Vec<u8>) {
+    if scratch.capacity() > KEEP_SCRATCH {
+        *scratch = Vec::new();
     }
 }
 
@@ -259,7 +290,8 @@ async fn exchange(shard: &Shard, guard: &ConnGuard, c: &mut Client) -> Next {
             return reject(c, status, message, &id, true, b"").await;
         }
     }
-    let ex = exchange_facts(shard, c);
+    let mut ex = exchange_facts(shard, c);
+    guard.set_request_id(ex.request_id());
 
     // Stage 2: a plain listener told to redirect sends everything to HTTPS.
     if let Some(port) = shard.snapshot.listeners[c.listener].redirect_https {
@@ -282,6 +314,10 @@ async fn exchange(shard: &Shard, guard: &ConnGuard, c: &mut Client) -> Next {
         }
     };
     let route = &shard.snapshot.routes[route_index];
+    ex.upgrade = c
+        .head
+        .upgrade_offer(c.reader.buffered())
+        .is_some_and(|offer| offers_only_allowed(route, offer));
 
     match &route.action {
         RouteAction::Direct {
@@ -314,17 +350,31 @@ async fn read_request_head(
     c.reader.compact();
     if c.reader.buffered().is_empty() {
         wait_for_next_request(shard, guard, c).await?;
-        // Readable: this read completes at once (with bytes, or EOF after a reap or drain).
-        match c.reader.fill().await {
-            Ok(_) => {}
-            Err(_) => return Err(HeadStop::Quiet),
+        let first = if c.tls {
+            // Readable only means some ciphertext arrived: a partial record would hold this
+            // read (and the connection, no longer parked for the reaper) forever.
+            c.reader
+                .fill_until(Instant::now() + c.limits.header_read_timeout)
+                .await
+        } else {
+            // Readable: this read completes at once (with bytes, or EOF after a reap or drain).
+            c.reader.fill().await
+        };
+        if first.is_err() {
+            return Err(HeadStop::Quiet);
         }
     }
     let deadline = Instant::now() + c.limits.header_read_timeout;
+    let mut scan = HeadScan::default();
     loop {
         if !c.reader.buffered().is_empty() {
-            match c.head.parse(c.reader.buffered(), &limits) {
-                Ok(true) => return Ok(()),
+            let buf = c.reader.buffered();
+            let parsed = match scan.check(buf, &limits) {
+                Ok(true) => c.head.parse(buf, &limits),
+                other => other,
+            };
+            match parsed {
+                Ok(true) => return normalize_request_path(shard, c),
                 Ok(false) => {}
                 Err(e) => return Err(HeadStop::Reject(e.status(), head_error_message(e))),
             }
@@ -346,6 +396,19 @@ async fn read_request_head(
     }
 }
 
+/// Normalises the parsed path in place before anything looks at it (routing, forwarding).
+fn normalize_request_path(shard: &Shard, c: &mut Client) -> Result<(), HeadStop> {
+    let keep = shard.snapshot.keep_escaped_slashes;
+    match c.head.normalize_path(c.reader.buffered_mut(), keep) {
+        Ok(()) => Ok(()),
+        Err(PathError::BadEscape) => Err(HeadStop::Reject(400, "invalid percent-encoding in path")),
+        Err(PathError::AmbiguousSegment) => Err(HeadStop::Reject(
+            400,
+            "encoded slash, backslash or ';' in path",
+        )),
+    }
+}
+
 /// An idle keep-alive connection waits for readability without holding its buffers (they go
 /// back to the shard's pool), so thousands of idle clients cost little memory. Drain wakes it
 /// by shutting down its read side.
@@ -357,7 +420,13 @@ async fn wait_for_next_request(
     if shard.draining.get() {
         return Err(HeadStop::Quiet);
     }
-    let read_capacity = c.reader.capacity();
+    // The configured size, not the current one: a buffer that grew (or was swapped in) for
+    // one large message must not become this connection's read buffer for good.
+    let read_capacity = c.limits.max_header_bytes.max(16 * 1024);
+    c.head.shrink();
+    c.down.resp.shrink();
+    shrink_scratch(&mut c.up_scratch);
+    shrink_scratch(&mut c.down.scratch);
     shard.bufs.give(c.reader.take_buffer());
     shard.bufs.give(std::mem::take(&mut c.down.out));
     c.reader.io.park_buffers(&shard.bufs);
@@ -394,6 +463,8 @@ fn exchange_facts(shard: &Shard, c: &Client) -> Exchange {
         framing: c.head.framing,
         tls: c.tls,
         idempotent: is_idempotent(c.head.method(buf)),
+        upgrade: false,
+        send_timeout: c.limits.send_timeout,
     };
     match &c.head.request_id {
         Some(r) => {
@@ -412,6 +483,13 @@ enum RouteMiss {
     NotFound,
     MethodNotAllowed(String),
     BadPath,
+}
+
+/// Whether every protocol an `Upgrade` field offers is on the route's allow-list.
+fn offers_only_allowed(route: &RouteSpec, offer: &[u8]) -> bool {
+    offer
+        .split(|&b| b == b',')
+        .all(|p| route.allows_upgrade(p.trim_ascii()))
 }
 
 /// Host (from an absolute-form target, else `Host`, port dropped, lower-cased), path and
@@ -443,16 +521,7 @@ fn request_host<'a>(c: &Client, out: &'a mut [u8; 256]) -> &'a str {
 }
 
 fn lower_host_without_port<'a>(raw: &[u8], out: &'a mut [u8; 256]) -> &'a str {
-    let without_port = if raw.first() == Some(&b'[') {
-        // [v6]:port keeps its brackets
-        raw.iter()
-            .position(|&b| b == b']')
-            .map_or(raw, |end| &raw[..=end])
-    } else {
-        raw.iter()
-            .rposition(|&b| b == b':')
-            .map_or(raw, |colon| &raw[..colon])
-    };
+    let (without_port, _) = split_host_port(raw);
     if without_port.len() > out.len() {
         return "";
     }
@@ -461,6 +530,19 @@ fn lower_host_without_port<'a>(raw: &[u8], out: &'a mut [u8; 256]) -> &'a str {
         *o = b.to_ascii_lowercase();
     }
     std::str::from_utf8(out).unwrap_or("")
+}
+
+/// A host as sent (`name`, `name:port`, `[v6]:port`) split into the name, without one
+/// trailing dot (`example.com.` is `example.com`), and the `:port` part (maybe empty).
+fn split_host_port(raw: &[u8]) -> (&[u8], &[u8]) {
+    let colon = if raw.first() == Some(&b'[') {
+        // [v6]:port keeps its brackets
+        raw.iter().position(|&b| b == b']').map_or(raw.len(), |end| end + 1)
+    } else {
+        raw.iter().rposition(|&b| b == b':').unwrap_or(raw.len())
+    };
+    let (name, port) = raw.split_at(colon);
+    (name.strip_suffix(b".").unwrap_or(name), port)
 }
 
 /// Sends a gateway error. `close` ends the connection afterwards.
@@ -475,7 +557,8 @@ async fn reject(
     let down = &mut c.down;
     down.out.clear();
     push_error_response(&mut down.out, status, message, request_id, close, extra);
-    let (result, out) = write_all_buf(&mut down.writer, std::mem::take(&mut down.out)).await;
+    let out = std::mem::take(&mut down.out);
+    let (result, out) = write_all_within(&mut down.writer, out, c.limits.send_timeout).await;
     down.out = out;
     c.linger = close && result.is_ok();
     if close || result.is_err() {
@@ -492,8 +575,18 @@ async fn reject(
 async fn linger(c: &mut Client) {
     const LINGER_TIME: Duration = Duration::from_secs(2);
     const LINGER_BYTES: usize = 1024 * 1024;
-    let _ = c.down.writer.shutdown().await;
     let deadline = Instant::now() + LINGER_TIME;
+    // Also bounded: a TLS close_notify is a write to a client that may not be reading.
+    if monoio::time::timeout_at(deadline, c.down.writer.shutdown())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    if c.reader.lost_bytes() || c.reader.capacity() == 0 {
+        // A cancelled operation kept the read buffer; any buffer will do for discarding.
+        c.reader.restore_buffer(Vec::with_capacity(16 * 1024));
+    }
     let mut discarded = 0;
     while discarded < LINGER_BYTES {
         let pending = c.reader.buffered().len();
@@ -568,7 +661,8 @@ async fn direct_response(
     if !ex.head_method {
         out.extend_from_slice(body.as_bytes());
     }
-    let (result, out) = write_all_buf(&mut c.down.writer, std::mem::take(&mut c.down.out)).await;
+    let out = std::mem::take(&mut c.down.out);
+    let (result, out) = write_all_within(&mut c.down.writer, out, c.limits.send_timeout).await;
     c.down.out = out;
     if close || result.is_err() {
         Next::Close
@@ -660,15 +754,12 @@ async fn proxy(
             let relayed =
                 relay_response(shard, &mut c.down, ex, route, upstream, &mut up.reader).await;
             drop(flight);
-            finish(
-                shard,
-                upstream,
-                target,
-                up,
-                relayed,
-                true,
-                c.down.resp.reusable,
-            )
+            let ends = Ends {
+                request_complete: true,
+                reusable: c.down.resp.reusable,
+                tunnel: tunnel_limits(route, c),
+            };
+            finish(shard, upstream, target, up, relayed, ends)
         }
         Err(failure) => fail_upstream(c, ex, failure, true).await,
     }
@@ -787,7 +878,16 @@ async fn send_replayable<'s>(
         tried.add(target);
         let mut flight = shard.upstreams.begin(upstream, target);
         let started = Instant::now();
-        let failure = match try_once(shard, c, ex, upstream, target, &mut out, try_timeout).await {
+        let attempt = try_once(
+            shard,
+            c,
+            ex,
+            route,
+            (upstream, target),
+            &mut out,
+            try_timeout,
+        );
+        let failure = match attempt.await {
             Ok(up) => {
                 let status = c.down.resp.status;
                 flight.outcome = Outcome::Answered {
@@ -808,9 +908,11 @@ async fn send_replayable<'s>(
             }
         };
         drop(flight);
-        let retryable = failure
-            .as_ref()
-            .is_none_or(|f| f.retryable(route.retry_on, idempotent));
+        // An empty `out` went with a write that timed out: there is nothing left to resend.
+        let retryable = !out.is_empty()
+            && failure
+                .as_ref()
+                .is_none_or(|f| f.retryable(route.retry_on, idempotent));
         let next = if retryable && retries_left > 0 && shard.upstreams.try_retry(upstream) {
             shard.upstreams.pick(upstream, tried, affinity).ok()
         } else {
@@ -830,33 +932,42 @@ async fn send_replayable<'s>(
     }
 }
 
-/// One try at one target. A reused connection that fails before any response byte is
-/// replaced by a fresh one to the same target at once: the origin never saw the request.
+/// One try at one target: send the request and read the response head, both within
+/// `timeout` (one timer). A reused connection that fails before any response byte is
+/// replaced by a fresh one to the same target at once, but only for a request that is safe
+/// to send twice: the origin may have read it before closing.
 async fn try_once(
     shard: &Shard,
     c: &mut Client,
     ex: &Exchange,
-    upstream: usize,
-    target: usize,
+    route: &RouteSpec,
+    (upstream, target): (usize, usize),
     out: &mut Vec<u8>,
     timeout: Duration,
 ) -> Result<UpstreamConn, TryFailure> {
+    let replay_safe = ex.idempotent || route.retry_non_idempotent;
+    let upgrade = ex.upgrade.then_some(route);
     let mut up = checkout(shard, upstream, target)
         .await
         .map_err(TryFailure::Connect)?;
     loop {
-        let (written, returned) = write_all_buf(&mut up.writer, std::mem::take(out)).await;
-        *out = returned;
-        let attempt = match written {
-            Err(_) => Err(ResponseFailure::NothingReceived),
-            Ok(()) => {
-                let deadline = Instant::now() + timeout;
-                read_response_head(&mut up.reader, &mut c.down.resp, ex.head_method, deadline).await
+        let exchange = async {
+            let (written, returned) = write_all_buf(&mut up.writer, std::mem::take(out)).await;
+            *out = returned;
+            match written {
+                Err(_) => Err(ResponseFailure::NothingReceived),
+                Ok(()) => {
+                    read_response_head(&mut up.reader, &mut c.down.resp, ex.head_method, upgrade)
+                        .await
+                }
             }
         };
+        let attempt = monoio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or(Err(ResponseFailure::TimedOut));
         match attempt {
             Ok(()) => return Ok(up),
-            Err(ResponseFailure::NothingReceived) if up.reused => {
+            Err(ResponseFailure::NothingReceived) if up.reused && replay_safe => {
                 up = shard
                     .upstreams
                     .connect(upstream, target)
@@ -931,16 +1042,22 @@ async fn streamed_exchange(
         target,
         &mut c.down,
     );
-    let (written, out) = write_all_buf(&mut up.writer, out).await;
+    let (written, out) = write_all_within(&mut up.writer, out, c.limits.send_timeout).await;
     c.down.out = out;
-    if written.is_err() {
-        let failure = UpstreamFailure::BadGateway(
-            "upstream closed the connection while receiving the request",
-        );
+    if let Err(e) = written {
+        let failure = if e.kind() == std::io::ErrorKind::TimedOut {
+            UpstreamFailure::TimedOut
+        } else {
+            UpstreamFailure::BadGateway("upstream closed the connection while receiving the request")
+        };
         return fail_upstream(c, ex, failure, false).await;
     }
-    if c.head.expect_continue && c.down.writer.write_all(CONTINUE).await.0.is_err() {
-        return Next::Close;
+    // No 1xx for HTTP/1.0 clients (RFC 9110 §15.2): they just send the body.
+    if c.head.expect_continue && ex.version == Version::Http11 {
+        let continued = monoio::time::timeout(ex.send_timeout, c.down.writer.write_all(CONTINUE));
+        if !matches!(continued.await, Ok((Ok(_), _))) {
+            return Next::Close;
+        }
     }
     // A large body streams through a larger buffer (fewer reads and writes), lent for the
     // duration of this exchange.
@@ -956,8 +1073,11 @@ async fn streamed_exchange(
         } = &mut up;
         let limits = BodyLimits {
             max_bytes: c.limits.max_body_bytes,
-            io_timeout: c.limits.idle_timeout,
+            read_timeout: c.limits.idle_timeout,
+            write_timeout: c.limits.send_timeout,
+            read_deadline: Some(Instant::now() + c.limits.body_read_timeout),
         };
+        let upgrade = ex.upgrade.then_some(route);
         let rechunk = ex.framing == Framing::Chunked;
         let sending = stream_body(
             &mut c.reader,
@@ -968,8 +1088,9 @@ async fn streamed_exchange(
             &mut c.up_scratch,
         );
         let receiving = async {
-            let far = Instant::now() + Duration::from_secs(24 * 3600);
-            read_response_head(up_reader, &mut c.down.resp, ex.head_method, far).await?;
+            // No deadline while the body is still going up (the origin may read it all
+            // first); the select below starts the response timeout once it is sent.
+            read_response_head(up_reader, &mut c.down.resp, ex.head_method, upgrade).await?;
             head_received.set(true);
             head_micros.set(started.elapsed().as_micros() as u64);
             Ok(relay_response(shard, &mut c.down, ex, route, upstream, up_reader).await)
@@ -1029,15 +1150,12 @@ async fn streamed_exchange(
             // An origin that answered before the whole body arrived: the client may still
             // be sending, so close by lingering or the answer could be lost to a reset.
             c.linger = !sent_all;
-            finish(
-                shard,
-                upstream,
-                target,
-                up,
-                relayed,
-                sent_all,
-                c.down.resp.reusable,
-            )
+            let ends = Ends {
+                request_complete: sent_all,
+                reusable: c.down.resp.reusable,
+                tunnel: tunnel_limits(route, c),
+            };
+            finish(shard, upstream, target, up, relayed, ends)
         }
         (_, Some(Err(failure))) if !head_received.get() => {
             fail_upstream(c, ex, failure, sent_all).await
@@ -1057,9 +1175,11 @@ fn client_body_failure(e: BodyError) -> UpstreamFailure {
         }
         BodyError::Malformed => UpstreamFailure::ClientBody(400, "invalid chunked request body"),
         BodyError::TooLarge => UpstreamFailure::ClientBody(413, "request body too large"),
-        BodyError::DestinationIo | BodyError::DestinationTimedOut => {
+        BodyError::DestinationIo => {
             UpstreamFailure::BadGateway("upstream stopped receiving the request")
         }
+        // An origin that stops reading the body is as stuck as one that never answers.
+        BodyError::DestinationTimedOut => UpstreamFailure::TimedOut,
     }
 }
 
@@ -1078,6 +1198,22 @@ enum Relayed {
     Broken,
 }
 
+/// How both messages of an exchange ended.
+struct Ends {
+    request_complete: bool,
+    /// The origin allows another request on its connection.
+    reusable: bool,
+    tunnel: TunnelLimits,
+}
+
+fn tunnel_limits(route: &RouteSpec, c: &Client) -> TunnelLimits {
+    TunnelLimits {
+        idle: route.tunnel_idle_timeout.unwrap_or(c.limits.idle_timeout),
+        total: route.tunnel_max_duration,
+        send: c.limits.send_timeout,
+    }
+}
+
 /// Ends an exchange: pools the upstream connection when both messages ended cleanly, and
 /// says what the client connection does next.
 fn finish(
@@ -1086,13 +1222,13 @@ fn finish(
     target: usize,
     up: UpstreamConn,
     relayed: Relayed,
-    request_complete: bool,
-    reusable: bool,
+    ends: Ends,
 ) -> Next {
+    let request_complete = ends.request_complete;
     match relayed {
-        Relayed::Upgraded if request_complete => Next::Tunnel(up),
+        Relayed::Upgraded if request_complete => Next::Tunnel(up, ends.tunnel),
         Relayed::Done { close } => {
-            if request_complete && reusable {
+            if request_complete && ends.reusable {
                 shard.upstreams.checkin(upstream, target, up);
             }
             if close || !request_complete {
@@ -1149,12 +1285,14 @@ impl From<ResponseFailure> for UpstreamFailure {
     }
 }
 
-/// Reads a final response head (skipping 1xx interim responses other than 101).
+/// Reads a final response head (skipping 1xx interim responses other than 101), with no
+/// deadline of its own: callers bound it. A `101` is accepted only when the request offered
+/// an upgrade (`upgrade` is its route) and it switches to a protocol the route allows.
 async fn read_response_head(
     up: &mut UpstreamReader,
     resp: &mut ResponseHead,
     head_method: bool,
-    deadline: Instant,
+    upgrade: Option<&RouteSpec>,
 ) -> Result<(), ResponseFailure> {
     let mut received = false;
     loop {
@@ -1165,12 +1303,23 @@ async fn read_response_head(
                     up.consume(resp.len);
                     continue;
                 }
+                Ok(true) if resp.status == 101 => {
+                    let allowed = upgrade.is_some_and(|route| {
+                        resp.upgrade(up.buffered())
+                            .is_some_and(|p| route.allows_upgrade(p))
+                    });
+                    return if allowed {
+                        Ok(())
+                    } else {
+                        Err(ResponseFailure::Bad("upstream switched protocols unasked"))
+                    };
+                }
                 Ok(true) => return Ok(()),
                 Ok(false) => {}
                 Err(e) => return Err(ResponseFailure::Bad(e.0)),
             }
         }
-        match up.fill_until(deadline).await {
+        match up.fill().await {
             Ok(_) => {}
             Err(ReadError::TimedOut) => return Err(ResponseFailure::TimedOut),
             Err(ReadError::BufferFull) => {
@@ -1226,7 +1375,7 @@ async fn relay_response(
         }
         Framing::Chunked | Framing::UntilClose => false,
     };
-    let (written, out) = write_all_buf(&mut down.writer, out).await;
+    let (written, out) = write_all_within(&mut down.writer, out, ex.send_timeout).await;
     down.out = out;
     if written.is_err() {
         return Relayed::Broken;
@@ -1237,7 +1386,9 @@ async fn relay_response(
     if !inline_body {
         let limits = BodyLimits {
             max_bytes: u64::MAX,
-            io_timeout: shard.snapshot.upstreams[upstream].response_timeout,
+            read_timeout: shard.snapshot.upstreams[upstream].response_timeout,
+            write_timeout: ex.send_timeout,
+            read_deadline: None,
         };
         if stream_body(
             up,
@@ -1284,17 +1435,19 @@ fn write_upstream_head(
     out.extend_from_slice(&buf[head.query.clone()]);
     out.extend_from_slice(b" HTTP/1.1\r\n");
 
+    // An absolute-form target's authority replaces `Host` (RFC 9112 §3.2.2): the origin
+    // must see the host the route was chosen by.
     let client_host = head
-        .host
+        .target_authority
         .clone()
-        .or_else(|| head.target_authority.clone())
-        .map(|r| &buf[r]);
-    let host = match (&route.host_rewrite, client_host) {
-        (Some(h), _) => h.as_bytes(),
-        (None, Some(h)) if !h.is_empty() => h,
-        _ => target_label.as_bytes(),
-    };
-    push_header(out, b"host", host);
+        .or_else(|| head.host.clone())
+        .map(|r| &buf[r])
+        .filter(|h| !h.is_empty());
+    match (&route.host_rewrite, client_host) {
+        (Some(h), _) => push_header(out, b"host", h.as_bytes()),
+        (None, Some(h)) => push_host(out, b"host", h),
+        _ => push_header(out, b"host", target_label.as_bytes()),
+    }
 
     for (field, &kind) in head.fields.iter().zip(&head.kinds) {
         let name = &buf[field.name.clone()];
@@ -1304,7 +1457,9 @@ fn write_upstream_head(
                     && !head.is_connection_named(buf, name)
                     && !route.request_headers.removes(name)
             }
-            Known::Upgrade => head.upgrade,
+            Known::Upgrade => ex.upgrade,
+            // Forwarding claims, the gateway's own fields, framing, hop-by-hop and names
+            // with `_` are never passed on as the client sent them.
             _ => false,
         };
         if forward {
@@ -1314,8 +1469,9 @@ fn write_upstream_head(
     // Every X-Forwarded-For field joins one list, with the client's address appended last.
     if !route.request_headers.removes(b"x-forwarded-for") {
         out.extend_from_slice(b"x-forwarded-for: ");
+        let keep_client_list = !c.replace_x_forwarded_for;
         for (field, &kind) in head.fields.iter().zip(&head.kinds) {
-            if kind == Known::XForwardedFor {
+            if keep_client_list && kind == Known::XForwardedFor {
                 out.extend_from_slice(&buf[field.value.clone()]);
                 out.extend_from_slice(b", ");
             }
@@ -1332,7 +1488,7 @@ fn write_upstream_head(
         push_header(out, b"x-client-cert-subject", subject.as_bytes());
     }
     if let Some(h) = client_host {
-        push_header(out, b"x-forwarded-host", h);
+        push_host(out, b"x-forwarded-host", h);
     }
     push_header(out, b"x-real-ip", c.peer_ip.as_bytes());
     push_header(out, b"x-request-id", ex.request_id());
@@ -1350,9 +1506,19 @@ fn write_upstream_head(
             }
         }
     }
-    if head.upgrade {
+    if ex.upgrade {
         out.extend_from_slice(b"connection: upgrade\r\n");
     }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A host field as the client sent it, less one trailing dot on the name.
+fn push_host(out: &mut Vec<u8>, field: &[u8], raw: &[u8]) {
+    let (name, port) = split_host_port(raw);
+    out.extend_from_slice(field);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(name);
+    out.extend_from_slice(port);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -1408,37 +1574,60 @@ fn write_client_head(
     out.extend_from_slice(b"\r\n");
 }
 
-/// After `101 Switching Protocols`: bytes flow both ways until either side closes.
-async fn tunnel(mut client: ClientReader, mut client_writer: ClientWriter, origin: UpstreamConn) {
+/// After `101 Switching Protocols`: bytes flow both ways until either side closes, the
+/// tunnel has been quiet for `limits.idle`, or it has lived `limits.total`. Reads carry no
+/// timer of their own (a cancelled read can lose bytes); one watchdog ends the whole tunnel.
+async fn tunnel(
+    mut client: ClientReader,
+    mut client_writer: ClientWriter,
+    origin: UpstreamConn,
+    limits: TunnelLimits,
+) {
     let UpstreamConn {
         reader: mut origin_reader,
         writer: mut origin_writer,
         ..
     } = origin;
-    let pending_up = client.buffered().len();
-    if pending_up > 0
-        && client
-            .forward_buffered(pending_up, &mut origin_writer)
-            .await
-            .is_err()
-    {
-        return;
-    }
-    let pending_down = origin_reader.buffered().len();
-    if pending_down > 0
-        && origin_reader
-            .forward_buffered(pending_down, &mut client_writer)
-            .await
-            .is_err()
-    {
-        return;
-    }
-    let (mut client_read, _) = client.into_parts();
-    let (mut origin_read, _) = origin_reader.into_parts();
-    let upstream = monoio::io::copy(&mut client_read, &mut origin_writer);
-    let downstream = monoio::io::copy(&mut origin_read, &mut client_writer);
+    let last_activity = Cell::new(Instant::now());
+    let upstream = pump(&mut client, &mut origin_writer, &last_activity, limits.send);
+    let downstream = pump(&mut origin_reader, &mut client_writer, &last_activity, limits.send);
+    let watchdog = async {
+        let end = Instant::now() + limits.total;
+        loop {
+            let quiet_until = last_activity.get() + limits.idle;
+            monoio::time::sleep_until(quiet_until.min(end)).await;
+            let now = Instant::now();
+            if now >= end || now >= last_activity.get() + limits.idle {
+                return;
+            }
+        }
+    };
     monoio::select! {
         _ = upstream => {},
         _ = downstream => {},
+        _ = watchdog => {},
+    }
+}
+
+/// Copies `src` to `dst` until either fails, noting each transfer in `last_activity`.
+async fn pump<S: monoio::io::AsyncReadRent, W: AsyncWriteRent>(
+    src: &mut BufConn<S>,
+    dst: &mut W,
+    last_activity: &Cell<Instant>,
+    send_timeout: Duration,
+) {
+    loop {
+        let pending = src.buffered().len();
+        if pending > 0 {
+            let sent = monoio::time::timeout(send_timeout, src.forward_buffered(pending, dst));
+            if !matches!(sent.await, Ok(Ok(()))) {
+                return;
+            }
+            last_activity.set(Instant::now());
+        }
+        if src.fill().await.is_err() {
+            return;
+        }
+        last_activity.set(Instant::now());
     }
 }

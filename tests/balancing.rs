@@ -520,8 +520,12 @@ fn sticky_cookie_holds_while_healthy_and_moves_when_not() {
     );
     let cookie = set.split(';').next().unwrap().to_string();
     let stuck = (0..2)
-        .find(|&i| cookie_names(&cookie, &os[i].addr))
-        .expect("the cookie names one of the targets");
+        .find(|&i| os[i].received().len() == 1)
+        .expect("one target answered the first request");
+    assert!(
+        !cookie_is_unkeyed_hash_of(&cookie, &os[stuck].addr),
+        "the cookie must not reveal the target's address: {cookie}"
+    );
     let before = os[stuck].received().len();
     // With the cookie every request (on any shard: new connections) goes to the same origin.
     for _ in 0..20 {
@@ -541,19 +545,50 @@ fn sticky_cookie_holds_while_healthy_and_moves_when_not() {
     let moved = r
         .header("set-cookie")
         .expect("a new cookie for the new target");
-    assert!(
-        cookie_names(moved.split(';').next().unwrap(), &os[1 - stuck].addr),
-        "{moved}"
-    );
+    let moved = moved.split(';').next().unwrap().to_string();
+    assert_ne!(moved, cookie, "the new cookie names the other target");
+    let other_before = os[1 - stuck].received().len();
+    let r = gw.request(&format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nCookie: {moved}\r\nConnection: close\r\n\r\n"
+    ));
+    assert_eq!(r.status, 200);
+    assert_eq!(os[1 - stuck].received().len(), other_before + 1);
 }
 
-/// Whether a sticky cookie (`name=value`) names the target at `addr` (its value is the
-/// stable hash of the target's address).
-fn cookie_names(cookie: &str, addr: &SocketAddr) -> bool {
+/// Whether a sticky cookie (`name=value`) is the unkeyed hash of the target's address (what
+/// it used to be: anyone could brute-force the internal address out of it).
+fn cookie_is_unkeyed_hash_of(cookie: &str, addr: &SocketAddr) -> bool {
     cookie.ends_with(&format!(
         "={:016x}",
         ringgate::config::stable_hash(addr.to_string().as_bytes())
     ))
+}
+
+/// With `secret`, cookie values are keyed: stable across restarts with the same secret
+/// (and the same for every gateway of a deployment), different with another secret.
+#[test]
+fn sticky_cookie_values_are_keyed_by_the_secret() {
+    let origin = Origin::start(|_| ok(b"ok"));
+    let dir = temp_dir("sticky-secret");
+    let cookie_with = |secret: &str| {
+        let file = dir.join(format!("{secret}.key"));
+        std::fs::write(&file, secret).unwrap();
+        let (gw, _) = gateway(
+            1,
+            &format!(
+                "targets = [\"{}\"]\nsticky = {{ cookie = \"rg\", secret = \"file:{}\" }}",
+                origin.addr,
+                file.display()
+            ),
+            "",
+        );
+        let r = gw.get("/");
+        r.header("set-cookie").unwrap().split(';').next().unwrap().to_string()
+    };
+    let first = cookie_with("alpha-secret-0123456789");
+    assert_eq!(first, cookie_with("alpha-secret-0123456789"));
+    assert_ne!(first, cookie_with("beta-secret-0123456789"));
+    assert!(!cookie_is_unkeyed_hash_of(&first, &origin.addr));
 }
 
 #[test]

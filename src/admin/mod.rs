@@ -1,7 +1,10 @@
-//! The admin listener: `GET /healthz` and `GET /upstreams` (every target's state as every
-//! shard sees it). Runs on its own thread with blocking std sockets, one request per
-//! connection, so it can never slow a shard; it only reads the shards' atomic views.
-//! Must not write shard state. Not authenticated: bind it to loopback or a private network.
+//! The admin listener: `GET /healthz`, `GET /readyz` (every shard serving) and
+//! `GET /upstreams` (every target's state as every shard sees it). Runs off the shards, with
+//! blocking std sockets: one short-lived thread per connection (at most
+//! [`MAX_ADMIN_CONNECTIONS`] at once), one request per connection, the whole request read
+//! within [`REQUEST_DEADLINE`], so a slow client can delay nobody but itself. It only reads
+//! the shards' atomic views and must not write shard state. Not authenticated: bind it to
+//! loopback or a private network.
 
 use crate::config::Snapshot;
 use crate::gossip::now_ms;
@@ -10,8 +13,14 @@ use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::{AcqRel, Relaxed};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Admin connections served at once; more are answered 503 and closed.
+pub const MAX_ADMIN_CONNECTIONS: usize = 16;
+/// The whole request must arrive within this, and the answer be written within it again.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Binds `addr` (an error is reported at start) and serves on a background thread.
 pub fn start(
@@ -27,12 +36,38 @@ pub fn start(
         - now_ms();
     std::thread::Builder::new()
         .name("admin".into())
-        .spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let _ = serve(stream, &snapshot, &cluster, started_at);
-            }
-        })?;
+        .spawn(move || accept_loop(&listener, &snapshot, &cluster, started_at))?;
     Ok(())
+}
+
+fn accept_loop(listener: &TcpListener, snapshot: &Arc<Snapshot>, cluster: &Arc<Cluster>, epoch_ms: u64) {
+    let active = Arc::new(AtomicUsize::new(0));
+    loop {
+        let mut stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(_) => {
+                // Out of fds (EMFILE) and the like: back off instead of spinning.
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        if active.fetch_add(1, AcqRel) >= MAX_ADMIN_CONNECTIONS {
+            active.fetch_sub(1, AcqRel);
+            let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+            let _ = respond(&mut stream, 503, r#"{"error":"admin busy","status":503}"#);
+            continue;
+        }
+        let (snapshot, cluster, done) = (snapshot.clone(), cluster.clone(), active.clone());
+        let spawned = std::thread::Builder::new()
+            .name("admin-conn".into())
+            .spawn(move || {
+                let _ = serve(stream, &snapshot, &cluster, epoch_ms);
+                done.fetch_sub(1, AcqRel);
+            });
+        if spawned.is_err() {
+            active.fetch_sub(1, AcqRel);
+        }
+    }
 }
 
 fn serve(
@@ -41,11 +76,21 @@ fn serve(
     cluster: &Cluster,
     epoch_ms: u64,
 ) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let deadline = Instant::now() + REQUEST_DEADLINE;
+    stream.set_write_timeout(Some(REQUEST_DEADLINE))?;
     let mut buf = [0u8; 4096];
     let mut len = 0;
     while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+        // Each read gets what is left of the one deadline, not a fresh timeout.
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return respond(
+                &mut stream,
+                408,
+                r#"{"error":"request header read timed out","status":408}"#,
+            );
+        }
+        stream.set_read_timeout(Some(left))?;
         if len == buf.len() {
             return respond(
                 &mut stream,
@@ -64,6 +109,19 @@ fn serve(
     let (method, path) = (parts.next().unwrap_or(b""), parts.next().unwrap_or(b""));
     match (method, path) {
         (b"GET", b"/healthz") => respond(&mut stream, 200, r#"{"status":"ok"}"#),
+        (b"GET", b"/readyz") => {
+            let alive = crate::shard::SHARDS_ALIVE.load(Relaxed);
+            let draining = crate::shard::DRAIN.load(Relaxed);
+            if alive == snapshot.workers && !draining {
+                respond(&mut stream, 200, r#"{"status":"ready"}"#)
+            } else {
+                let body = format!(
+                    r#"{{"status":"not ready","shards_alive":{alive},"workers":{},"draining":{draining}}}"#,
+                    snapshot.workers
+                );
+                respond(&mut stream, 503, &body)
+            }
+        }
         (b"GET", b"/upstreams") => {
             let body = upstreams_json(snapshot, cluster, epoch_ms);
             respond(&mut stream, 200, &body)
@@ -78,12 +136,7 @@ fn serve(
 }
 
 fn respond(stream: &mut TcpStream, status: u16, body: &str) -> std::io::Result<()> {
-    let reason = match status {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Request Header Fields Too Large",
-    };
+    let reason = crate::http::reason_phrase(status);
     let head = format!(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         body.len()

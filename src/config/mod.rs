@@ -5,6 +5,7 @@
 //! Must not touch sockets or shard state: resolving upstream addresses (once, at load) is the
 //! only I/O besides reading the file.
 
+mod secret;
 mod source;
 mod units;
 mod validate;
@@ -73,6 +74,19 @@ pub struct ServerConfig {
     /// bound is about two of these.
     #[serde(default = "default_gossip_interval")]
     pub gossip_interval: ConfigDuration,
+    /// `%2F` (`/`), `%5C` (`\\`) and `;` in a path: `"reject"` (default, 400) or `"keep"`
+    /// (forwarded as sent, for origins that give them meaning). Rejecting them is what makes
+    /// a narrower route a boundary an origin cannot be tricked past.
+    #[serde(default)]
+    pub path_escaped_slashes: EscapedSlashes,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EscapedSlashes {
+    #[default]
+    Reject,
+    Keep,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -92,6 +106,7 @@ impl Default for ServerConfig {
             io_uring_entries: default_io_uring_entries(),
             io_driver: IoDriver::Auto,
             gossip_interval: default_gossip_interval(),
+            path_escaped_slashes: EscapedSlashes::Reject,
         }
     }
 }
@@ -156,6 +171,14 @@ pub struct Limits {
     /// request body may stall between reads.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: ConfigDuration,
+    /// Longest wait for one write to a client (or of a request body to an origin) to make
+    /// progress: a peer that stops reading is cut off after it.
+    #[serde(default = "default_send_timeout")]
+    pub send_timeout: ConfigDuration,
+    /// From the end of a request head until its whole body has arrived; beyond it: 408. Bounds
+    /// a client that trickles a body one byte per `idle_timeout`.
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout: ConfigDuration,
     /// Open client connections per shard; beyond it new connections are closed at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -175,6 +198,8 @@ impl Default for Limits {
             max_body_bytes: default_max_body_bytes(),
             header_read_timeout: default_header_read_timeout(),
             idle_timeout: default_idle_timeout(),
+            send_timeout: default_send_timeout(),
+            body_read_timeout: default_body_read_timeout(),
             max_connections: default_max_connections(),
             max_connections_per_ip: default_max_connections_per_ip(),
         }
@@ -191,6 +216,8 @@ pub struct LimitsOverride {
     pub max_body_bytes: Option<ByteSize>,
     pub header_read_timeout: Option<ConfigDuration>,
     pub idle_timeout: Option<ConfigDuration>,
+    pub send_timeout: Option<ConfigDuration>,
+    pub body_read_timeout: Option<ConfigDuration>,
     pub max_connections: Option<usize>,
     pub max_connections_per_ip: Option<usize>,
 }
@@ -204,6 +231,8 @@ impl Limits {
             max_body_bytes: o.max_body_bytes.unwrap_or(self.max_body_bytes),
             header_read_timeout: o.header_read_timeout.unwrap_or(self.header_read_timeout),
             idle_timeout: o.idle_timeout.unwrap_or(self.idle_timeout),
+            send_timeout: o.send_timeout.unwrap_or(self.send_timeout),
+            body_read_timeout: o.body_read_timeout.unwrap_or(self.body_read_timeout),
             max_connections: o.max_connections.unwrap_or(self.max_connections),
             max_connections_per_ip: o
                 .max_connections_per_ip
@@ -226,6 +255,19 @@ pub struct ListenerConfig {
     /// Answer every request on this (plain) listener with `308` to the same host and path
     /// over HTTPS: `redirect_https = {}` (port 443) or `redirect_https = { port = 8443 }`.
     pub redirect_https: Option<RedirectHttps>,
+    /// `"append"` (default): the client's `X-Forwarded-For` is kept and its address appended.
+    /// `"replace"`: only the client's address is sent (for listeners facing the internet
+    /// directly, where a client's own list is never true).
+    #[serde(default)]
+    pub x_forwarded_for: XForwardedFor,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum XForwardedFor {
+    #[default]
+    Append,
+    Replace,
 }
 
 /// `[listeners.tls]`: certificates, versions and client authentication.
@@ -362,6 +404,11 @@ pub struct StickyConfig {
     pub cookie: String,
     #[serde(default = "default_sticky_ttl")]
     pub ttl: ConfigDuration,
+    /// `"env:NAME"` or `"file:PATH"`: the key the cookie values are derived with (HMAC), so
+    /// they reveal nothing about target addresses. Give every gateway of a deployment the
+    /// same secret so cookies work across them and across restarts; without one, a random
+    /// key is made at start (cookies then last one process).
+    pub secret: Option<String>,
 }
 
 /// `[upstreams.health]`: each target is probed by exactly one shard; changes are gossiped.
@@ -531,6 +578,16 @@ pub struct RouteConfig {
     /// Retry POST/PATCH etc. even after the request may have reached an origin.
     #[serde(default)]
     pub retry_non_idempotent: bool,
+    /// Protocols a `101 Switching Protocols` may switch to (an `Upgrade` offering anything
+    /// else is forwarded without it; an unsolicited 101 is a 502).
+    #[serde(default = "default_upgrade_protocols")]
+    pub upgrade_protocols: Vec<String>,
+    /// An upgraded tunnel with no bytes either way for this long is closed (default: the
+    /// listener's `idle_timeout`).
+    pub tunnel_idle_timeout: Option<ConfigDuration>,
+    /// An upgraded tunnel is closed after this long, busy or not.
+    #[serde(default = "default_tunnel_max_duration")]
+    pub tunnel_max_duration: ConfigDuration,
 }
 
 /// Header edits: `add` sets a header (replacing any of the same name), `remove` drops it.
@@ -580,6 +637,18 @@ fn default_header_read_timeout() -> ConfigDuration {
 }
 fn default_idle_timeout() -> ConfigDuration {
     ConfigDuration(Duration::from_secs(60))
+}
+fn default_send_timeout() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(60))
+}
+fn default_body_read_timeout() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(300))
+}
+fn default_upgrade_protocols() -> Vec<String> {
+    vec!["websocket".to_string()]
+}
+fn default_tunnel_max_duration() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(24 * 3600))
 }
 fn default_max_connections() -> usize {
     100_000

@@ -26,6 +26,8 @@ pub struct Snapshot {
     pub router: Router,
     pub gossip_interval: Duration,
     pub admin: Option<SocketAddr>,
+    /// `[server] path_escaped_slashes = "keep"`: `%2F`, `%5C` and `;` pass through.
+    pub keep_escaped_slashes: bool,
     /// Targets of all upstreams together (the gossip channel's slots).
     pub total_targets: usize,
 }
@@ -40,6 +42,8 @@ pub struct ListenerSpec {
     pub tls: Option<Arc<ServerTls>>,
     /// Plain listener that answers everything with 308 to HTTPS on this port.
     pub redirect_https: Option<u16>,
+    /// `x_forwarded_for = "replace"`: the client's own `X-Forwarded-For` is dropped.
+    pub replace_x_forwarded_for: bool,
 }
 
 /// `[limits]` merged with a listener's overrides, in the units the data plane uses.
@@ -51,6 +55,8 @@ pub struct EffectiveLimits {
     pub max_body_bytes: u64,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    pub send_timeout: Duration,
+    pub body_read_timeout: Duration,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
 }
@@ -185,6 +191,24 @@ pub struct RouteSpec {
     pub retry_on: RetryOn,
     pub per_try_timeout: Option<Duration>,
     pub retry_non_idempotent: bool,
+    /// Lower-case protocol names a 101 may switch to.
+    pub upgrade_protocols: Vec<String>,
+    pub tunnel_idle_timeout: Option<Duration>,
+    pub tunnel_max_duration: Duration,
+}
+
+impl RouteSpec {
+    /// Whether `protocol` (an `Upgrade` element, `name/version` allowed) may be tunnelled.
+    pub fn allows_upgrade(&self, protocol: &[u8]) -> bool {
+        let name = protocol
+            .split(|&b| b == b'/')
+            .next()
+            .unwrap_or(protocol)
+            .trim_ascii();
+        self.upgrade_protocols
+            .iter()
+            .any(|p| p.as_bytes().eq_ignore_ascii_case(name))
+    }
 }
 
 impl RouteSpec {
@@ -350,6 +374,8 @@ pub fn compile(file: &Path, config: &Config, lines: &KeyLines) -> Result<Snapsho
             io_driver: config.server.io_driver,
             gossip_interval: config.server.gossip_interval.0,
             admin,
+            keep_escaped_slashes: config.server.path_escaped_slashes
+                == super::EscapedSlashes::Keep,
             total_targets: upstreams.iter().map(|u| u.targets.len()).sum(),
             listeners,
             upstreams,
@@ -389,6 +415,8 @@ fn check_limits(c: &mut Checker, key: &str, limits: &Limits) {
     for (name, d) in [
         ("header_read_timeout", limits.header_read_timeout),
         ("idle_timeout", limits.idle_timeout),
+        ("send_timeout", limits.send_timeout),
+        ("body_read_timeout", limits.body_read_timeout),
     ] {
         if d.0.is_zero() {
             c.problem(format!("{key}.{name}"), "must be greater than zero");
@@ -404,6 +432,8 @@ fn effective(limits: &Limits) -> EffectiveLimits {
         max_body_bytes: limits.max_body_bytes.0,
         header_read_timeout: limits.header_read_timeout.0,
         idle_timeout: limits.idle_timeout.0,
+        send_timeout: limits.send_timeout.0,
+        body_read_timeout: limits.body_read_timeout.0,
         max_connections: limits.max_connections,
         max_connections_per_ip: limits.max_connections_per_ip,
     }
@@ -460,6 +490,7 @@ fn compile_listeners(c: &mut Checker, config: &Config, base: &Path) -> Vec<Liste
             bind_line: c.lines.line(&key),
             tls: tls.map(Arc::new),
             redirect_https: l.redirect_https.as_ref().map(|r| r.port),
+            replace_x_forwarded_for: l.x_forwarded_for == super::XForwardedFor::Replace,
         });
     }
     out
@@ -536,12 +567,19 @@ fn compile_upstreams(c: &mut Checker, config: &Config, base: &Path) -> Vec<Upstr
                     format!("bad cookie name {:?}", st.cookie),
                 );
             }
+            let key = match &st.secret {
+                Some(reference) => super::secret::resolve(reference, base).unwrap_or_else(|e| {
+                    c.problem(format!("upstreams[{i}].sticky.secret"), e);
+                    Vec::new()
+                }),
+                None => super::secret::random_key(),
+            };
             StickySpec {
                 cookie: st.cookie.clone(),
                 max_age_secs: st.ttl.0.as_secs(),
                 ids: targets
                     .iter()
-                    .map(|t| format!("{:016x}", stable_hash(t.label.as_bytes())))
+                    .map(|t| super::secret::keyed_id(&key, t.label.as_bytes()))
                     .collect(),
             }
         });
@@ -817,9 +855,26 @@ fn compile_routes(
         {
             c.problem(format!("{key}.host_rewrite"), "must be a valid Host value");
         }
-        let request_headers = transform(c, &format!("{key}.request_headers"), &r.request_headers);
-        let response_headers =
-            transform(c, &format!("{key}.response_headers"), &r.response_headers);
+        for (field, d) in [
+            ("tunnel_idle_timeout", r.tunnel_idle_timeout),
+            ("tunnel_max_duration", Some(r.tunnel_max_duration)),
+        ] {
+            if d.is_some_and(|d| d.0.is_zero()) {
+                c.problem(format!("{key}.{field}"), "must be greater than zero");
+            }
+        }
+        let request_headers = transform(
+            c,
+            &format!("{key}.request_headers"),
+            &r.request_headers,
+            GATEWAY_REQUEST_FIELDS,
+        );
+        let response_headers = transform(
+            c,
+            &format!("{key}.response_headers"),
+            &r.response_headers,
+            GATEWAY_RESPONSE_FIELDS,
+        );
         keys.push(RouteKey {
             host: r.host.clone(),
             path: path.clone(),
@@ -839,6 +894,9 @@ fn compile_routes(
             retry_on: retry_on(c, &key, &r.retry_on),
             per_try_timeout: r.per_try_timeout.map(|d| d.0),
             retry_non_idempotent: r.retry_non_idempotent,
+            upgrade_protocols: upgrade_protocols(c, &key, &r.upgrade_protocols),
+            tunnel_idle_timeout: r.tunnel_idle_timeout.map(|d| d.0),
+            tunnel_max_duration: r.tunnel_max_duration.0,
         });
     }
     (specs, keys)
@@ -944,7 +1002,66 @@ fn route_action(
     }
 }
 
-fn transform(c: &mut Checker, key: &str, t: &HeaderTransform) -> CompiledTransform {
+/// Fields that frame a message or hop one connection: the gateway always computes them.
+const FRAMING_FIELDS: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "keep-alive",
+    "proxy-connection",
+];
+
+/// Request fields the gateway sets itself (its own value is the only true one).
+const GATEWAY_REQUEST_FIELDS: &[&str] = &[
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+    "x-request-id",
+    "x-client-cert-subject",
+    "forwarded",
+];
+
+const XFF_OWNED: &str = "is set by the gateway itself (remove it, or use the listener's x_forwarded_for)";
+
+const GATEWAY_RESPONSE_FIELDS: &[&str] = &["x-request-id"];
+
+fn upgrade_protocols(c: &mut Checker, key: &str, list: &[String]) -> Vec<String> {
+    for (j, p) in list.iter().enumerate() {
+        if !is_token(p) {
+            c.problem(
+                format!("{key}.upgrade_protocols[{j}]"),
+                format!("bad protocol name {p:?}: expected a token such as \"websocket\""),
+            );
+        }
+    }
+    list.iter().map(|p| p.to_ascii_lowercase()).collect()
+}
+
+/// Configured edits may not touch framing or the gateway's own fields: a second
+/// `content-length` would be a smuggling vector made by a config typo, and a second
+/// `x-real-ip` a lie the origin cannot tell from the truth. (`x-forwarded-for` may be
+/// removed or replaced: its removal is honoured.)
+fn reserved_field(name: &str, gateway_owned: &[&str]) -> Option<&'static str> {
+    let lower = name.to_ascii_lowercase();
+    if FRAMING_FIELDS.contains(&lower.as_str()) {
+        Some("is a framing or hop-by-hop field the gateway computes itself")
+    } else if gateway_owned.contains(&lower.as_str()) {
+        Some("is set by the gateway itself")
+    } else {
+        None
+    }
+}
+
+fn transform(
+    c: &mut Checker,
+    key: &str,
+    t: &HeaderTransform,
+    gateway_owned: &[&str],
+) -> CompiledTransform {
     let mut out = CompiledTransform::default();
     for (j, name) in t.remove.iter().enumerate() {
         if !is_token(name) {
@@ -952,12 +1069,24 @@ fn transform(c: &mut Checker, key: &str, t: &HeaderTransform) -> CompiledTransfo
                 format!("{key}.remove[{j}]"),
                 format!("bad header name {name:?}"),
             );
+        } else if let Some(why) = reserved_field(name, gateway_owned) {
+            c.problem(
+                format!("{key}.remove[{j}]"),
+                format!("{name:?} cannot be removed: it {why}"),
+            );
         }
         out.remove.push(name.to_ascii_lowercase());
     }
     for (name, value) in &t.add {
         if !is_token(name) {
             c.problem(format!("{key}.add"), format!("bad header name {name:?}"));
+        } else if let Some(why) = reserved_field(name, gateway_owned)
+            .or_else(|| name.eq_ignore_ascii_case("x-forwarded-for").then_some(XFF_OWNED))
+        {
+            c.problem(
+                format!("{key}.add"),
+                format!("{name:?} cannot be added: it {why}"),
+            );
         }
         if !is_field_value(value) {
             c.problem(

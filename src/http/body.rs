@@ -13,8 +13,19 @@ use std::time::Duration;
 pub struct BodyLimits {
     /// Beyond this many body bytes: [`BodyError::TooLarge`].
     pub max_bytes: u64,
-    /// Longest wait for one read or one write to make progress.
-    pub io_timeout: Duration,
+    /// Longest wait for one read to make progress.
+    pub read_timeout: Duration,
+    /// Longest wait for one write to make progress (a destination that stops reading).
+    pub write_timeout: Duration,
+    /// When the whole body must have been read (a source that trickles).
+    pub read_deadline: Option<Instant>,
+}
+
+impl BodyLimits {
+    fn next_read_deadline(&self) -> Instant {
+        let per_read = Instant::now() + self.read_timeout;
+        self.read_deadline.map_or(per_read, |d| d.min(per_read))
+    }
 }
 
 #[derive(Debug)]
@@ -73,12 +84,10 @@ where
     let mut remaining = len;
     while remaining > 0 {
         if src.buffered().is_empty() {
-            src.fill_until(Instant::now() + limits.io_timeout).await?;
+            src.fill_until(limits.next_read_deadline()).await?;
         }
         let take = (src.buffered().len() as u64).min(remaining) as usize;
-        src.forward_buffered(take, dst)
-            .await
-            .map_err(|_| BodyError::DestinationIo)?;
+        timed(limits, src.forward_buffered(take, dst)).await?;
         remaining -= take as u64;
     }
     Ok(())
@@ -132,7 +141,7 @@ where
         if decoder.is_done() {
             return Ok(());
         }
-        src.fill_until(Instant::now() + limits.io_timeout).await?;
+        src.fill_until(limits.next_read_deadline()).await?;
     }
 }
 
@@ -159,12 +168,10 @@ where
                 write_scratch(dst, scratch, limits).await?;
             } else {
                 let n = src.buffered().len();
-                src.forward_buffered(n, dst)
-                    .await
-                    .map_err(|_| BodyError::DestinationIo)?;
+                timed(limits, src.forward_buffered(n, dst)).await?;
             }
         }
-        match src.fill_until(Instant::now() + limits.io_timeout).await {
+        match src.fill_until(limits.next_read_deadline()).await {
             Ok(_) => {}
             Err(ReadError::Closed) => break,
             Err(e) => return Err(e.into()),
@@ -178,12 +185,12 @@ where
     Ok(())
 }
 
-/// A write that must finish within `io_timeout` (a peer that stops reading is cut off).
+/// A write that must finish within `write_timeout` (a peer that stops reading is cut off).
 async fn timed<F: std::future::Future<Output = std::io::Result<()>>>(
     limits: BodyLimits,
     write: F,
 ) -> Result<(), BodyError> {
-    match monoio::time::timeout(limits.io_timeout, write).await {
+    match monoio::time::timeout(limits.write_timeout, write).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(BodyError::DestinationIo),
         Err(_) => Err(BodyError::DestinationTimedOut),

@@ -11,6 +11,9 @@ use std::ops::Range;
 pub const MAX_HEADERS_CAP: usize = 1000;
 /// Most header fields we accept in an origin's response.
 pub const MAX_RESPONSE_HEADERS: usize = 200;
+/// Most `Connection` tokens naming other fields, in a request or a response. Real clients
+/// send one or two; a long list only multiplies per-field work and per-connection memory.
+pub const MAX_CONNECTION_TOKENS: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {
@@ -80,6 +83,11 @@ pub enum Known {
     XRequestId,
     /// Set by the gateway from a verified client certificate; a client's own is dropped.
     ClientCertSubject,
+    /// `Forwarded` and `X-Forwarded-*` fields the gateway does not set (`-Port`, `-Prefix`,
+    /// …): claims about the path a request took that only a trusted hop may make.
+    ForwardingClaim,
+    /// A name with `_`: CGI-style origins fold `Content_Length` onto `Content-Length`.
+    Underscored,
 }
 
 /// A parsed request head: ranges into the buffer it was parsed from.
@@ -203,6 +211,9 @@ fn classify(name: &[u8]) -> Known {
         17 if eq("transfer-encoding") => Known::TransferEncoding,
         17 if eq("x-forwarded-proto") => Known::XForwardedProto,
         21 if eq("x-client-cert-subject") => Known::ClientCertSubject,
+        9 if eq("forwarded") => Known::ForwardingClaim,
+        n if n > 12 && name[..12].eq_ignore_ascii_case(b"x-forwarded-") => Known::ForwardingClaim,
+        _ if name.contains(&b'_') => Known::Underscored,
         _ => Known::Other,
     }
 }
@@ -264,7 +275,153 @@ fn is_dot_segment(segment: &[u8]) -> bool {
     dots > 0
 }
 
+/// Why a path was refused by [`normalize_path`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathError {
+    /// `%` not followed by two hex digits.
+    BadEscape,
+    /// `%2F`, `%5C` or `;` while they are refused: origins disagree on what they mean.
+    AmbiguousSegment,
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Normalises a path in place (RFC 3986 §6.2.2) and returns its new length: percent-encoded
+/// unreserved characters are decoded, other escapes get upper-case hex, and runs of `/` merge
+/// into one. `%2F`, `%5C` and `;` are refused unless `keep_escaped_slashes`. The result is
+/// never longer than the input, so it fits where the input was. (Dot segments are refused
+/// before this runs, encoded ones included, so decoding cannot create one.)
+pub fn normalize_path(path: &mut [u8], keep_escaped_slashes: bool) -> Result<usize, PathError> {
+    let (mut read, mut write) = (0, 0);
+    while read < path.len() {
+        let b = path[read];
+        match b {
+            b'%' => {
+                let hi = path.get(read + 1).copied().and_then(hex_value);
+                let lo = path.get(read + 2).copied().and_then(hex_value);
+                let (Some(hi), Some(lo)) = (hi, lo) else {
+                    return Err(PathError::BadEscape);
+                };
+                let decoded = hi << 4 | lo;
+                if is_unreserved(decoded) {
+                    path[write] = decoded;
+                    write += 1;
+                } else {
+                    if (decoded == b'/' || decoded == b'\\') && !keep_escaped_slashes {
+                        return Err(PathError::AmbiguousSegment);
+                    }
+                    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                    path[write] = b'%';
+                    path[write + 1] = HEX[usize::from(hi)];
+                    path[write + 2] = HEX[usize::from(lo)];
+                    write += 3;
+                }
+                read += 3;
+            }
+            b';' if !keep_escaped_slashes => return Err(PathError::AmbiguousSegment),
+            b'/' if write > 0 && path[write - 1] == b'/' => read += 1,
+            _ => {
+                path[write] = b;
+                write += 1;
+                read += 1;
+            }
+        }
+    }
+    Ok(write)
+}
+
+/// Scans a growing request head only where it grew, so a client that dribbles its head byte
+/// by byte costs one pass over it, not one per byte (the full parse runs once, when the blank
+/// line is in).
+#[derive(Default)]
+pub struct HeadScan {
+    scanned: usize,
+    saw_line_end: bool,
+}
+
+impl HeadScan {
+    /// `Ok(true)` when the head may be complete (parse it now), `Ok(false)` when more bytes are
+    /// needed, or the error an incomplete head already shows.
+    pub fn check(&mut self, buf: &[u8], limits: &HeadLimits) -> Result<bool, HeadError> {
+        let new = buf.get(self.scanned..).unwrap_or_default();
+        let complete = buf
+            .get(self.scanned.saturating_sub(3)..)
+            .is_some_and(|tail| tail.windows(4).any(|w| w == b"\r\n\r\n"));
+        self.saw_line_end |= new.contains(&b'\n');
+        let nul = new.contains(&0);
+        self.scanned = buf.len();
+        if complete {
+            return Ok(true);
+        }
+        if !self.saw_line_end && buf.len() > limits.max_uri_bytes + 64 {
+            return Err(HeadError::UriTooLong);
+        }
+        if buf.len() >= limits.max_header_bytes {
+            return Err(HeadError::HeadersTooLarge);
+        }
+        if nul {
+            return Err(HeadError::Malformed("NUL in request head"));
+        }
+        Ok(false)
+    }
+}
+
+/// Vectors whose capacity grew past this many entries are shrunk before a connection idles
+/// or its state is pooled, so one large request does not pin memory for the connection's life.
+const KEEP_ENTRIES: usize = 64;
+
+fn shrink<T>(v: &mut Vec<T>) {
+    if v.capacity() > KEEP_ENTRIES {
+        v.clear();
+        v.shrink_to(KEEP_ENTRIES / 2);
+    }
+}
+
 impl RequestHead {
+    /// Gives back memory a large head made the index grow to (between requests only).
+    pub fn shrink(&mut self) {
+        shrink(&mut self.fields);
+        shrink(&mut self.kinds);
+        shrink(&mut self.connection_names);
+    }
+
+    /// The `Upgrade` field's value, if the request asked to upgrade (`Connection: upgrade`).
+    pub fn upgrade_offer<'b>(&self, buf: &'b [u8]) -> Option<&'b [u8]> {
+        if !self.upgrade {
+            return None;
+        }
+        self.fields
+            .iter()
+            .zip(&self.kinds)
+            .find(|(_, k)| **k == Known::Upgrade)
+            .map(|(f, _)| &buf[f.value.clone()])
+    }
+
+    /// Normalises the path in `buf` (see [`normalize_path`]) and shrinks its range.
+    pub fn normalize_path(
+        &mut self,
+        buf: &mut [u8],
+        keep_escaped_slashes: bool,
+    ) -> Result<(), PathError> {
+        if buf.get(self.path.start) != Some(&b'/') {
+            return Ok(()); // `OPTIONS *`
+        }
+        let len = normalize_path(&mut buf[self.path.clone()], keep_escaped_slashes)?;
+        self.path.end = self.path.start + len;
+        Ok(())
+    }
+
     pub fn method<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
         &buf[self.method.clone()]
     }
@@ -401,7 +558,12 @@ impl RequestHead {
             let start = self.target.start + rest;
             self.target_authority = Some(start..start + auth_len);
             if auth_len == after.len() || after[auth_len] != b'/' {
-                return Err(HeadError::Malformed("absolute-form target without a path"));
+                // `http://host?q` means path `/` (RFC 9112 §3.2.2). The path range points at
+                // the last `/` of the scheme's `//` so that it stays a range into the head.
+                let q = start + auth_len;
+                self.path = start - 1..start;
+                self.query = q..self.target.end;
+                return Ok(());
             }
             start + auth_len..self.target.end
         };
@@ -480,6 +642,9 @@ impl RequestHead {
                         } else if t.eq_ignore_ascii_case(b"upgrade") {
                             upgrade_token = true;
                         } else if !t.is_empty() {
+                            if self.connection_names.len() >= MAX_CONNECTION_TOKENS {
+                                return Err(HeadError::Malformed("too many Connection tokens"));
+                            }
                             let off = start + (t.as_ptr() as usize - value.as_ptr() as usize);
                             self.connection_names.push(off..off + t.len());
                         }
@@ -598,6 +763,21 @@ impl Default for ResponseHead {
 pub struct BadResponse(pub &'static str);
 
 impl ResponseHead {
+    pub fn shrink(&mut self) {
+        shrink(&mut self.fields);
+        shrink(&mut self.kinds);
+        shrink(&mut self.connection_names);
+    }
+
+    /// The `Upgrade` field's value, if any.
+    pub fn upgrade<'b>(&self, buf: &'b [u8]) -> Option<&'b [u8]> {
+        self.fields
+            .iter()
+            .zip(&self.kinds)
+            .find(|(_, k)| **k == Known::Upgrade)
+            .map(|(f, _)| &buf[f.value.clone()])
+    }
+
     pub fn is_connection_named(&self, buf: &[u8], lower_name: &[u8]) -> bool {
         self.connection_names
             .iter()
@@ -693,6 +873,9 @@ impl ResponseHead {
                         } else if t.eq_ignore_ascii_case(b"keep-alive") {
                             keep_alive_token = true;
                         } else if !t.is_empty() && !t.eq_ignore_ascii_case(b"upgrade") {
+                            if self.connection_names.len() >= MAX_CONNECTION_TOKENS {
+                                return Err(BadResponse("too many Connection tokens"));
+                            }
                             let off = start + (t.as_ptr() as usize - value.as_ptr() as usize);
                             self.connection_names.push(off..off + t.len());
                         }
@@ -832,6 +1015,82 @@ mod tests {
         for raw in cases {
             assert_eq!(rejected(raw), 400, "{:?}", String::from_utf8_lossy(raw));
         }
+    }
+
+    fn normalized(path: &str, keep: bool) -> Result<String, PathError> {
+        let mut bytes = path.as_bytes().to_vec();
+        let n = normalize_path(&mut bytes, keep)?;
+        Ok(String::from_utf8(bytes[..n].to_vec()).unwrap())
+    }
+
+    #[test]
+    fn paths_are_normalised() {
+        assert_eq!(normalized("//admin//x/", false).unwrap(), "/admin/x/");
+        assert_eq!(normalized("/%61dmin/%7Euser", false).unwrap(), "/admin/~user");
+        assert_eq!(normalized("/a%20b/%c3%a9", false).unwrap(), "/a%20b/%C3%A9");
+        assert_eq!(normalized("/", false).unwrap(), "/");
+        for bad in ["/admin%2Fsecret", "/x/..%2fadmin", "/a%5cb", "/admin;x/secret"] {
+            assert_eq!(normalized(bad, false), Err(PathError::AmbiguousSegment), "{bad}");
+        }
+        assert_eq!(normalized("/admin%2fsecret", true).unwrap(), "/admin%2Fsecret");
+        assert_eq!(normalized("/a;b", true).unwrap(), "/a;b");
+        for bad in ["/%", "/%4", "/%zz"] {
+            assert_eq!(normalized(bad, false), Err(PathError::BadEscape), "{bad}");
+        }
+    }
+
+    #[test]
+    fn absolute_form_without_path_means_slash() {
+        let raw = b"GET http://example.com?x=1 HTTP/1.1\r\nHost: example.com\r\n\r\n";
+        let h = parse(raw).unwrap();
+        assert_eq!(&raw[h.path.clone()], b"/");
+        assert_eq!(&raw[h.query.clone()], b"?x=1");
+        assert_eq!(&raw[h.target_authority.clone().unwrap()], b"example.com");
+        let raw = b"GET http://example.com HTTP/1.1\r\nHost: example.com\r\n\r\n";
+        let h = parse(raw).unwrap();
+        assert_eq!(&raw[h.path.clone()], b"/");
+        assert!(h.query.is_empty());
+    }
+
+    #[test]
+    fn connection_tokens_are_capped() {
+        let many = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: {}a\r\n\r\n",
+            "a,".repeat(8000)
+        );
+        let mut h = RequestHead::default();
+        let limits = HeadLimits {
+            max_header_bytes: 64 * 1024,
+            ..LIMITS
+        };
+        assert_eq!(
+            h.parse(many.as_bytes(), &limits),
+            Err(HeadError::Malformed("too many Connection tokens"))
+        );
+        assert!(h.connection_names.capacity() <= 64);
+    }
+
+    #[test]
+    fn forwarding_claims_and_underscores_are_classified() {
+        assert_eq!(classify(b"Forwarded"), Known::ForwardingClaim);
+        assert_eq!(classify(b"X-Forwarded-Port"), Known::ForwardingClaim);
+        assert_eq!(classify(b"x-forwarded-prefix"), Known::ForwardingClaim);
+        assert_eq!(classify(b"X-Forwarded-For"), Known::XForwardedFor);
+        assert_eq!(classify(b"Transfer_Encoding"), Known::Underscored);
+        assert_eq!(classify(b"x-custom"), Known::Other);
+    }
+
+    #[test]
+    fn head_completion_scan_is_incremental() {
+        let mut scan = HeadScan::default();
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        for end in 1..head.len() {
+            assert_eq!(scan.check(&head[..end], &LIMITS), Ok(false), "{end}");
+        }
+        assert_eq!(scan.check(head, &LIMITS), Ok(true));
+        let mut scan = HeadScan::default();
+        assert_eq!(scan.check(b"GET /", &LIMITS), Ok(false));
+        assert!(scan.check(b"GET /\0", &LIMITS).is_err());
     }
 
     #[test]

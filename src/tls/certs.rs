@@ -103,7 +103,56 @@ fn dns_names(cert: &CertificateDer) -> Result<Vec<String>, String> {
 /// The subject of a DER certificate as `CN=…, O=…`, for later stages (authorization).
 pub fn subject_of(cert: &[u8]) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
-    Some(parsed.subject().to_string())
+    let registry = x509_parser::objects::oid_registry();
+    let mut out = String::new();
+    for (i, rdn) in parsed.subject().iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        for (j, attr) in rdn.iter().enumerate() {
+            if j > 0 {
+                out.push_str(" + ");
+            }
+            match x509_parser::objects::oid2abbrev(attr.attr_type(), registry) {
+                Ok(name) => out.push_str(name),
+                Err(_) => out.push_str(&attr.attr_type().to_id_string()),
+            }
+            out.push('=');
+            match attr.as_str() {
+                Ok(value) => escape_rdn_value(value, &mut out),
+                // Not a string type: RFC 4514 §2.4 hex form of the value's bytes.
+                Err(_) => {
+                    out.push('#');
+                    for b in attr.as_slice() {
+                        out.push_str(&format!("{b:02X}"));
+                    }
+                }
+            }
+        }
+    }
+    Some(out)
+}
+
+/// RFC 4514 §2.4 escaping of one attribute value, extended so the result is printable ASCII
+/// (it becomes a header value): `,+"\<>;` get a backslash, a leading `#` or space and a
+/// trailing space too, and every byte outside 0x20..0x7e (CR and LF included) becomes `\XX`.
+/// A CN like `alice\r\nx-injected: evil` or `mallory, O=admins` then cannot forge a header
+/// line or an RDN.
+fn escape_rdn_value(value: &str, out: &mut String) {
+    let bytes = value.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        let edge_space = b == b' ' && (i == 0 || i + 1 == bytes.len());
+        match b {
+            b',' | b'+' | b'"' | b'\\' | b'<' | b'>' | b';' => {
+                out.push('\\');
+                out.push(char::from(b));
+            }
+            b'#' if i == 0 => out.push_str("\\#"),
+            _ if edge_space => out.push_str("\\ "),
+            0x20..=0x7e => out.push(char::from(b)),
+            _ => out.push_str(&format!("\\{b:02X}")),
+        }
+    }
 }
 
 /// Picks a certificate by SNI: exact name, then `*.parent` wildcard, then the default (the
@@ -381,5 +430,30 @@ impl ServerCertVerifier for NoVerification {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_rdn_value;
+
+    fn escaped(value: &str) -> String {
+        let mut out = String::new();
+        escape_rdn_value(value, &mut out);
+        out
+    }
+
+    #[test]
+    fn rdn_values_are_escaped_to_printable_ascii() {
+        assert_eq!(escaped("alice"), "alice");
+        assert_eq!(
+            escaped("alice\r\nx-injected: evil"),
+            "alice\\0D\\0Ax-injected: evil"
+        );
+        assert_eq!(escaped("mallory, O=admins"), "mallory\\, O=admins");
+        assert_eq!(escaped("#x"), "\\#x");
+        assert_eq!(escaped(" a "), "\\ a\\ ");
+        assert_eq!(escaped("é"), "\\C3\\A9");
+        assert!(escaped("\u{7f}\0").bytes().all(|b| (0x20..0x7f).contains(&b)));
     }
 }

@@ -68,6 +68,16 @@ impl ConnRead {
         }
     }
 
+    /// Whether bytes were already read from the socket that no one has consumed (TLS:
+    /// ciphertext not yet decrypted, a partial record, or plaintext not yet read). A pooled
+    /// connection with any of these would hand them to the next request.
+    pub fn has_pending(&self) -> bool {
+        match self {
+            ConnRead::Plain(_) => false,
+            ConnRead::Tls(t) => t.has_pending(),
+        }
+    }
+
     /// Waits until a read would not block: the socket is readable, or TLS already holds bytes.
     pub async fn readable(&self) -> io::Result<()> {
         if let ConnRead::Tls(t) = self

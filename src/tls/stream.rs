@@ -26,6 +26,9 @@ pub struct TlsReadHalf {
     io: OwnedReadHalf<TcpStream>,
     cipher: Vec<u8>,
     pos: usize,
+    /// Where the ciphertext handed to rustls stands in its record framing: a partial record
+    /// inside rustls is pending input no other check can see.
+    records: RecordTracker,
     /// A peer that closes TCP without `close_notify` reads as a clean end (clients do this all
     /// the time between requests); where truncation matters (origins), it is an error.
     eof_without_close_notify_is_clean: bool,
@@ -58,6 +61,7 @@ pub async fn handshake(
     let mut cipher = Vec::with_capacity(CIPHER_BUF);
     let mut pos = 0;
     let mut out = Vec::new();
+    let mut records = RecordTracker::default();
     loop {
         flush_session(&mut session, &mut stream, &mut out).await?;
         if !session.is_handshaking() {
@@ -72,7 +76,7 @@ pub async fn handshake(
                 return Err(HandshakeError::Closed);
             }
         }
-        match feed(&mut session, &cipher[pos..]) {
+        match feed(&mut session, &mut records, &cipher[pos..]) {
             Ok(n) => pos += n,
             Err(e) => {
                 let _ = flush_session(&mut session, &mut stream, &mut out).await;
@@ -92,6 +96,7 @@ pub async fn handshake(
             io: read,
             cipher,
             pos,
+            records,
             eof_without_close_notify_is_clean,
         },
         TlsWriteHalf {
@@ -102,14 +107,54 @@ pub async fn handshake(
     ))
 }
 
+/// Follows the TLS record framing (5-byte header, then `length` bytes) of a byte stream, so
+/// we know whether everything handed to rustls ends on a record boundary.
+#[derive(Default, Clone, Copy)]
+struct RecordTracker {
+    header: [u8; 5],
+    header_len: usize,
+    body_left: usize,
+}
+
+impl RecordTracker {
+    fn advance(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.body_left > 0 {
+                let skip = self.body_left.min(bytes.len());
+                self.body_left -= skip;
+                bytes = &bytes[skip..];
+                continue;
+            }
+            self.header[self.header_len] = bytes[0];
+            self.header_len += 1;
+            bytes = &bytes[1..];
+            if self.header_len == 5 {
+                self.body_left = usize::from(u16::from_be_bytes([self.header[3], self.header[4]]));
+                self.header_len = 0;
+            }
+        }
+    }
+
+    fn at_boundary(&self) -> bool {
+        self.header_len == 0 && self.body_left == 0
+    }
+}
+
 /// Hands ciphertext to rustls and processes it; returns how many bytes it took.
-fn feed(session: &mut rustls::Connection, mut cipher: &[u8]) -> io::Result<usize> {
+fn feed(
+    session: &mut rustls::Connection,
+    records: &mut RecordTracker,
+    mut cipher: &[u8],
+) -> io::Result<usize> {
     let before = cipher.len();
+    let all = cipher;
     session.read_tls(&mut cipher)?;
+    let taken = before - cipher.len();
+    records.advance(&all[..taken]);
     session
         .process_new_packets()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    Ok(before - cipher.len())
+    Ok(taken)
 }
 
 async fn flush_session(
@@ -133,7 +178,7 @@ impl TlsReadHalf {
     /// Whether decrypted or undecrypted bytes are already waiting (so waiting for the socket
     /// to become readable would be wrong).
     pub fn has_pending(&self) -> bool {
-        if self.pos < self.cipher.len() {
+        if self.pos < self.cipher.len() || !self.records.at_boundary() {
             return true;
         }
         match self.session.borrow_mut().process_new_packets() {
@@ -172,7 +217,7 @@ impl TlsReadHalf {
             if self.pos == self.cipher.len() {
                 return None;
             }
-            match feed(&mut session, &self.cipher[self.pos..]) {
+            match feed(&mut session, &mut self.records, &self.cipher[self.pos..]) {
                 Ok(n) => self.pos += n,
                 Err(e) => return Some(Err(e)),
             }

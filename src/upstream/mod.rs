@@ -435,7 +435,10 @@ impl ShardUpstreams {
         let idle_timeout = self.spec(upstream).idle_timeout;
         let mut list = self.groups[upstream].idle[target].borrow_mut();
         while let Some(idle) = list.pop() {
-            if idle.since.elapsed() < idle_timeout && origin_still_open(idle.fd) {
+            if idle.since.elapsed() < idle_timeout
+                && !idle.reader.has_pending()
+                && origin_still_open(idle.fd)
+            {
                 return Some(UpstreamConn {
                     reader: BufConn::new(idle.reader, idle.buf),
                     writer: idle.writer,
@@ -497,8 +500,13 @@ impl ShardUpstreams {
     /// Returns a connection whose last response was fully read and framed, for reuse.
     pub fn checkin(&self, upstream: usize, target: usize, conn: UpstreamConn) {
         let max_idle = self.spec(upstream).max_idle_connections;
-        if !conn.reader.buffered().is_empty() {
-            return; // bytes after a complete response: the origin is confused, do not reuse
+        // Bytes after a complete response (buffered, or still inside TLS), or an operation
+        // cancelled mid-way: the stream position is not where the next response starts.
+        if !conn.reader.buffered().is_empty()
+            || conn.reader.lost_bytes()
+            || conn.reader.io.has_pending()
+        {
+            return;
         }
         let (reader, buf) = conn.reader.into_parts();
         let mut list = self.groups[upstream].idle[target].borrow_mut();
@@ -512,6 +520,23 @@ impl ShardUpstreams {
             });
         } else {
             self.bufs.give(buf);
+        }
+    }
+
+    /// Closes pooled connections idle longer than their upstream's `idle_timeout` (they would
+    /// only be found stale at the next checkout, holding file descriptors until then).
+    pub fn close_stale(&self) {
+        for (upstream, group) in self.groups.iter().enumerate() {
+            let idle_timeout = self.spec(upstream).idle_timeout;
+            for list in &group.idle {
+                list.borrow_mut().retain_mut(|idle| {
+                    let fresh = idle.since.elapsed() < idle_timeout;
+                    if !fresh {
+                        self.bufs.give(std::mem::take(&mut idle.buf));
+                    }
+                    fresh
+                });
+            }
         }
     }
 
