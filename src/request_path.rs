@@ -537,7 +537,9 @@ fn lower_host_without_port<'a>(raw: &[u8], out: &'a mut [u8; 256]) -> &'a str {
 fn split_host_port(raw: &[u8]) -> (&[u8], &[u8]) {
     let colon = if raw.first() == Some(&b'[') {
         // [v6]:port keeps its brackets
-        raw.iter().position(|&b| b == b']').map_or(raw.len(), |end| end + 1)
+        raw.iter()
+            .position(|&b| b == b']')
+            .map_or(raw.len(), |end| end + 1)
     } else {
         raw.iter().rposition(|&b| b == b':').unwrap_or(raw.len())
     };
@@ -1048,7 +1050,9 @@ async fn streamed_exchange(
         let failure = if e.kind() == std::io::ErrorKind::TimedOut {
             UpstreamFailure::TimedOut
         } else {
-            UpstreamFailure::BadGateway("upstream closed the connection while receiving the request")
+            UpstreamFailure::BadGateway(
+                "upstream closed the connection while receiving the request",
+            )
         };
         return fail_upstream(c, ex, failure, false).await;
     }
@@ -1590,7 +1594,12 @@ async fn tunnel(
     } = origin;
     let last_activity = Cell::new(Instant::now());
     let upstream = pump(&mut client, &mut origin_writer, &last_activity, limits.send);
-    let downstream = pump(&mut origin_reader, &mut client_writer, &last_activity, limits.send);
+    let downstream = pump(
+        &mut origin_reader,
+        &mut client_writer,
+        &last_activity,
+        limits.send,
+    );
     let watchdog = async {
         let end = Instant::now() + limits.total;
         loop {

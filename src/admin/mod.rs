@@ -40,7 +40,12 @@ pub fn start(
     Ok(())
 }
 
-fn accept_loop(listener: &TcpListener, snapshot: &Arc<Snapshot>, cluster: &Arc<Cluster>, epoch_ms: u64) {
+fn accept_loop(
+    listener: &TcpListener,
+    snapshot: &Arc<Snapshot>,
+    cluster: &Arc<Cluster>,
+    epoch_ms: u64,
+) {
     let active = Arc::new(AtomicUsize::new(0));
     loop {
         let mut stream = match listener.accept() {

@@ -374,8 +374,7 @@ pub fn compile(file: &Path, config: &Config, lines: &KeyLines) -> Result<Snapsho
             io_driver: config.server.io_driver,
             gossip_interval: config.server.gossip_interval.0,
             admin,
-            keep_escaped_slashes: config.server.path_escaped_slashes
-                == super::EscapedSlashes::Keep,
+            keep_escaped_slashes: config.server.path_escaped_slashes == super::EscapedSlashes::Keep,
             total_targets: upstreams.iter().map(|u| u.targets.len()).sum(),
             listeners,
             upstreams,
@@ -1025,7 +1024,8 @@ const GATEWAY_REQUEST_FIELDS: &[&str] = &[
     "forwarded",
 ];
 
-const XFF_OWNED: &str = "is set by the gateway itself (remove it, or use the listener's x_forwarded_for)";
+const XFF_OWNED: &str =
+    "is set by the gateway itself (remove it, or use the listener's x_forwarded_for)";
 
 const GATEWAY_RESPONSE_FIELDS: &[&str] = &["x-request-id"];
 
@@ -1080,9 +1080,10 @@ fn transform(
     for (name, value) in &t.add {
         if !is_token(name) {
             c.problem(format!("{key}.add"), format!("bad header name {name:?}"));
-        } else if let Some(why) = reserved_field(name, gateway_owned)
-            .or_else(|| name.eq_ignore_ascii_case("x-forwarded-for").then_some(XFF_OWNED))
-        {
+        } else if let Some(why) = reserved_field(name, gateway_owned).or_else(|| {
+            name.eq_ignore_ascii_case("x-forwarded-for")
+                .then_some(XFF_OWNED)
+        }) {
             c.problem(
                 format!("{key}.add"),
                 format!("{name:?} cannot be added: it {why}"),

@@ -1026,13 +1026,28 @@ mod tests {
     #[test]
     fn paths_are_normalised() {
         assert_eq!(normalized("//admin//x/", false).unwrap(), "/admin/x/");
-        assert_eq!(normalized("/%61dmin/%7Euser", false).unwrap(), "/admin/~user");
+        assert_eq!(
+            normalized("/%61dmin/%7Euser", false).unwrap(),
+            "/admin/~user"
+        );
         assert_eq!(normalized("/a%20b/%c3%a9", false).unwrap(), "/a%20b/%C3%A9");
         assert_eq!(normalized("/", false).unwrap(), "/");
-        for bad in ["/admin%2Fsecret", "/x/..%2fadmin", "/a%5cb", "/admin;x/secret"] {
-            assert_eq!(normalized(bad, false), Err(PathError::AmbiguousSegment), "{bad}");
+        for bad in [
+            "/admin%2Fsecret",
+            "/x/..%2fadmin",
+            "/a%5cb",
+            "/admin;x/secret",
+        ] {
+            assert_eq!(
+                normalized(bad, false),
+                Err(PathError::AmbiguousSegment),
+                "{bad}"
+            );
         }
-        assert_eq!(normalized("/admin%2fsecret", true).unwrap(), "/admin%2Fsecret");
+        assert_eq!(
+            normalized("/admin%2fsecret", true).unwrap(),
+            "/admin%2Fsecret"
+        );
         assert_eq!(normalized("/a;b", true).unwrap(), "/a;b");
         for bad in ["/%", "/%4", "/%zz"] {
             assert_eq!(normalized(bad, false), Err(PathError::BadEscape), "{bad}");

@@ -12,13 +12,16 @@ use std::io;
 /// Cancellation safety: a read or write lends `buf` to the kernel (monoio's rent model). If
 /// that future is dropped mid-way (a `select!` or a timeout), the buffer does not come back.
 /// Every such operation therefore first puts the `BufConn` in the state a drop leaves behind
-/// (empty buffer, `pos = 0`, `lost = true`) and restores it only on completion, so every
+/// (empty buffer, `pos = 0`, `in_flight`) and restores it only on completion, so every
 /// accessor stays in bounds whatever happens. A connection that `lost_bytes()` cannot carry
 /// another message (its stream position is unknown) and must be closed.
 pub struct BufConn<S> {
     pub io: S,
     buf: Vec<u8>,
     pos: usize,
+    /// An operation lent the buffer out and has not given it back (yet, or ever: dropped).
+    in_flight: bool,
+    /// An earlier operation was dropped mid-way; sticky.
     lost: bool,
 }
 
@@ -40,6 +43,7 @@ impl<S: AsyncReadRent> BufConn<S> {
             io,
             buf,
             pos: 0,
+            in_flight: false,
             lost: false,
         }
     }
@@ -47,7 +51,7 @@ impl<S: AsyncReadRent> BufConn<S> {
     /// Whether an operation on this connection was cancelled mid-way: bytes may have been
     /// read or written that nobody accounted for, so it must not carry another message.
     pub fn lost_bytes(&self) -> bool {
-        self.lost
+        self.lost || self.in_flight
     }
 
     pub fn buffered(&self) -> &[u8] {
@@ -146,16 +150,18 @@ impl<S: AsyncReadRent> BufConn<S> {
 
     /// Enters the state a dropped operation leaves (see the type's docs); returns `pos`.
     fn lend(&mut self) -> usize {
+        // Still in flight: the previous operation never came back.
+        self.lost |= self.in_flight;
+        self.in_flight = true;
         let pos = self.pos;
         self.pos = 0;
-        self.lost = true;
         pos
     }
 
     /// The operation completed: the buffer is back, and so is its position.
     fn give_back(&mut self, pos: usize) {
         self.pos = pos;
-        self.lost = false;
+        self.in_flight = false;
     }
 
     /// Moves the unconsumed bytes into `buf` and returns the old buffer, or gives `buf` back
@@ -232,5 +238,218 @@ impl BufPool {
         if free.len() < self.max_free && buf.capacity() > 0 {
             free.push(buf);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The connection state machine driven by arbitrary interleavings of reads, writes,
+    //! consumption and cancellation (a future dropped after some polls, as `select!` and
+    //! timeouts do), over a deterministic in-memory transport, polled by hand.
+    use super::*;
+    use monoio::BufResult;
+    use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
+    use proptest::prelude::*;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
+
+    /// Returns `Pending` this many times, then `Ready`.
+    struct Delay(u8);
+
+    impl Future for Delay {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+            if self.0 == 0 {
+                Poll::Ready(())
+            } else {
+                self.0 -= 1;
+                Poll::Pending
+            }
+        }
+    }
+
+    /// A peer that delivers `stream` in chunks of `chunk` bytes, each read after `delay`
+    /// pending polls; as a writer it records what was written.
+    struct Transport {
+        stream: Vec<u8>,
+        sent: usize,
+        chunk: usize,
+        delay: u8,
+        written: Vec<u8>,
+    }
+
+    impl AsyncReadRent for Transport {
+        async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+            Delay(self.delay).await;
+            let n = self
+                .chunk
+                .min(buf.bytes_total())
+                .min(self.stream.len() - self.sent);
+            // SAFETY: `n` is within the buffer's writable capacity.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    self.stream[self.sent..].as_ptr(),
+                    buf.write_ptr(),
+                    n,
+                );
+                buf.set_init(n);
+            }
+            self.sent += n;
+            (Ok(n), buf)
+        }
+
+        async fn readv<T: IoVecBufMut>(&mut self, buf: T) -> BufResult<usize, T> {
+            (Ok(0), buf)
+        }
+    }
+
+    impl AsyncWriteRent for Transport {
+        async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+            Delay(self.delay).await;
+            let n = self.chunk.min(buf.bytes_init());
+            // SAFETY: the buffer has `bytes_init` initialised bytes at `read_ptr`.
+            let bytes = unsafe { std::slice::from_raw_parts(buf.read_ptr(), n) };
+            self.written.extend_from_slice(bytes);
+            (Ok(n), buf)
+        }
+
+        async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+            (Ok(0), buf)
+        }
+
+        async fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+
+        async fn shutdown(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Polls `fut` at most `polls` times; `None` when it was dropped unfinished.
+    fn poll_at_most<F: Future>(fut: F, polls: u8) -> Option<F::Output> {
+        let mut fut = std::pin::pin!(fut);
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..polls {
+            if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Fill { polls: u8 },
+        Consume(usize),
+        Compact,
+        Forward { n: usize, polls: u8 },
+        Swap(usize),
+        Restore(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (1u8..6).prop_map(|polls| Op::Fill { polls }),
+            (0usize..64).prop_map(Op::Consume),
+            Just(Op::Compact),
+            (0usize..64, 1u8..6).prop_map(|(n, polls)| Op::Forward { n, polls }),
+            (0usize..128).prop_map(Op::Swap),
+            (1usize..128).prop_map(Op::Restore),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Whatever is cancelled when, no accessor panics, and until an operation is lost
+        /// every byte reaches exactly one place, in order: consumed, forwarded or still
+        /// buffered.
+        #[test]
+        fn buffers_stay_consistent_under_cancellation(
+            ops in prop::collection::vec(op(), 1..60),
+            chunk in 1usize..40,
+            delay in 0u8..3,
+            cap in 1usize..96,
+        ) {
+            let stream: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+            let transport = Transport { stream: stream.clone(), sent: 0, chunk, delay, written: Vec::new() };
+            let mut conn = BufConn::new(transport, Vec::with_capacity(cap));
+            let mut sink = Transport { stream: Vec::new(), sent: 0, chunk, delay, written: Vec::new() };
+            // Bytes taken out of the buffer, in order (consumed or forwarded).
+            let mut taken: Vec<u8> = Vec::new();
+            let mut forwarded: Vec<u8> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Fill { polls } => {
+                        let _ = poll_at_most(conn.fill(), polls);
+                    }
+                    Op::Consume(n) => {
+                        let n = n.min(conn.buffered().len());
+                        taken.extend_from_slice(&conn.buffered()[..n]);
+                        conn.consume(n);
+                    }
+                    Op::Compact => conn.compact(),
+                    Op::Forward { n, polls } => {
+                        let n = n.min(conn.buffered().len());
+                        let before = conn.buffered()[..n].to_vec();
+                        if let Some(result) = poll_at_most(conn.forward_buffered(n, &mut sink), polls) {
+                            prop_assert!(result.is_ok());
+                            taken.extend_from_slice(&before);
+                            forwarded.extend_from_slice(&before);
+                        }
+                    }
+                    Op::Swap(capacity) => {
+                        let _ = conn.swap_buffer(Vec::with_capacity(capacity));
+                    }
+                    Op::Restore(capacity) => {
+                        if conn.buffered().is_empty() {
+                            conn.restore_buffer(Vec::with_capacity(capacity));
+                        }
+                    }
+                }
+                // Every accessor is in bounds, whatever happened.
+                let buffered = conn.buffered().to_vec();
+                prop_assert!(buffered.len() <= conn.capacity().max(buffered.len()));
+                if !conn.lost_bytes() {
+                    let read = conn.io.sent;
+                    let mut seen = taken.clone();
+                    seen.extend_from_slice(&buffered);
+                    prop_assert_eq!(&seen[..], &stream[..read], "bytes lost or reordered");
+                }
+            }
+            if !conn.lost_bytes() {
+                prop_assert_eq!(&sink.written, &forwarded, "the destination got exactly what was forwarded");
+            }
+        }
+    }
+
+    #[test]
+    fn a_dropped_fill_leaves_an_empty_lost_connection() {
+        let transport = Transport {
+            stream: vec![7; 100],
+            sent: 0,
+            chunk: 10,
+            delay: 0,
+            written: Vec::new(),
+        };
+        let mut conn = BufConn::new(transport, Vec::with_capacity(64));
+        assert_eq!(poll_at_most(conn.fill(), 1).map(|r| r.ok()), Some(Some(10)));
+        conn.consume(3);
+        conn.io.delay = 2;
+        assert!(
+            poll_at_most(conn.fill(), 1).is_none(),
+            "dropped while pending"
+        );
+        assert!(conn.lost_bytes());
+        assert!(conn.buffered().is_empty());
+        assert!(matches!(
+            poll_at_most(conn.fill(), 5),
+            Some(Err(ReadError::BufferFull))
+        ));
+        conn.restore_buffer(Vec::with_capacity(16));
+        assert!(poll_at_most(conn.fill(), 5).is_some_and(|r| r.is_ok()));
+        assert!(conn.lost_bytes(), "once lost, always lost");
     }
 }

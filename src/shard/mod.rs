@@ -104,7 +104,6 @@ impl ConnGuard {
         slot.request_id[..n].copy_from_slice(&id[..n]);
         slot.request_id_len = n as u8;
     }
-
 }
 
 impl Drop for ConnGuard {
@@ -198,8 +197,7 @@ impl Shard {
     fn request_id_in(&self, slot: usize) -> String {
         let reg = self.registry.borrow();
         let slot = &reg.slots[slot];
-        String::from_utf8_lossy(&slot.request_id[..usize::from(slot.request_id_len)])
-            .into_owned()
+        String::from_utf8_lossy(&slot.request_id[..usize::from(slot.request_id_len)]).into_owned()
     }
 
     fn open_connections(&self) -> usize {
@@ -296,7 +294,9 @@ fn shard_thread(
         {
             Ok(mut rt) => {
                 describe("io_uring");
-                exit_if_panicked(id, || rt.block_on(run_shard(id, snapshot, cluster, started)));
+                exit_if_panicked(id, || {
+                    rt.block_on(run_shard(id, snapshot, cluster, started))
+                });
                 return;
             }
             Err(e) => observe::warn(&format!(
@@ -314,7 +314,9 @@ fn shard_thread(
     {
         Ok(mut rt) => {
             describe("epoll");
-            exit_if_panicked(id, || rt.block_on(run_shard(id, snapshot, cluster, started)));
+            exit_if_panicked(id, || {
+                rt.block_on(run_shard(id, snapshot, cluster, started))
+            });
         }
         Err(error) => {
             let _ = started.send(Started::RuntimeFailed { shard: id, error });
@@ -422,7 +424,8 @@ async fn serve_guarded(
     peer: std::net::SocketAddr,
 ) {
     let slot = guard.slot;
-    let served = crate::request_path::serve_connection(shard.clone(), guard, listener, stream, peer);
+    let served =
+        crate::request_path::serve_connection(shard.clone(), guard, listener, stream, peer);
     let mut served = std::pin::pin!(served);
     if let Err(panic) = CatchUnwind(served.as_mut()).await {
         CONNECTION_PANICS.fetch_add(1, Ordering::Relaxed);
@@ -519,4 +522,40 @@ async fn wait_for_drain(shard: &Rc<Shard>) {
         shard.id,
         shard.open_connections()
     ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+        std::pin::Pin::new(f).poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[test]
+    fn a_panicking_task_is_caught_at_its_boundary() {
+        let mut panicking = CatchUnwind(Box::pin(async {
+            panic!("boom in a connection");
+        }));
+        match poll_once(&mut panicking) {
+            Poll::Ready(Err(panic)) => assert_eq!(panic_message(&*panic), "boom in a connection"),
+            _ => panic!("the panic was not caught"),
+        }
+        let mut fine = CatchUnwind(Box::pin(async { 7 }));
+        assert!(matches!(poll_once(&mut fine), Poll::Ready(Ok(7))));
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_per_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(per_ip_key(a), per_ip_key(b));
+        assert_ne!(per_ip_key(a), per_ip_key(c));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(per_ip_key(mapped), v4);
+    }
 }

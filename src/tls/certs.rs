@@ -454,6 +454,10 @@ mod tests {
         assert_eq!(escaped("#x"), "\\#x");
         assert_eq!(escaped(" a "), "\\ a\\ ");
         assert_eq!(escaped("é"), "\\C3\\A9");
-        assert!(escaped("\u{7f}\0").bytes().all(|b| (0x20..0x7f).contains(&b)));
+        assert!(
+            escaped("\u{7f}\0")
+                .bytes()
+                .all(|b| (0x20..0x7f).contains(&b))
+        );
     }
 }
