@@ -214,18 +214,34 @@ struct ConnState {
     down_scratch: Vec<u8>,
 }
 
-/// At most this many spare connection states are kept per shard.
+/// At most this many spare connection states are kept per shard, and at most this many bytes
+/// (each state is shrunk first, so the count bound is the one that usually holds).
 const SPARE_CONN_STATES: usize = 4096;
+const SPARE_CONN_BYTES: usize = 16 * 1024 * 1024;
 
 thread_local! {
     // One free list per shard thread: shards never share it.
-    static SPARE_STATES: std::cell::RefCell<Vec<ConnState>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SPARE_STATES: std::cell::RefCell<(Vec<ConnState>, usize)> =
+        const { std::cell::RefCell::new((Vec::new(), 0)) };
 }
 
 impl ConnState {
+    /// Heap bytes this state holds.
+    fn footprint(&self) -> usize {
+        self.head.footprint()
+            + self.resp.footprint()
+            + self.up_scratch.capacity()
+            + self.down_scratch.capacity()
+    }
+
     fn take() -> ConnState {
         SPARE_STATES
-            .with(|spare| spare.borrow_mut().pop())
+            .with(|spare| {
+                let (states, bytes) = &mut *spare.borrow_mut();
+                let state = states.pop()?;
+                *bytes -= state.footprint();
+                Some(state)
+            })
             .unwrap_or_else(|| ConnState {
                 head: RequestHead::default(),
                 resp: ResponseHead::default(),
@@ -240,9 +256,11 @@ impl ConnState {
         shrink_scratch(&mut self.up_scratch);
         shrink_scratch(&mut self.down_scratch);
         SPARE_STATES.with(|spare| {
-            let mut spare = spare.borrow_mut();
-            if spare.len() < SPARE_CONN_STATES {
-                spare.push(self);
+            let (states, bytes) = &mut *spare.borrow_mut();
+            let size = self.footprint();
+            if states.len() < SPARE_CONN_STATES && *bytes + size <= SPARE_CONN_BYTES {
+                *bytes += size;
+                states.push(self);
             }
         });
     }

@@ -583,7 +583,12 @@ fn sticky_cookie_values_are_keyed_by_the_secret() {
             "",
         );
         let r = gw.get("/");
-        r.header("set-cookie").unwrap().split(';').next().unwrap().to_string()
+        r.header("set-cookie")
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string()
     };
     let first = cookie_with("alpha-secret-0123456789");
     assert_eq!(first, cookie_with("alpha-secret-0123456789"));

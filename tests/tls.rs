@@ -3,114 +3,16 @@
 //! `X-Forwarded-Proto: https`, resumption, handshake timeout, TLS upstreams, config errors.
 
 mod common;
+use common::pki::*;
 use common::*;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_ED25519, SignatureAlgorithm,
-};
+use rcgen::{PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_ED25519};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rustls::{ClientConfig, RootCertStore, StreamOwned};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// A test CA that signs server and client certificates.
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    der: CertificateDer<'static>,
-    pem: String,
-}
-
-struct Leaf {
-    cert_pem: String,
-    key_pem: String,
-    der: CertificateDer<'static>,
-    key_der: Vec<u8>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let cert = params.self_signed(&key).unwrap();
-        Ca {
-            der: cert.der().clone(),
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    fn leaf(&self, names: &[&str], cn: &str, alg: &'static SignatureAlgorithm) -> Leaf {
-        let key = KeyPair::generate_for(alg).unwrap();
-        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-        let mut params = CertificateParams::new(names).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            der: cert.der().clone(),
-            key_der: key.serialize_der(),
-        }
-    }
-
-    fn roots(&self) -> RootCertStore {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.der.clone()).unwrap();
-        roots
-    }
-}
-
-fn write_leaf(dir: &Path, name: &str, leaf: &Leaf) -> (PathBuf, PathBuf) {
-    let cert = dir.join(format!("{name}.pem"));
-    let key = dir.join(format!("{name}.key"));
-    std::fs::write(&cert, &leaf.cert_pem).unwrap();
-    std::fs::write(&key, &leaf.key_pem).unwrap();
-    (cert, key)
-}
-
-fn client_config(ca: &Ca, client_cert: Option<&Leaf>) -> Arc<ClientConfig> {
-    let builder =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(ca.roots());
-    let mut config = match client_cert {
-        Some(leaf) => builder
-            .with_client_auth_cert(
-                vec![leaf.der.clone()],
-                PrivateKeyDer::try_from(leaf.key_der.clone()).unwrap(),
-            )
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
-}
-
-type Tls = StreamOwned<ClientConnection, TcpStream>;
-
-/// Connects and completes the handshake (or returns its error).
-fn tls_connect(
-    addr: std::net::SocketAddr,
-    config: Arc<ClientConfig>,
-    sni: &str,
-) -> std::io::Result<Tls> {
-    let name = ServerName::try_from(sni.to_string()).unwrap();
-    let conn = ClientConnection::new(config, name).unwrap();
-    let tcp = TcpStream::connect(addr)?;
-    tcp.set_read_timeout(Some(Duration::from_secs(20)))?;
-    let mut tls = StreamOwned::new(conn, tcp);
-    while tls.conn.is_handshaking() {
-        tls.conn.complete_io(&mut tls.sock)?;
-    }
-    Ok(tls)
-}
 
 fn tls_get(tls: &mut Tls, path: &str, extra: &str) -> Option<Response> {
     let req = format!("GET {path} HTTP/1.1\r\nHost: a.test\r\n{extra}\r\n");
@@ -122,23 +24,6 @@ fn peer_cert(tls: &Tls) -> CertificateDer<'static> {
     tls.conn.peer_certificates().unwrap()[0]
         .clone()
         .into_owned()
-}
-
-fn tls_listener(certs: &[(PathBuf, PathBuf)], extra: &str) -> String {
-    let list: Vec<String> = certs
-        .iter()
-        .map(|(c, k)| {
-            format!(
-                "{{ cert = {:?}, key = {:?} }}",
-                c.display().to_string(),
-                k.display().to_string()
-            )
-        })
-        .collect();
-    format!(
-        "[listeners.tls]\ncertificates = [{}]\n{extra}\n",
-        list.join(", ")
-    )
 }
 
 /// A certificate for `a.test` signed by `ca`, written to a fresh directory.

@@ -381,6 +381,10 @@ impl HeadScan {
 /// or its state is pooled, so one large request does not pin memory for the connection's life.
 const KEEP_ENTRIES: usize = 64;
 
+fn footprint<T>(v: &Vec<T>) -> usize {
+    v.capacity() * std::mem::size_of::<T>()
+}
+
 fn shrink<T>(v: &mut Vec<T>) {
     if v.capacity() > KEEP_ENTRIES {
         v.clear();
@@ -389,6 +393,11 @@ fn shrink<T>(v: &mut Vec<T>) {
 }
 
 impl RequestHead {
+    /// Heap bytes the head's index holds.
+    pub fn footprint(&self) -> usize {
+        footprint(&self.fields) + footprint(&self.kinds) + footprint(&self.connection_names)
+    }
+
     /// Gives back memory a large head made the index grow to (between requests only).
     pub fn shrink(&mut self) {
         shrink(&mut self.fields);
@@ -763,6 +772,10 @@ impl Default for ResponseHead {
 pub struct BadResponse(pub &'static str);
 
 impl ResponseHead {
+    pub fn footprint(&self) -> usize {
+        footprint(&self.fields) + footprint(&self.kinds) + footprint(&self.connection_names)
+    }
+
     pub fn shrink(&mut self) {
         shrink(&mut self.fields);
         shrink(&mut self.kinds);

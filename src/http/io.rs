@@ -208,23 +208,36 @@ pub async fn write_all_within<W: AsyncWriteRent>(
     }
 }
 
-/// A shard-local free list of buffers, so requests do not allocate.
+/// A shard-local free list of buffers, so requests do not allocate. Bounded in count and in
+/// bytes, and a buffer that grew past [`MAX_POOLED_BUFFER`] for one large message is freed
+/// rather than kept: what the pool holds never outgrows the steady state.
 pub struct BufPool {
     free: RefCell<Vec<Vec<u8>>>,
     max_free: usize,
+    bytes: std::cell::Cell<usize>,
 }
+
+/// Larger buffers are not pooled (the largest standard one is a 64 KiB body buffer).
+pub const MAX_POOLED_BUFFER: usize = 64 * 1024;
+/// Most bytes one pool keeps.
+const MAX_POOLED_BYTES: usize = 32 * 1024 * 1024;
 
 impl BufPool {
     pub fn new(max_free: usize) -> Self {
         BufPool {
             free: RefCell::new(Vec::new()),
             max_free,
+            bytes: std::cell::Cell::new(0),
         }
     }
 
     /// An empty buffer with at least `capacity` bytes of room.
     pub fn take(&self, capacity: usize) -> Vec<u8> {
-        match self.free.borrow_mut().pop() {
+        let popped = self.free.borrow_mut().pop();
+        if let Some(b) = &popped {
+            self.bytes.set(self.bytes.get() - b.capacity());
+        }
+        match popped {
             Some(mut b) if b.capacity() >= capacity => {
                 b.clear();
                 b
@@ -235,7 +248,13 @@ impl BufPool {
 
     pub fn give(&self, buf: Vec<u8>) {
         let mut free = self.free.borrow_mut();
-        if free.len() < self.max_free && buf.capacity() > 0 {
+        let size = buf.capacity();
+        if free.len() < self.max_free
+            && size > 0
+            && size <= MAX_POOLED_BUFFER
+            && self.bytes.get() + size <= MAX_POOLED_BYTES
+        {
+            self.bytes.set(self.bytes.get() + size);
             free.push(buf);
         }
     }

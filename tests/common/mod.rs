@@ -2,6 +2,9 @@
 //! record what reaches them, and a raw HTTP/1.1 client.
 #![allow(dead_code)]
 
+pub mod hostile;
+pub mod pki;
+
 use ringgate::http::chunked::ChunkedDecoder;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
