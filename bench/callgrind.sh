@@ -5,6 +5,7 @@
 # removes start-up and shutdown. valgrind 3.19+ runs the io_uring driver, so this is the real path.
 #   bench/callgrind.sh [SMALL] [LARGE]
 #   RINGGATE_BIN=/path/to/other/ringgate bench/callgrind.sh   # measure another build
+#   CG_PATH=/bytes/65536 bench/callgrind.sh 100 600           # another request (64 KiB bodies)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 small=${1:-500}
@@ -41,9 +42,9 @@ TOML
   valgrind --tool=callgrind --callgrind-out-file="$work/cg.$n" "$bin" run --config "$work/rg.toml" >/dev/null 2>"$work/vg.$n" &
   local vg=$!
   pids+=($vg)
-  python3 - "$port" "$n" <<'PY'
+  python3 - "$port" "$n" "${CG_PATH:-/}" <<'PY'
 import socket, sys, time
-port, n = int(sys.argv[1]), int(sys.argv[2])
+port, n, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 deadline = time.time() + 120
 while True:
     try:
@@ -51,7 +52,7 @@ while True:
     except OSError:
         if time.time() > deadline: raise
         time.sleep(0.2)
-req = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+req = b"GET " + path.encode() + b" HTTP/1.1\r\nHost: bench\r\n\r\n"
 for _ in range(n):
     s.sendall(req)
     buf = b""

@@ -424,6 +424,10 @@ fn normalize_request_path(shard: &Shard, c: &mut Client) -> Result<(), HeadStop>
             400,
             "encoded slash, backslash or ';' in path",
         )),
+        Err(PathError::ForbiddenByte) => Err(HeadStop::Reject(
+            400,
+            "encoded control character or invalid UTF-8 byte in path",
+        )),
     }
 }
 
@@ -1087,6 +1091,7 @@ async fn streamed_exchange(
         .then(|| c.reader.swap_buffer(shard.body_bufs.take(BODY_BUF)));
     let head_received = Cell::new(false);
     let head_micros = Cell::new(0);
+    let answered_first = Cell::new(false);
     let (sent, answered) = {
         let UpstreamConn {
             reader: up_reader,
@@ -1141,6 +1146,7 @@ async fn streamed_exchange(
                 // Usually the origin answered because it read the whole body and our last
                 // write just has not been observed yet; an origin that answered early without
                 // reading gets a short grace period before the connection is closed.
+                answered_first.set(true);
                 let sent = match monoio::time::timeout(EARLY_ANSWER_GRACE, &mut sending).await {
                     Ok(sent) => sent,
                     Err(_) => Err(BodyError::DestinationIo),
@@ -1172,9 +1178,12 @@ async fn streamed_exchange(
             // An origin that answered before the whole body arrived: the client may still
             // be sending, so close by lingering or the answer could be lost to a reset.
             c.linger = !sent_all;
+            // A whole response before the whole body was sent: the origin may not have read
+            // the rest, which would then start the next request on a pooled connection
+            // (whoever sends it). Such a connection is never pooled.
             let ends = Ends {
                 request_complete: sent_all,
-                reusable: c.down.resp.reusable,
+                reusable: c.down.resp.reusable && !answered_first.get(),
                 tunnel: tunnel_limits(route, c),
             };
             finish(shard, upstream, target, up, relayed, ends)

@@ -473,6 +473,47 @@ fn m4_slow_admin_client_does_not_block_healthz() {
 }
 
 #[test]
+fn m4_many_slow_admin_clients_do_not_block_healthz() {
+    let (_gw, admin) = admin_gateway();
+    // 40 connections that each send one byte and then nothing (more than any thread pool
+    // the admin could afford): /healthz must still answer at once.
+    let slow: Vec<TcpStream> = (0..40)
+        .map(|_| {
+            let mut s = TcpStream::connect(admin).unwrap();
+            s.write_all(b"G").unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..3 {
+        let t = Instant::now();
+        let r = try_get(admin, "/healthz", Duration::from_secs(3));
+        assert!(
+            r.as_ref().is_ok_and(|r| r.status == 200),
+            "probe {i}: /healthz with 40 stalled admin clients: {:?} after {:?}",
+            r.map(|r| (r.status, r.text())),
+            t.elapsed()
+        );
+    }
+    drop(slow);
+}
+
+#[test]
+fn a_second_upgrade_field_is_400() {
+    let origin = Origin::echo_path();
+    let gw = Gateway::start(&format!(
+        "{}{}",
+        base_config(),
+        upstream_and_catch_all(origin.addr, "")
+    ));
+    let r = gw.request(
+        "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\nUpgrade: h2c\r\n\r\n",
+    );
+    assert_eq!(r.status, 400, "{}", r.head);
+    assert!(origin.received().is_empty());
+}
+
+#[test]
 fn admin_readyz_is_200_while_all_shards_are_alive() {
     let (gw, admin) = admin_gateway();
     for _ in 0..4 {
@@ -546,6 +587,27 @@ fn m5_paths_and_hosts_are_normalised_before_routing() {
     // Paths match case-sensitively (RFC 3986): /ADMIN is not /admin and goes to the "/"
     // route. An origin that treats paths case-insensitively needs its own rule.
     expect("a", "/ADMIN/x", 200, Some("path=/ADMIN/x"));
+    // Escapes origins fold: encoded ';', control characters, bytes that never start UTF-8.
+    expect("a", "/admin%3B", 400, None);
+    expect("a", "/admin%00", 400, None);
+    expect("a", "/admin%09", 400, None);
+    expect("a", "/%C0%AFadmin", 400, None);
+    // Hosts an origin's URL parser would read as admin.example.com are refused, not routed
+    // to the catch-all; so is a host too long to be a DNS name.
+    for host in [
+        "admin.example.com?",
+        "admin.example.com#",
+        "admin.example.com\\x",
+        "admin.example.com,x",
+        "admin%2eexample.com",
+        "admin.example.com..",
+        "admin.example.com:80:80",
+        "x:admin.example.com",
+    ] {
+        expect(host, "/x", 400, None);
+    }
+    let long = format!("{}.admin.example.com", "a".repeat(250));
+    expect(&long, "/x", 400, None);
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     let leaked: Vec<String> = origin
         .received()
@@ -603,7 +665,7 @@ fn m7_thousands_of_connection_tokens_are_400() {
 // ---------------------------------------------------------------------------------------------
 // L2
 
-const SPOOFED: &str = "Forwarded: for=1.2.3.4;proto=https;host=bank.example\r\nX-Forwarded-Port: 1\r\nX-Forwarded-Prefix: /admin\r\nTransfer_Encoding: chunked\r\nX-Forwarded-For: 6.6.6.6\r\n";
+const SPOOFED: &str = "Forwarded: for=1.2.3.4;proto=https;host=bank.example\r\nX-Forwarded-Port: 1\r\nX-Forwarded-Prefix: /admin\r\nTransfer_Encoding: chunked\r\nX-Original-URL: /admin\r\nX-Rewrite-URL: /admin\r\nX-HTTP-Method-Override: DELETE\r\nTrue-Client-IP: 1.2.3.4\r\nX-Forwarded: for=1.2.3.4\r\nX-Forwarded-For: 6.6.6.6\r\n";
 
 #[test]
 fn l2_client_forwarding_headers_are_not_trusted() {
@@ -622,6 +684,11 @@ fn l2_client_forwarding_headers_are_not_trusted() {
         "x-forwarded-port",
         "x-forwarded-prefix",
         "transfer_encoding",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-http-method-override",
+        "true-client-ip",
+        "x-forwarded",
     ]
     .into_iter()
     .filter(|name| req.header(name).is_some())

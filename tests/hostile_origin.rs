@@ -6,7 +6,7 @@
 //! The hostile origins live in tests/common/hostile.rs.
 
 mod common;
-use common::hostile::{self, read_until_closed};
+use common::hostile::{self, HostileOrigin, SockOpts, read_until_closed};
 use common::pki::Ca;
 use common::*;
 use std::io::Write;
@@ -391,4 +391,55 @@ fn l6_idle_pooled_upstream_connection_is_closed_after_its_idle_timeout() {
         "closed after {after:?}: the connection was not kept in the pool at all"
     );
     assert!(after < Duration::from_secs(5), "closed after {after:?}");
+}
+
+/// An origin that answers a POST (401) without reading its body leaves the body in its
+/// socket, where it would become the start of the next request on that connection. When the
+/// answer came before the gateway had sent the whole body, that connection must never be
+/// pooled: the next client's request (and its cookie) must not be absorbed into the rest of
+/// the first client's body.
+#[test]
+fn early_answered_upstream_connection_is_never_pooled() {
+    let origin = HostileOrigin::start(SockOpts::default(), |peer| {
+        while let Some(head) = peer.read_head() {
+            let reply: &[u8] = if head.starts_with("POST ") {
+                b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n"
+            } else {
+                b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nvictim"
+            };
+            if !peer.send(reply) {
+                return;
+            }
+        }
+    });
+    let gw = Gateway::start(&proxy_config(1, "", origin.addr, "", ""));
+    // The body (20 000 bytes: streamed, not inline) starts a request with no end of head.
+    let mut body = b"GET /smuggled HTTP/1.1\r\nHost: a\r\nX-Ignore: ".to_vec();
+    body.resize(20_000, b'a');
+    let mut attacker = gw.connect();
+    attacker
+        .write_all(b"POST /login HTTP/1.1\r\nHost: a\r\nContent-Length: 20000\r\n\r\n")
+        .unwrap();
+    attacker.write_all(&body[..10_000]).unwrap();
+    let first = ResponseReader::default().read(&mut attacker, false);
+    assert_eq!(first.status, 401);
+    // The rest of the body right after the early answer (within the gateway's grace).
+    attacker.write_all(&body[10_000..]).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let victim = gw.request(
+        "GET /victim HTTP/1.1\r\nHost: a\r\nCookie: session=VICTIM-SECRET\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(victim.status, 200, "{}", victim.head);
+    assert_eq!(victim.text(), "victim");
+    let absorbed: Vec<String> = origin
+        .heads()
+        .into_iter()
+        .filter(|h| h.contains("VICTIM-SECRET") && !h.starts_with("GET /victim"))
+        .collect();
+    assert!(absorbed.is_empty(), "victim absorbed: {absorbed:?}");
+    assert_eq!(
+        origin.connection_count(),
+        2,
+        "the victim went on a new connection"
+    );
 }

@@ -1,153 +1,167 @@
 //! The admin listener: `GET /healthz`, `GET /readyz` (every shard serving) and
-//! `GET /upstreams` (every target's state as every shard sees it). Runs off the shards, with
-//! blocking std sockets: one short-lived thread per connection (at most
-//! [`MAX_ADMIN_CONNECTIONS`] at once), one request per connection, the whole request read
-//! within [`REQUEST_DEADLINE`], so a slow client can delay nobody but itself. It only reads
-//! the shards' atomic views and must not write shard state. Not authenticated: bind it to
-//! loopback or a private network.
+//! `GET /upstreams` (every target's state as every shard sees it). Runs off the shards, on
+//! its own thread with its own small event loop (epoll): a task per connection (at most
+//! [`MAX_ADMIN_CONNECTIONS`]), one request per connection, read and answered within
+//! [`REQUEST_DEADLINE`], so a slow client holds only its own task. It only reads the shards'
+//! atomic views and must not write shard state. Not authenticated: bind it to loopback or a
+//! private network.
 
 use crate::config::Snapshot;
 use crate::gossip::now_ms;
 use crate::upstream::Cluster;
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::{TcpListener, TcpStream};
+use std::cell::Cell;
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
-use std::sync::atomic::Ordering::{AcqRel, Relaxed};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Admin connections served at once; more are answered 503 and closed.
-pub const MAX_ADMIN_CONNECTIONS: usize = 16;
-/// The whole request must arrive within this, and the answer be written within it again.
+/// Admin connections served at once (each costs a small task, not a thread); more are
+/// closed at once.
+pub const MAX_ADMIN_CONNECTIONS: usize = 1024;
+/// The whole request must arrive, and the answer be written, within this.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+const MAX_REQUEST_HEAD: usize = 4096;
 
-/// Binds `addr` (an error is reported at start) and serves on a background thread.
+/// Binds `addr` (an error is reported at start) and serves on a background thread with its
+/// own small event loop: a slow client holds only its own task, never the listener.
 pub fn start(
     addr: SocketAddr,
     snapshot: Arc<Snapshot>,
     cluster: Arc<Cluster>,
 ) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr)?;
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
     let started_at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis() as u64
         - now_ms();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("admin".into())
-        .spawn(move || accept_loop(&listener, &snapshot, &cluster, started_at))?;
-    Ok(())
+        .spawn(move || {
+            let runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .enable_timer()
+                .build();
+            let mut runtime = match runtime {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => {
+                        let _ = ready_tx.send(Ok(()));
+                        accept_loop(listener, snapshot, cluster, started_at).await
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            })
+        })?;
+    ready_rx
+        .recv()
+        .unwrap_or_else(|_| Err(std::io::Error::other("admin thread exited at start")))
 }
 
-fn accept_loop(
-    listener: &TcpListener,
-    snapshot: &Arc<Snapshot>,
-    cluster: &Arc<Cluster>,
+async fn accept_loop(
+    listener: TcpListener,
+    snapshot: Arc<Snapshot>,
+    cluster: Arc<Cluster>,
     epoch_ms: u64,
 ) {
-    let active = Arc::new(AtomicUsize::new(0));
+    let active = Rc::new(Cell::new(0usize));
     loop {
-        let mut stream = match listener.accept() {
+        let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(_) => {
                 // Out of fds (EMFILE) and the like: back off instead of spinning.
-                std::thread::sleep(Duration::from_millis(50));
+                monoio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        if active.fetch_add(1, AcqRel) >= MAX_ADMIN_CONNECTIONS {
-            active.fetch_sub(1, AcqRel);
-            let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
-            let _ = respond(&mut stream, 503, r#"{"error":"admin busy","status":503}"#);
-            continue;
+        if active.get() >= MAX_ADMIN_CONNECTIONS {
+            continue; // dropped: closed at once
         }
-        let (snapshot, cluster, done) = (snapshot.clone(), cluster.clone(), active.clone());
-        let spawned = std::thread::Builder::new()
-            .name("admin-conn".into())
-            .spawn(move || {
-                let _ = serve(stream, &snapshot, &cluster, epoch_ms);
-                done.fetch_sub(1, AcqRel);
-            });
-        if spawned.is_err() {
-            active.fetch_sub(1, AcqRel);
-        }
+        active.set(active.get() + 1);
+        let (snapshot, cluster, active) = (snapshot.clone(), cluster.clone(), active.clone());
+        monoio::spawn(async move {
+            let _ = monoio::time::timeout(
+                REQUEST_DEADLINE,
+                serve(stream, &snapshot, &cluster, epoch_ms),
+            )
+            .await;
+            active.set(active.get() - 1);
+        });
     }
 }
 
-fn serve(
+async fn serve(
     mut stream: TcpStream,
     snapshot: &Snapshot,
     cluster: &Cluster,
     epoch_ms: u64,
 ) -> std::io::Result<()> {
-    let deadline = Instant::now() + REQUEST_DEADLINE;
-    stream.set_write_timeout(Some(REQUEST_DEADLINE))?;
-    let mut buf = [0u8; 4096];
-    let mut len = 0;
-    while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-        // Each read gets what is left of the one deadline, not a fresh timeout.
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return respond(
-                &mut stream,
-                408,
-                r#"{"error":"request header read timed out","status":408}"#,
-            );
+    let mut buf = Vec::with_capacity(MAX_REQUEST_HEAD);
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        if buf.len() == MAX_REQUEST_HEAD {
+            let body = r#"{"error":"request header fields too large","status":431}"#;
+            return respond(&mut stream, 431, body).await;
         }
-        stream.set_read_timeout(Some(left))?;
-        if len == buf.len() {
-            return respond(
-                &mut stream,
-                431,
-                r#"{"error":"request header fields too large","status":431}"#,
-            );
-        }
-        let n = stream.read(&mut buf[len..])?;
-        if n == 0 {
+        let len = buf.len();
+        let (read, slice) = stream.read(buf.slice_mut(len..MAX_REQUEST_HEAD)).await;
+        buf = slice.into_inner();
+        if read? == 0 {
             return Ok(());
         }
-        len += n;
     }
-    let line = buf[..len].split(|&b| b == b'\r').next().unwrap_or(b"");
+    let line = buf.split(|&b| b == b'\r').next().unwrap_or(b"");
     let mut parts = line.split(|&b| b == b' ');
     let (method, path) = (parts.next().unwrap_or(b""), parts.next().unwrap_or(b""));
-    match (method, path) {
-        (b"GET", b"/healthz") => respond(&mut stream, 200, r#"{"status":"ok"}"#),
-        (b"GET", b"/readyz") => {
-            let alive = crate::shard::SHARDS_ALIVE.load(Relaxed);
-            let draining = crate::shard::DRAIN.load(Relaxed);
-            if alive == snapshot.workers && !draining {
-                respond(&mut stream, 200, r#"{"status":"ready"}"#)
-            } else {
-                let body = format!(
-                    r#"{{"status":"not ready","shards_alive":{alive},"workers":{},"draining":{draining}}}"#,
-                    snapshot.workers
-                );
-                respond(&mut stream, 503, &body)
-            }
-        }
-        (b"GET", b"/upstreams") => {
-            let body = upstreams_json(snapshot, cluster, epoch_ms);
-            respond(&mut stream, 200, &body)
-        }
-        (b"GET", _) => respond(&mut stream, 404, r#"{"error":"not found","status":404}"#),
-        _ => respond(
-            &mut stream,
+    let (status, body) = match (method, path) {
+        (b"GET", b"/healthz") => (200, r#"{"status":"ok"}"#.to_string()),
+        (b"GET", b"/readyz") => readyz(snapshot),
+        (b"GET", b"/upstreams") => (200, upstreams_json(snapshot, cluster, epoch_ms)),
+        (b"GET", _) => (404, r#"{"error":"not found","status":404}"#.to_string()),
+        _ => (
             405,
-            r#"{"error":"method not allowed","status":405}"#,
+            r#"{"error":"method not allowed","status":405}"#.to_string(),
         ),
+    };
+    respond(&mut stream, status, &body).await
+}
+
+/// 200 while every shard serves and the gateway is not draining, else 503 with why.
+fn readyz(snapshot: &Snapshot) -> (u16, String) {
+    let alive = crate::shard::SHARDS_ALIVE.load(Relaxed);
+    let draining = crate::shard::DRAIN.load(Relaxed);
+    if alive == snapshot.workers && !draining {
+        (200, r#"{"status":"ready"}"#.to_string())
+    } else {
+        let body = format!(
+            r#"{{"status":"not ready","shards_alive":{alive},"workers":{},"draining":{draining}}}"#,
+            snapshot.workers
+        );
+        (503, body)
     }
 }
 
-fn respond(stream: &mut TcpStream, status: u16, body: &str) -> std::io::Result<()> {
-    let reason = crate::http::reason_phrase(status);
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+async fn respond(stream: &mut TcpStream, status: u16, body: &str) -> std::io::Result<()> {
+    let mut message = format!(
+        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        crate::http::reason_phrase(status),
         body.len()
     );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())
+    message.push_str(body);
+    stream.write_all(message.into_bytes()).await.0.map(|_| ())
 }
 
 /// `{"upstreams":[{"name":…,"balance":…,"targets":[{"addr":…,"shards":[{…}]}]}]}`

@@ -1,12 +1,13 @@
 //! Streaming one message body from a buffered reader to a writer through bounded buffers,
 //! in any of the framings, optionally re-chunking it. Every read and write is bounded by a
-//! timeout so a stalled peer cannot hold a connection forever.
+//! deadline (one watchdog timer per body) so a stalled peer cannot hold a connection forever.
 
 use super::Framing;
 use super::chunked::{ChunkedDecoder, LAST_CHUNK, write_chunk_header};
 use super::io::{BufConn, ReadError, write_all_buf};
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::time::Instant;
+use std::cell::Cell;
 use std::time::Duration;
 
 #[derive(Clone, Copy)]
@@ -21,10 +22,70 @@ pub struct BodyLimits {
     pub read_deadline: Option<Instant>,
 }
 
-impl BodyLimits {
-    fn next_read_deadline(&self) -> Instant {
-        let per_read = Instant::now() + self.read_timeout;
-        self.read_deadline.map_or(per_read, |d| d.min(per_read))
+/// Per-operation deadlines for a whole body, with one timer: every read and write notes when
+/// it started, and a single watchdog wakes at the current operation's deadline (or sooner,
+/// to look again); so a body costs about one timer registration per shortest timeout of
+/// streaming, not one per read and per write.
+struct Watch {
+    started: Cell<Instant>,
+    writing: Cell<bool>,
+}
+
+impl Watch {
+    fn new() -> Self {
+        Watch {
+            started: Cell::new(Instant::now()),
+            writing: Cell::new(false),
+        }
+    }
+
+    fn begin(&self, writing: bool) {
+        self.started.set(Instant::now());
+        self.writing.set(writing);
+    }
+
+    async fn read<S: AsyncReadRent>(&self, src: &mut BufConn<S>) -> Result<usize, ReadError> {
+        self.begin(false);
+        src.fill().await
+    }
+
+    async fn write<F: std::future::Future<Output = std::io::Result<()>>>(
+        &self,
+        write: F,
+    ) -> Result<(), BodyError> {
+        self.begin(true);
+        write.await.map_err(|_| BodyError::DestinationIo)
+    }
+
+    /// Ends (with the error to report) when the running operation is past its deadline.
+    /// The operation running when it wakes is the current one (operations follow each other
+    /// with no await between them), and it never sleeps longer than the shortest timeout, so
+    /// an operation that starts while it sleeps, with an earlier deadline, is still caught
+    /// on time.
+    async fn expired(&self, limits: BodyLimits) -> BodyError {
+        let shortest = limits.read_timeout.min(limits.write_timeout);
+        loop {
+            let started = self.started.get();
+            let (deadline, error) = if self.writing.get() {
+                (
+                    started + limits.write_timeout,
+                    BodyError::DestinationTimedOut,
+                )
+            } else {
+                let per_read = started + limits.read_timeout;
+                let deadline = limits.read_deadline.map_or(per_read, |d| d.min(per_read));
+                (deadline, BodyError::SourceTimedOut)
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                return error;
+            }
+            let mut wake = deadline.min(now + shortest);
+            if let Some(total) = limits.read_deadline {
+                wake = wake.min(total);
+            }
+            monoio::time::sleep_until(wake).await;
+        }
     }
 }
 
@@ -63,11 +124,23 @@ where
     S: AsyncReadRent,
     W: AsyncWriteRent,
 {
-    match framing {
-        Framing::None => Ok(()),
-        Framing::Length(n) => stream_length(src, dst, n, limits).await,
-        Framing::Chunked => stream_chunked(src, dst, rechunk, limits, scratch).await,
-        Framing::UntilClose => stream_until_close(src, dst, rechunk, limits, scratch).await,
+    if framing == Framing::None {
+        return Ok(());
+    }
+    let watch = Watch::new();
+    let streaming = async {
+        match framing {
+            Framing::None => Ok(()),
+            Framing::Length(n) => stream_length(src, dst, n, &watch).await,
+            Framing::Chunked => stream_chunked(src, dst, rechunk, limits, scratch, &watch).await,
+            Framing::UntilClose => stream_until_close(src, dst, rechunk, scratch, &watch).await,
+        }
+    };
+    // A timed-out operation is dropped mid-way; its connection is then `lost_bytes()` and
+    // closed by the caller, as after any body error.
+    monoio::select! {
+        streamed = streaming => streamed,
+        error = watch.expired(limits) => Err(error),
     }
 }
 
@@ -75,7 +148,7 @@ async fn stream_length<S, W>(
     src: &mut BufConn<S>,
     dst: &mut W,
     len: u64,
-    limits: BodyLimits,
+    watch: &Watch,
 ) -> Result<(), BodyError>
 where
     S: AsyncReadRent,
@@ -84,10 +157,10 @@ where
     let mut remaining = len;
     while remaining > 0 {
         if src.buffered().is_empty() {
-            src.fill_until(limits.next_read_deadline()).await?;
+            watch.read(src).await?;
         }
         let take = (src.buffered().len() as u64).min(remaining) as usize;
-        timed(limits, src.forward_buffered(take, dst)).await?;
+        watch.write(src.forward_buffered(take, dst)).await?;
         remaining -= take as u64;
     }
     Ok(())
@@ -99,6 +172,7 @@ async fn stream_chunked<S, W>(
     rechunk: bool,
     limits: BodyLimits,
     scratch: &mut Vec<u8>,
+    watch: &Watch,
 ) -> Result<(), BodyError>
 where
     S: AsyncReadRent,
@@ -136,12 +210,12 @@ where
             scratch.extend_from_slice(LAST_CHUNK);
         }
         if !scratch.is_empty() {
-            write_scratch(dst, scratch, limits).await?;
+            write_scratch(dst, scratch, watch).await?;
         }
         if decoder.is_done() {
             return Ok(());
         }
-        src.fill_until(limits.next_read_deadline()).await?;
+        watch.read(src).await?;
     }
 }
 
@@ -149,8 +223,8 @@ async fn stream_until_close<S, W>(
     src: &mut BufConn<S>,
     dst: &mut W,
     rechunk: bool,
-    limits: BodyLimits,
     scratch: &mut Vec<u8>,
+    watch: &Watch,
 ) -> Result<(), BodyError>
 where
     S: AsyncReadRent,
@@ -165,13 +239,13 @@ where
                 scratch.extend_from_slice(b"\r\n");
                 let n = src.buffered().len();
                 src.consume(n);
-                write_scratch(dst, scratch, limits).await?;
+                write_scratch(dst, scratch, watch).await?;
             } else {
                 let n = src.buffered().len();
-                timed(limits, src.forward_buffered(n, dst)).await?;
+                watch.write(src.forward_buffered(n, dst)).await?;
             }
         }
-        match src.fill_until(limits.next_read_deadline()).await {
+        match watch.read(src).await {
             Ok(_) => {}
             Err(ReadError::Closed) => break,
             Err(e) => return Err(e.into()),
@@ -180,32 +254,20 @@ where
     if rechunk {
         scratch.clear();
         scratch.extend_from_slice(LAST_CHUNK);
-        write_scratch(dst, scratch, limits).await?;
+        write_scratch(dst, scratch, watch).await?;
     }
     Ok(())
-}
-
-/// A write that must finish within `write_timeout` (a peer that stops reading is cut off).
-async fn timed<F: std::future::Future<Output = std::io::Result<()>>>(
-    limits: BodyLimits,
-    write: F,
-) -> Result<(), BodyError> {
-    match monoio::time::timeout(limits.write_timeout, write).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(BodyError::DestinationIo),
-        Err(_) => Err(BodyError::DestinationTimedOut),
-    }
 }
 
 async fn write_scratch<W: AsyncWriteRent>(
     dst: &mut W,
     scratch: &mut Vec<u8>,
-    limits: BodyLimits,
+    watch: &Watch,
 ) -> Result<(), BodyError> {
     let write = async {
         let (written, returned) = write_all_buf(dst, std::mem::take(scratch)).await;
         *scratch = returned;
         written
     };
-    timed(limits, write).await
+    watch.write(write).await
 }

@@ -84,7 +84,9 @@ pub enum Known {
     /// Set by the gateway from a verified client certificate; a client's own is dropped.
     ClientCertSubject,
     /// `Forwarded` and `X-Forwarded-*` fields the gateway does not set (`-Port`, `-Prefix`,
-    /// …): claims about the path a request took that only a trusted hop may make.
+    /// …), other client-address claims (`True-Client-IP`, …) and rewrite or method overrides
+    /// (`X-Original-URL`, `X-HTTP-Method-Override`, …) that origins may act on behind the
+    /// gateway's routing: claims only a trusted hop may make.
     ForwardingClaim,
     /// A name with `_`: CGI-style origins fold `Content_Length` onto `Content-Length`.
     Underscored,
@@ -211,10 +213,57 @@ fn classify(name: &[u8]) -> Known {
         17 if eq("transfer-encoding") => Known::TransferEncoding,
         17 if eq("x-forwarded-proto") => Known::XForwardedProto,
         21 if eq("x-client-cert-subject") => Known::ClientCertSubject,
-        9 if eq("forwarded") => Known::ForwardingClaim,
+        9 if eq("forwarded") || eq("client-ip") => Known::ForwardingClaim,
+        11 if eq("x-forwarded") => Known::ForwardingClaim,
+        13 if eq("x-rewrite-url") || eq("x-http-method") => Known::ForwardingClaim,
+        14 if eq("x-original-url") || eq("true-client-ip") => Known::ForwardingClaim,
+        17 if eq("x-method-override") => Known::ForwardingClaim,
+        19 if eq("x-cluster-client-ip") => Known::ForwardingClaim,
+        22 if eq("x-http-method-override") => Known::ForwardingClaim,
         n if n > 12 && name[..12].eq_ignore_ascii_case(b"x-forwarded-") => Known::ForwardingClaim,
         _ if name.contains(&b'_') => Known::Underscored,
         _ => Known::Other,
+    }
+}
+
+/// RFC 3986 `host [":" port]`, strictly: a name of letters, digits, `-` and `_` in non-empty
+/// dot-separated labels (one trailing dot allowed; IPv4 addresses are such names), at most
+/// 253 bytes, or an `[IPv6]` literal; a port of 1 to 5 digits. Anything looser (`a.com?`,
+/// `a%2ecom`, `a..com`, `a:80:80`) is read differently by different origins, which turns a
+/// host-scoped route into a suggestion.
+pub fn is_valid_authority(v: &[u8]) -> bool {
+    let (host_end, ok) = if v.first() == Some(&b'[') {
+        match v.iter().position(|&b| b == b']') {
+            Some(end) => {
+                let inner = &v[1..end];
+                let ok = !inner.is_empty()
+                    && inner
+                        .iter()
+                        .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+                (end + 1, ok)
+            }
+            None => (v.len(), false),
+        }
+    } else {
+        let end = v.iter().position(|&b| b == b':').unwrap_or(v.len());
+        let name = &v[..end];
+        let name = name.strip_suffix(b".").unwrap_or(name);
+        let ok = !name.is_empty()
+            && name.len() <= 253
+            && name.split(|&b| b == b'.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .iter()
+                        .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        (end, ok)
+    };
+    ok && match &v[host_end..] {
+        [] => true,
+        [b':', digits @ ..] => {
+            (1..=5).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit)
+        }
+        _ => false,
     }
 }
 
@@ -280,8 +329,12 @@ fn is_dot_segment(segment: &[u8]) -> bool {
 pub enum PathError {
     /// `%` not followed by two hex digits.
     BadEscape,
-    /// `%2F`, `%5C` or `;` while they are refused: origins disagree on what they mean.
+    /// `%2F`, `%5C` or `;` (also `%3B`) while they are refused: origins disagree on what
+    /// they mean.
     AmbiguousSegment,
+    /// An encoded control character (`%00`-`%1F`, `%7F`) or a byte that never starts valid
+    /// UTF-8 (`%C0`, `%C1`, `%F5`-`%FF`: overlong or out-of-range forms origins may fold).
+    ForbiddenByte,
 }
 
 fn hex_value(b: u8) -> Option<u8> {
@@ -314,11 +367,14 @@ pub fn normalize_path(path: &mut [u8], keep_escaped_slashes: bool) -> Result<usi
                     return Err(PathError::BadEscape);
                 };
                 let decoded = hi << 4 | lo;
+                if decoded < 0x20 || decoded == 0x7f || matches!(decoded, 0xc0 | 0xc1 | 0xf5..) {
+                    return Err(PathError::ForbiddenByte);
+                }
                 if is_unreserved(decoded) {
                     path[write] = decoded;
                     write += 1;
                 } else {
-                    if (decoded == b'/' || decoded == b'\\') && !keep_escaped_slashes {
+                    if matches!(decoded, b'/' | b'\\' | b';') && !keep_escaped_slashes {
                         return Err(PathError::AmbiguousSegment);
                     }
                     const HEX: &[u8; 16] = b"0123456789ABCDEF";
@@ -561,7 +617,7 @@ impl RequestHead {
                 .iter()
                 .position(|&b| b == b'/' || b == b'?')
                 .unwrap_or(after.len());
-            if auth_len == 0 || after[..auth_len].contains(&b'@') {
+            if !is_valid_authority(&after[..auth_len]) {
                 return Err(HeadError::Malformed("invalid authority in request-target"));
             }
             let start = self.target.start + rest;
@@ -628,15 +684,19 @@ impl RequestHead {
                     if self.host.is_some() {
                         return Err(HeadError::Malformed("multiple Host fields"));
                     }
-                    if value
-                        .iter()
-                        .any(|&b| b == b' ' || b == b'\t' || b == b'/' || b == b'@')
-                    {
+                    // Empty is allowed (RFC 9112 §3.2: a target without an authority).
+                    if !value.is_empty() && !is_valid_authority(value) {
                         return Err(HeadError::Malformed("invalid Host"));
                     }
                     self.host = Some(field.value.clone());
                 }
-                Known::Upgrade => has_upgrade = true,
+                Known::Upgrade => {
+                    // Two fields would let an allow-list check one and the origin read both.
+                    if has_upgrade {
+                        return Err(HeadError::Malformed("multiple Upgrade fields"));
+                    }
+                    has_upgrade = true;
+                }
                 Known::XRequestId if self.request_id.is_none() && is_valid_request_id(value) => {
                     self.request_id = Some(field.value.clone());
                 }
@@ -857,6 +917,7 @@ impl ResponseHead {
         let mut chunked = false;
         let mut close = false;
         let mut keep_alive_token = false;
+        let mut saw_upgrade = false;
         self.connection_names.clear();
         for (field, &kind) in self.fields.iter().zip(&self.kinds) {
             let value = &buf[field.value.clone()];
@@ -868,6 +929,12 @@ impl ResponseHead {
                         return Err(BadResponse("conflicting Content-Length fields"));
                     }
                     content_length = Some(n);
+                }
+                Known::Upgrade => {
+                    if saw_upgrade {
+                        return Err(BadResponse("multiple Upgrade fields"));
+                    }
+                    saw_upgrade = true;
                 }
                 Known::TransferEncoding => {
                     if saw_te {
@@ -1065,6 +1132,24 @@ mod tests {
         for bad in ["/%", "/%4", "/%zz"] {
             assert_eq!(normalized(bad, false), Err(PathError::BadEscape), "{bad}");
         }
+        assert_eq!(
+            normalized("/admin%3B", false),
+            Err(PathError::AmbiguousSegment)
+        );
+        for bad in [
+            "/admin%00",
+            "/a%09",
+            "/a%7f",
+            "/%C0%AFadmin",
+            "/%c1",
+            "/%ff",
+        ] {
+            assert_eq!(
+                normalized(bad, false),
+                Err(PathError::ForbiddenByte),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
@@ -1099,7 +1184,67 @@ mod tests {
     }
 
     #[test]
+    fn authorities_are_strict() {
+        for good in [
+            "a",
+            "example.com",
+            "Example.COM.",
+            "a-b_c.d:8080",
+            "127.0.0.1",
+            "[::1]",
+            "[::1]:80",
+            "x:1",
+        ] {
+            assert!(is_valid_authority(good.as_bytes()), "{good}");
+        }
+        let long = format!("{}.admin.example.com", "a".repeat(250));
+        for bad in [
+            "",
+            "a.com?",
+            "a.com#",
+            "a.com\\x",
+            "a.com,x",
+            "a.com;",
+            "a%2ecom",
+            "a..com",
+            "a.com..",
+            "a:80:80",
+            "x:a.com",
+            "[::1]a.com",
+            "a:",
+            "a:123456",
+            "[]",
+            "[::1",
+            ".",
+            "é.com",
+            long.as_str(),
+        ] {
+            assert!(!is_valid_authority(bad.as_bytes()), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_second_upgrade_field_is_refused() {
+        let raw = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\nUpgrade: h2c\r\n\r\n";
+        assert_eq!(rejected(raw), 400);
+    }
+
+    #[test]
     fn forwarding_claims_and_underscores_are_classified() {
+        for claim in [
+            "X-Original-URL",
+            "x-rewrite-url",
+            "X-Forwarded",
+            "True-Client-IP",
+            "client-ip",
+            "X-HTTP-Method-Override",
+        ] {
+            assert_eq!(
+                classify(claim.as_bytes()),
+                Known::ForwardingClaim,
+                "{claim}"
+            );
+        }
         assert_eq!(classify(b"Forwarded"), Known::ForwardingClaim);
         assert_eq!(classify(b"X-Forwarded-Port"), Known::ForwardingClaim);
         assert_eq!(classify(b"x-forwarded-prefix"), Known::ForwardingClaim);
