@@ -435,6 +435,7 @@ fn early_answered_upstream_connection_is_never_pooled() {
         .heads()
         .into_iter()
         .filter(|h| h.contains("VICTIM-SECRET") && !h.starts_with("GET /victim"))
+        .map(|h| format!("{} … ({} bytes)", &h[..h.len().min(60)], h.len()))
         .collect();
     assert!(absorbed.is_empty(), "victim absorbed: {absorbed:?}");
     assert_eq!(
