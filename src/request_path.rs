@@ -383,14 +383,20 @@ async fn read_request_head(
         }
     }
     let deadline = Instant::now() + c.limits.header_read_timeout;
-    let mut scan = HeadScan::default();
+    // The first look parses at once (a head usually arrives whole); after a partial one,
+    // the full parse waits until a scan of only the new bytes finds the blank line, so a
+    // head dribbled byte by byte costs one pass, not one per byte.
+    let mut scan: Option<HeadScan> = None;
     loop {
         if !c.reader.buffered().is_empty() {
             let buf = c.reader.buffered();
-            let parsed = match scan.check(buf, &limits) {
-                Ok(true) => c.head.parse(buf, &limits),
-                other => other,
+            let parsed = match scan.as_mut().map(|s| s.check(buf, &limits)) {
+                None | Some(Ok(true)) => c.head.parse(buf, &limits),
+                Some(other) => other,
             };
+            if scan.is_none() {
+                scan = Some(HeadScan::default());
+            }
             match parsed {
                 Ok(true) => return normalize_request_path(shard, c),
                 Ok(false) => {}

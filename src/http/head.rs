@@ -448,29 +448,45 @@ fn shrink<T>(v: &mut Vec<T>) {
     }
 }
 
+/// Heap bytes of a head's index (fields, their kinds, `Connection` names).
+fn index_footprint(fields: &Vec<Field>, kinds: &Vec<Known>, names: &Vec<Range<usize>>) -> usize {
+    footprint(fields) + footprint(kinds) + footprint(names)
+}
+
+/// Gives back memory a large head made its index grow to (between messages only).
+fn shrink_index(fields: &mut Vec<Field>, kinds: &mut Vec<Known>, names: &mut Vec<Range<usize>>) {
+    shrink(fields);
+    shrink(kinds);
+    shrink(names);
+}
+
+/// The value of the first `Upgrade` field.
+fn upgrade_field<'b>(fields: &[Field], kinds: &[Known], buf: &'b [u8]) -> Option<&'b [u8]> {
+    fields
+        .iter()
+        .zip(kinds)
+        .find(|(_, k)| **k == Known::Upgrade)
+        .map(|(f, _)| &buf[f.value.clone()])
+}
+
 impl RequestHead {
-    /// Heap bytes the head's index holds.
     pub fn footprint(&self) -> usize {
-        footprint(&self.fields) + footprint(&self.kinds) + footprint(&self.connection_names)
+        index_footprint(&self.fields, &self.kinds, &self.connection_names)
     }
 
-    /// Gives back memory a large head made the index grow to (between requests only).
     pub fn shrink(&mut self) {
-        shrink(&mut self.fields);
-        shrink(&mut self.kinds);
-        shrink(&mut self.connection_names);
+        shrink_index(
+            &mut self.fields,
+            &mut self.kinds,
+            &mut self.connection_names,
+        );
     }
 
     /// The `Upgrade` field's value, if the request asked to upgrade (`Connection: upgrade`).
     pub fn upgrade_offer<'b>(&self, buf: &'b [u8]) -> Option<&'b [u8]> {
-        if !self.upgrade {
-            return None;
-        }
-        self.fields
-            .iter()
-            .zip(&self.kinds)
-            .find(|(_, k)| **k == Known::Upgrade)
-            .map(|(f, _)| &buf[f.value.clone()])
+        self.upgrade
+            .then(|| upgrade_field(&self.fields, &self.kinds, buf))
+            .flatten()
     }
 
     /// Normalises the path in `buf` (see [`normalize_path`]) and shrinks its range.
@@ -833,22 +849,20 @@ pub struct BadResponse(pub &'static str);
 
 impl ResponseHead {
     pub fn footprint(&self) -> usize {
-        footprint(&self.fields) + footprint(&self.kinds) + footprint(&self.connection_names)
+        index_footprint(&self.fields, &self.kinds, &self.connection_names)
     }
 
     pub fn shrink(&mut self) {
-        shrink(&mut self.fields);
-        shrink(&mut self.kinds);
-        shrink(&mut self.connection_names);
+        shrink_index(
+            &mut self.fields,
+            &mut self.kinds,
+            &mut self.connection_names,
+        );
     }
 
     /// The `Upgrade` field's value, if any.
     pub fn upgrade<'b>(&self, buf: &'b [u8]) -> Option<&'b [u8]> {
-        self.fields
-            .iter()
-            .zip(&self.kinds)
-            .find(|(_, k)| **k == Known::Upgrade)
-            .map(|(f, _)| &buf[f.value.clone()])
+        upgrade_field(&self.fields, &self.kinds, buf)
     }
 
     pub fn is_connection_named(&self, buf: &[u8], lower_name: &[u8]) -> bool {
