@@ -462,10 +462,12 @@ async fn wait_for_next_request(
     guard.park(Instant::now() + c.limits.idle_timeout);
     let ready = c.reader.io.readable().await;
     guard.unpark();
-    c.reader.restore_buffer(shard.bufs.take(read_capacity));
-    c.down.out = shard.bufs.take(OUT_BUF);
-    c.reader.io.unpark_buffers(&shard.bufs);
+    // Taken back in the reverse order they were given: the pool is a stack, so each take
+    // finds the buffer of the size it needs (not a smaller one to free and replace).
     c.down.writer.unpark_buffers(&shard.bufs);
+    c.reader.io.unpark_buffers(&shard.bufs);
+    c.down.out = shard.bufs.take(OUT_BUF);
+    c.reader.restore_buffer(shard.bufs.take(read_capacity));
     ready.map_err(|_| HeadStop::Quiet)
 }
 
