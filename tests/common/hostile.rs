@@ -185,46 +185,33 @@ pub const TCP_CLOSE_WAIT: u8 = 0x08;
 /// gateway's listen port, remote = the client's local port. That shows a close even while a
 /// client that never reads has a zero window, when the FIN cannot reach it yet.
 pub fn tcp_state(local_port: u16, remote_port: u16) -> Option<u8> {
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-    for line in table.lines().skip(1) {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        if cols.len() < 4 {
-            continue;
-        }
-        let port = |col: &str| {
-            col.rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok())
-        };
-        if port(cols[1]) == Some(local_port) && port(cols[2]) == Some(remote_port) {
-            return u8::from_str_radix(cols[3], 16).ok();
-        }
-    }
-    None
+    let cols = proc_net_tcp_row(local_port, remote_port)?;
+    u8::from_str_radix(cols.get(3)?, 16).ok()
 }
 
 /// The `(tx_queue, rx_queue)` byte counts of the socket found like [`tcp_state`].
 pub fn tcp_queues(local_port: u16, remote_port: u16) -> Option<(u64, u64)> {
+    let cols = proc_net_tcp_row(local_port, remote_port)?;
+    let (tx, rx) = cols.get(4)?.split_once(':')?;
+    Some((
+        u64::from_str_radix(tx, 16).ok()?,
+        u64::from_str_radix(rx, 16).ok()?,
+    ))
+}
+
+/// The columns of the `/proc/net/tcp` row with this local and remote port.
+fn proc_net_tcp_row(local_port: u16, remote_port: u16) -> Option<Vec<String>> {
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-    for line in table.lines().skip(1) {
+    let port = |col: &str| {
+        col.rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    table.lines().skip(1).find_map(|line| {
         let cols: Vec<&str> = line.split_whitespace().collect();
-        if cols.len() < 5 {
-            continue;
-        }
-        let port = |col: &str| {
-            col.rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok())
-        };
-        if port(cols[1]) == Some(local_port) && port(cols[2]) == Some(remote_port) {
-            let (tx, rx) = cols[4].split_once(':')?;
-            return Some((
-                u64::from_str_radix(tx, 16).ok()?,
-                u64::from_str_radix(rx, 16).ok()?,
-            ));
-        }
-    }
-    None
+        (cols.len() >= 5 && port(cols[1]) == Some(local_port) && port(cols[2]) == Some(remote_port))
+            .then(|| cols.iter().map(|c| c.to_string()).collect())
+    })
 }
 
 /// Whether the gateway side of client connection `client` (to gateway port `gw_port`) is
