@@ -846,3 +846,82 @@ fn l6_http10_expect_100_continue_gets_no_interim_response() {
     assert_eq!(status_of(&all), 200, "{all:?}");
     assert!(all.ends_with("hello"), "{all:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Admin token
+
+fn admin_exchange(admin: SocketAddr, raw: &str) -> Response {
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(raw.as_bytes()).unwrap();
+    ResponseReader::default().read(&mut s, false)
+}
+
+#[test]
+fn admin_post_needs_the_bearer_token_and_get_on_loopback_does_not() {
+    let dir = temp_dir("admin-token");
+    std::fs::write(dir.join("admin.token"), "tok-7f3a9c1e\n").unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let gw = Gateway::start(&format!(
+        "[server]\nworkers = 1\n\n[admin]\nbind = \"{admin}\"\ntoken = \"file:{}\"\n\n[[listeners]]\nname = \"main\"\nbind = \"{{listen}}\"\n\n{HELLO_ROUTE}",
+        dir.join("admin.token").display()
+    ));
+    assert!(
+        wait_for_port(admin, Duration::from_secs(10)),
+        "{}",
+        gw.proc.stderr()
+    );
+    let get = admin_exchange(admin, "GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(get.status, 200, "GET on a loopback admin needs no token");
+    for authorization in [
+        "",
+        "Authorization: Bearer wrong\r\n",
+        "Authorization: Basic dG9r\r\n",
+    ] {
+        let r = admin_exchange(
+            admin,
+            &format!(
+                "POST /reload HTTP/1.1\r\nHost: a\r\n{authorization}Content-Length: 0\r\n\r\n"
+            ),
+        );
+        assert_eq!(r.status, 401, "{authorization:?}: {}", r.head);
+        assert!(
+            r.header("www-authenticate")
+                .is_some_and(|v| v.starts_with("Bearer"))
+        );
+        assert!(!r.text().contains("tok-7f3a9c1e"));
+    }
+    // With the token the request gets past authentication (no POST endpoint exists yet).
+    let r = admin_exchange(
+        admin,
+        "POST /reload HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer tok-7f3a9c1e\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(r.status, 405, "{}", r.head);
+    assert!(
+        !gw.proc.stderr().contains("tok-7f3a9c1e"),
+        "the token reached a log line"
+    );
+}
+
+#[test]
+fn check_refuses_an_admin_beyond_loopback_without_a_token() {
+    let config = format!(
+        "[admin]\nbind = \"0.0.0.0:9901\"\n\n[[listeners]]\nname = \"main\"\nbind = \"127.0.0.1:0\"\n\n{HELLO_ROUTE}"
+    );
+    let (code, out, path) = check_config("admin-open.toml", &config);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains(path.to_str().unwrap()) && out.contains("admin.token"),
+        "{out}"
+    );
+    let with_token = config.replace(
+        "bind = \"0.0.0.0:9901\"\n",
+        "bind = \"0.0.0.0:9901\"\ntoken = \"env:RINGGATE_TEST_ADMIN_TOKEN_SURELY_UNSET\"\n",
+    );
+    let (code, out, _) = check_config("admin-token-unset.toml", &with_token);
+    assert_ne!(code, 0, "an unset token variable is a config error: {out}");
+    assert!(
+        out.contains("RINGGATE_TEST_ADMIN_TOKEN_SURELY_UNSET"),
+        "{out}"
+    );
+}

@@ -3,8 +3,9 @@
 //! its own thread with its own small event loop (epoll): a task per connection (at most
 //! [`MAX_ADMIN_CONNECTIONS`]), one request per connection, read and answered within
 //! [`REQUEST_DEADLINE`], so a slow client holds only its own task. It only reads the shards'
-//! atomic views and must not write shard state. Not authenticated: bind it to loopback or a
-//! private network.
+//! atomic views and must not write shard state. With `token`, POST endpoints (and every
+//! endpoint when it listens beyond loopback) need `Authorization: Bearer`, compared in
+//! constant time; keep it on loopback or a private network all the same.
 
 use crate::config::Snapshot;
 use crate::gossip::now_ms;
@@ -126,6 +127,10 @@ async fn serve(
     let line = buf.split(|&b| b == b'\r').next().unwrap_or(b"");
     let mut parts = line.split(|&b| b == b' ');
     let (method, path) = (parts.next().unwrap_or(b""), parts.next().unwrap_or(b""));
+    if !authorized(snapshot, method, &buf) {
+        let body = r#"{"error":"admin token required","status":401}"#;
+        return respond_with(&mut stream, 401, UNAUTHORIZED_HEADER, body).await;
+    }
     let (status, body) = match (method, path) {
         (b"GET", b"/healthz") => (200, r#"{"status":"ok"}"#.to_string()),
         (b"GET", b"/readyz") => readyz(snapshot),
@@ -154,9 +159,49 @@ fn readyz(snapshot: &Snapshot) -> (u16, String) {
     }
 }
 
+const UNAUTHORIZED_HEADER: &str = "www-authenticate: Bearer realm=\"ringgate-admin\"\r\n";
+
+/// With `[admin] token`, POST endpoints need it as `Authorization: Bearer`, and so does every
+/// endpoint when admin listens beyond loopback (`check` refuses that without a token).
+fn authorized(snapshot: &Snapshot, method: &[u8], head: &[u8]) -> bool {
+    let Some(token) = &snapshot.admin_token else {
+        return true;
+    };
+    let beyond_loopback = snapshot.admin.is_some_and(|a| !a.ip().is_loopback());
+    if method == b"GET" && !beyond_loopback {
+        return true;
+    }
+    bearer_token(head).is_some_and(|presented| token.matches(presented))
+}
+
+/// The token of an `Authorization: Bearer <token>` field in a request head.
+fn bearer_token(head: &[u8]) -> Option<&[u8]> {
+    head.split(|&b| b == b'\n').skip(1).find_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|&b| b == b':')?;
+        if !line[..colon].eq_ignore_ascii_case(b"authorization") {
+            return None;
+        }
+        let value = line[colon + 1..].trim_ascii();
+        let (scheme, token) = value.split_at(value.len().min(7));
+        scheme
+            .eq_ignore_ascii_case(b"bearer ")
+            .then(|| token.trim_ascii())
+    })
+}
+
 async fn respond(stream: &mut TcpStream, status: u16, body: &str) -> std::io::Result<()> {
+    respond_with(stream, status, "", body).await
+}
+
+async fn respond_with(
+    stream: &mut TcpStream,
+    status: u16,
+    extra_headers: &str,
+    body: &str,
+) -> std::io::Result<()> {
     let mut message = format!(
-        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra_headers}connection: close\r\n\r\n",
         crate::http::reason_phrase(status),
         body.len()
     );
@@ -257,6 +302,21 @@ fn rfc3339(unix_ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bearer_tokens_are_found_in_any_case() {
+        let head = b"POST /reload HTTP/1.1\r\nHost: a\r\nAUTHORIZATION:  bearer  abc123 \r\n\r\n";
+        assert_eq!(bearer_token(head), Some(&b"abc123"[..]));
+        assert_eq!(
+            bearer_token(b"GET / HTTP/1.1\r\nAuthorization: Basic eA==\r\n\r\n"),
+            None
+        );
+        assert_eq!(bearer_token(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"), None);
+        assert_eq!(
+            bearer_token(b"GET /?Authorization: Bearer x HTTP/1.1\r\n\r\n"),
+            None
+        );
+    }
 
     #[test]
     fn formats_rfc3339() {

@@ -10,6 +10,7 @@ mod source;
 mod units;
 mod validate;
 
+pub use secret::{Secret, constant_time_eq};
 pub use units::{ByteSize, ConfigDuration, parse_duration, parse_size};
 
 use serde::{Deserialize, Deserializer, de};
@@ -46,8 +47,12 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// `IP:PORT`; keep it on loopback or a private network: it is not authenticated.
+    /// `IP:PORT`; keep it on loopback or a private network.
     pub bind: String,
+    /// `"env:NAME"` or `"file:PATH"`: required as `Authorization: Bearer <token>` on POST
+    /// endpoints, and on every endpoint when `bind` is not a loopback address (where it is
+    /// then mandatory).
+    pub token: Option<String>,
 }
 
 /// `[server]`: process-wide settings.

@@ -2,7 +2,58 @@
 //! (relative paths resolve against the config file's folder). Only the reference is ever
 //! printed; the value stays in memory.
 
+use std::fmt;
 use std::path::Path;
+
+/// A secret value loaded from its reference. It never prints: `Debug` shows the reference
+/// only and `Display` shows `<redacted>`, so a secret cannot reach a log line or an error by
+/// accident.
+#[derive(Clone)]
+pub struct Secret {
+    reference: String,
+    value: Vec<u8>,
+}
+
+impl Secret {
+    /// Loads `reference` (`"env:NAME"` or `"file:PATH"`, relative to `base`).
+    pub fn load(reference: &str, base: &Path) -> Result<Secret, String> {
+        Ok(Secret {
+            reference: reference.to_string(),
+            value: resolve(reference, base)?,
+        })
+    }
+
+    /// Where the value came from (`env:NAME`), safe to show.
+    pub fn reference(&self) -> &str {
+        &self.reference
+    }
+
+    /// Whether `candidate` is the secret, in time that does not depend on where they differ.
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        constant_time_eq(&self.value, candidate)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "Secret({}, <redacted>)", self.reference)
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Byte equality whose time depends only on the lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
 
 /// The bytes a secret reference points at, or a message saying what was wrong (naming the
 /// reference, never the value).
@@ -66,6 +117,22 @@ mod tests {
         assert_ne!(a, keyed_id(b"key-b", b"10.0.0.1:80"));
         assert_ne!(a, keyed_id(b"key-a", b"10.0.0.2:80"));
         assert_eq!(a.len(), 32);
+    }
+
+    #[test]
+    fn secrets_never_print_their_value() {
+        let dir = std::env::temp_dir().join(format!("rg-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("token"), "s3cr3t-value\n").unwrap();
+        let secret = Secret::load("file:token", &dir).unwrap();
+        assert!(secret.matches(b"s3cr3t-value"));
+        assert!(!secret.matches(b"s3cr3t-valuX"));
+        assert!(!secret.matches(b"s3cr3t"));
+        for shown in [format!("{secret}"), format!("{secret:?}")] {
+            assert!(!shown.contains("s3cr3t"), "{shown}");
+        }
+        assert_eq!(secret.reference(), "file:token");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

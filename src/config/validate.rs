@@ -26,6 +26,8 @@ pub struct Snapshot {
     pub router: Router,
     pub gossip_interval: Duration,
     pub admin: Option<SocketAddr>,
+    /// `[admin] token`: the bearer token admin requests must carry (see `admin`).
+    pub admin_token: Option<super::Secret>,
     /// `[server] path_escaped_slashes = "keep"`: `%2F`, `%5C` and `;` pass through.
     pub keep_escaped_slashes: bool,
     /// Targets of all upstreams together (the gossip channel's slots).
@@ -346,6 +348,20 @@ pub fn compile(file: &Path, config: &Config, lines: &KeyLines) -> Result<Snapsho
             None
         }
     });
+    let admin_token = config.admin.as_ref().and_then(|a| {
+        let token = a.token.as_ref().and_then(|reference| {
+            super::Secret::load(reference, base)
+                .map_err(|e| c.problem("admin.token", e))
+                .ok()
+        });
+        if a.token.is_none() && admin.is_some_and(|addr: SocketAddr| !addr.ip().is_loopback()) {
+            c.problem(
+                "admin.token",
+                "required when admin.bind is not a loopback address (the admin API would be open to the network)",
+            );
+        }
+        token
+    });
     let listeners = compile_listeners(&mut c, config, base);
     let upstreams = compile_upstreams(&mut c, config, base);
     let (routes, keys) = compile_routes(&mut c, config, &upstreams);
@@ -374,6 +390,7 @@ pub fn compile(file: &Path, config: &Config, lines: &KeyLines) -> Result<Snapsho
             io_driver: config.server.io_driver,
             gossip_interval: config.server.gossip_interval.0,
             admin,
+            admin_token,
             keep_escaped_slashes: config.server.path_escaped_slashes == super::EscapedSlashes::Keep,
             total_targets: upstreams.iter().map(|u| u.targets.len()).sum(),
             listeners,
