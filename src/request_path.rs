@@ -9,14 +9,18 @@
 //!
 //! Each stage that can fail maps to one status with the JSON error body of DESIGN.md §6.
 
+mod reject;
+
+pub use reject::Reject;
+
 use crate::config::RetryOn;
 use crate::config::{CompiledTransform, EffectiveLimits, RouteAction, RouteSpec};
 use crate::config::{HashKey, UpstreamSpec, stable_hash};
 use crate::http::body::{BodyError, BodyLimits, stream_body};
-use crate::http::head::{HeadScan, PathError};
+use crate::http::head::HeadScan;
 use crate::http::io::{BufConn, ReadError, write_all_buf, write_all_within};
 use crate::http::{
-    Framing, HeadError, HeadLimits, Known, RequestHead, ResponseHead, Version, push_decimal,
+    Framing, HeadLimits, Known, RequestHead, ResponseHead, Version, push_decimal,
     push_error_response, push_header,
 };
 use crate::route::Match;
@@ -303,13 +307,14 @@ async fn exchange(shard: &Shard, guard: &ConnGuard, c: &mut Client) -> Next {
     match read_request_head(shard, guard, c).await {
         Ok(()) => {}
         Err(HeadStop::Quiet) => return Next::Close,
-        Err(HeadStop::Reject(status, message)) => {
+        Err(HeadStop::Reject(refusal)) => {
             let id = shard.ids.next_id();
-            return reject(c, status, message, &id, true, b"").await;
+            return reject(c, &refusal, &id, true).await;
         }
     }
     let mut ex = exchange_facts(shard, c);
     guard.set_request_id(ex.request_id());
+    c.down.extra.clear();
 
     // Stage 2: a plain listener told to redirect sends everything to HTTPS.
     if let Some(port) = shard.snapshot.listeners[c.listener].redirect_https {
@@ -320,15 +325,13 @@ async fn exchange(shard: &Shard, guard: &ConnGuard, c: &mut Client) -> Next {
     let (route_index, prefix_len) = match route(shard, c) {
         Ok(found) => found,
         Err(RouteMiss::NotFound) => {
-            return reject_with_body_pending(c, &ex, 404, "no route matched", b"").await;
+            return reject_with_body_pending(c, &ex, reject::NO_ROUTE).await;
         }
         Err(RouteMiss::MethodNotAllowed(allow)) => {
-            let mut extra = Vec::with_capacity(allow.len() + 9);
-            push_header(&mut extra, b"allow", allow.as_bytes());
-            return reject_with_body_pending(c, &ex, 405, "method not allowed", &extra).await;
+            return reject_with_body_pending(c, &ex, reject::method_not_allowed(&allow)).await;
         }
         Err(RouteMiss::BadPath) => {
-            return reject(c, 400, "invalid path", ex.request_id(), true, b"").await;
+            return reject(c, &reject::BAD_PATH, ex.request_id(), true).await;
         }
     };
     let route = &shard.snapshot.routes[route_index];
@@ -350,7 +353,7 @@ async fn exchange(shard: &Shard, guard: &ConnGuard, c: &mut Client) -> Next {
 enum HeadStop {
     /// The client went away or idled out between requests: close without a response.
     Quiet,
-    Reject(u16, &'static str),
+    Reject(Reject),
 }
 
 /// Waits up to `idle_timeout` for a request to start, then up to `header_read_timeout` for
@@ -400,20 +403,20 @@ async fn read_request_head(
             match parsed {
                 Ok(true) => return normalize_request_path(shard, c),
                 Ok(false) => {}
-                Err(e) => return Err(HeadStop::Reject(e.status(), head_error_message(e))),
+                Err(e) => return Err(HeadStop::Reject(e.into())),
             }
         }
         let started = !c.reader.buffered().is_empty();
         match c.reader.fill_until(deadline).await {
             Ok(_) => {}
             Err(ReadError::TimedOut) => {
-                return Err(HeadStop::Reject(408, "request header read timed out"));
+                return Err(HeadStop::Reject(reject::HEADER_TIMEOUT));
             }
             Err(ReadError::BufferFull) => {
-                return Err(HeadStop::Reject(431, "request header fields too large"));
+                return Err(HeadStop::Reject(reject::HEADERS_TOO_LARGE));
             }
             Err(ReadError::Closed) if started => {
-                return Err(HeadStop::Reject(400, "incomplete request head"));
+                return Err(HeadStop::Reject(reject::INCOMPLETE_HEAD));
             }
             Err(_) => return Err(HeadStop::Quiet),
         }
@@ -423,18 +426,9 @@ async fn read_request_head(
 /// Normalises the parsed path in place before anything looks at it (routing, forwarding).
 fn normalize_request_path(shard: &Shard, c: &mut Client) -> Result<(), HeadStop> {
     let keep = shard.snapshot.keep_escaped_slashes;
-    match c.head.normalize_path(c.reader.buffered_mut(), keep) {
-        Ok(()) => Ok(()),
-        Err(PathError::BadEscape) => Err(HeadStop::Reject(400, "invalid percent-encoding in path")),
-        Err(PathError::AmbiguousSegment) => Err(HeadStop::Reject(
-            400,
-            "encoded slash, backslash or ';' in path",
-        )),
-        Err(PathError::ForbiddenByte) => Err(HeadStop::Reject(
-            400,
-            "encoded control character or invalid UTF-8 byte in path",
-        )),
-    }
+    c.head
+        .normalize_path(c.reader.buffered_mut(), keep)
+        .map_err(|e| HeadStop::Reject(e.into()))
 }
 
 /// An idle keep-alive connection waits for readability without holding its buffers (they go
@@ -469,17 +463,6 @@ async fn wait_for_next_request(
     c.down.out = shard.bufs.take(OUT_BUF);
     c.reader.restore_buffer(shard.bufs.take(read_capacity));
     ready.map_err(|_| HeadStop::Quiet)
-}
-
-fn head_error_message(e: HeadError) -> &'static str {
-    match e {
-        HeadError::Malformed(m) => m,
-        HeadError::HeadersTooLarge => "request header fields too large",
-        HeadError::UriTooLong => "request-target too long",
-        HeadError::UnsupportedTransferCoding => "unsupported transfer coding",
-        HeadError::ExpectationFailed => "unsupported expectation",
-        HeadError::MethodNotImplemented => "method not implemented",
-    }
 }
 
 fn exchange_facts(shard: &Shard, c: &Client) -> Exchange {
@@ -577,18 +560,19 @@ fn split_host_port(raw: &[u8]) -> (&[u8], &[u8]) {
     (name.strip_suffix(b".").unwrap_or(name), port)
 }
 
-/// Sends a gateway error. `close` ends the connection afterwards.
-async fn reject(
-    c: &mut Client,
-    status: u16,
-    message: &str,
-    request_id: &[u8],
-    close: bool,
-    extra: &[u8],
-) -> Next {
+/// Sends a gateway answer: the one writer of every [`Reject`]. `close` ends the connection
+/// afterwards.
+async fn reject(c: &mut Client, refusal: &Reject, request_id: &[u8], close: bool) -> Next {
     let down = &mut c.down;
     down.out.clear();
-    push_error_response(&mut down.out, status, message, request_id, close, extra);
+    push_error_response(
+        &mut down.out,
+        refusal.status,
+        refusal.message,
+        request_id,
+        close,
+        &refusal.headers,
+    );
     let out = std::mem::take(&mut down.out);
     let (result, out) = write_all_within(&mut down.writer, out, c.limits.send_timeout).await;
     down.out = out;
@@ -632,18 +616,12 @@ async fn linger(c: &mut Client) {
 
 /// An error for a request whose body (if any) has not been read: the connection closes unless
 /// there is no body and the client wants keep-alive.
-async fn reject_with_body_pending(
-    c: &mut Client,
-    ex: &Exchange,
-    status: u16,
-    message: &str,
-    extra: &[u8],
-) -> Next {
+async fn reject_with_body_pending(c: &mut Client, ex: &Exchange, refusal: Reject) -> Next {
     let close = !ex.keep_alive || ex.framing != Framing::None;
     if !close {
         c.reader.consume(c.head.len);
     }
-    reject(c, status, message, ex.request_id(), close, extra).await
+    reject(c, &refusal, ex.request_id(), close).await
 }
 
 /// `308` to the same host (without its port) and target over HTTPS.
@@ -653,11 +631,12 @@ async fn redirect_to_https(c: &mut Client, ex: &Exchange, port: u16) -> Next {
     let mut host_buf = [0u8; 256];
     let host = request_host(c, &mut host_buf);
     if host.is_empty() {
-        return reject_with_body_pending(c, ex, 400, "missing host for the https redirect", b"")
-            .await;
+        const NO_HOST: Reject =
+            Reject::new(400, "bad_request", "missing host for the https redirect");
+        return reject_with_body_pending(c, ex, NO_HOST).await;
     }
-    let mut location = Vec::with_capacity(host.len() + head.path.len() + head.query.len() + 40);
-    location.extend_from_slice(b"location: https://");
+    let mut location = Vec::with_capacity(host.len() + head.path.len() + head.query.len() + 20);
+    location.extend_from_slice(b"https://");
     location.extend_from_slice(host.as_bytes());
     if port != 443 {
         location.push(b':');
@@ -665,8 +644,9 @@ async fn redirect_to_https(c: &mut Client, ex: &Exchange, port: u16) -> Next {
     }
     location.extend_from_slice(&buf[head.path.clone()]);
     location.extend_from_slice(&buf[head.query.clone()]);
-    location.extend_from_slice(b"\r\n");
-    reject_with_body_pending(c, ex, 308, "use https", &location).await
+    let redirect =
+        Reject::new(308, "redirect_https", "use https").with_header(b"location", &location);
+    reject_with_body_pending(c, ex, redirect).await
 }
 
 async fn direct_response(
@@ -719,7 +699,7 @@ enum UpstreamFailure {
     TimedOut,
     /// The client side failed while we streamed its body: no response is possible.
     ClientGone,
-    ClientBody(u16, &'static str),
+    ClientBody(Reject),
 }
 
 async fn proxy(
@@ -733,19 +713,18 @@ async fn proxy(
     if let Framing::Length(n) = ex.framing
         && n > c.limits.max_body_bytes
     {
-        return reject(c, 413, "request body too large", ex.request_id(), true, b"").await;
+        return reject(c, &reject::BODY_TOO_LARGE, ex.request_id(), true).await;
     }
     // Circuit breaking and target choice (healthy, not ejected) come before any work.
     if !shard.upstreams.has_capacity(upstream) {
-        let message = "upstream overloaded (max_requests in flight)";
-        return reject_with_body_pending(c, ex, 503, message, b"").await;
+        return reject_with_body_pending(c, ex, reject::UPSTREAM_OVERLOADED).await;
     }
     shard.upstreams.count_request(upstream);
     let affinity = affinity_of(&shard.snapshot.upstreams[upstream], c);
     let target = match shard.upstreams.pick(upstream, Tried::default(), &affinity) {
         Ok(t) => t,
         Err(_) => {
-            return reject_with_body_pending(c, ex, 503, "no healthy upstream target", b"").await;
+            return reject_with_body_pending(c, ex, reject::NO_HEALTHY_TARGET).await;
         }
     };
     // Transform the head (plus a small, fully buffered body) into `out`.
@@ -814,9 +793,9 @@ fn affinity_of(spec: &UpstreamSpec, c: &Client) -> Affinity {
 }
 
 /// With sticky sessions, a response from a target the client was not stuck to sets the
-/// cookie that sticks it there.
+/// cookie that sticks it there. Appends to the exchange's extra response lines (cleared once
+/// when the exchange starts), so a line an earlier stage added is kept.
 fn stick_to(spec: &UpstreamSpec, affinity: &Affinity, target: usize, down: &mut Downstream) {
-    down.extra.clear();
     if let Some(st) = &spec.sticky
         && affinity.sticky != Some(target)
     {
@@ -1209,11 +1188,9 @@ async fn streamed_exchange(
 fn client_body_failure(e: BodyError) -> UpstreamFailure {
     match e {
         BodyError::SourceClosed | BodyError::SourceIo => UpstreamFailure::ClientGone,
-        BodyError::SourceTimedOut => {
-            UpstreamFailure::ClientBody(408, "request body read timed out")
-        }
-        BodyError::Malformed => UpstreamFailure::ClientBody(400, "invalid chunked request body"),
-        BodyError::TooLarge => UpstreamFailure::ClientBody(413, "request body too large"),
+        BodyError::SourceTimedOut => UpstreamFailure::ClientBody(reject::BODY_TIMEOUT),
+        BodyError::Malformed => UpstreamFailure::ClientBody(reject::BAD_CHUNKED_BODY),
+        BodyError::TooLarge => UpstreamFailure::ClientBody(reject::BODY_TOO_LARGE),
         BodyError::DestinationIo => {
             UpstreamFailure::BadGateway("upstream stopped receiving the request")
         }
@@ -1288,21 +1265,39 @@ async fn fail_upstream(
     failure: UpstreamFailure,
     body_read: bool,
 ) -> Next {
-    let (status, message) = match failure {
-        UpstreamFailure::Connect(ConnectError::TimedOut) => (502, "upstream connect timed out"),
-        UpstreamFailure::Connect(ConnectError::Failed(_)) => (502, "upstream connect failed"),
-        UpstreamFailure::Connect(ConnectError::Tls(_)) => (502, "upstream TLS handshake failed"),
-        UpstreamFailure::Connect(ConnectError::Overloaded) => (
-            503,
-            "upstream overloaded (max_pending connections being opened)",
-        ),
-        UpstreamFailure::BadGateway(m) => (502, m),
-        UpstreamFailure::TimedOut => (504, "upstream response timed out"),
-        UpstreamFailure::ClientGone => return Next::Close,
-        UpstreamFailure::ClientBody(status, m) => (status, m),
+    let Some(refusal) = failure.into_reject() else {
+        return Next::Close;
     };
     let close = !ex.keep_alive || !body_read;
-    reject(c, status, message, ex.request_id(), close, b"").await
+    reject(c, &refusal, ex.request_id(), close).await
+}
+
+impl UpstreamFailure {
+    /// The answer the client gets; `None` when the client is gone and gets nothing.
+    fn into_reject(self) -> Option<Reject> {
+        Some(match self {
+            UpstreamFailure::Connect(ConnectError::TimedOut) => Reject::new(
+                502,
+                "upstream_connect_timeout",
+                "upstream connect timed out",
+            ),
+            UpstreamFailure::Connect(ConnectError::Failed(_)) => {
+                Reject::new(502, "upstream_connect_failed", "upstream connect failed")
+            }
+            UpstreamFailure::Connect(ConnectError::Tls(_)) => {
+                Reject::new(502, "upstream_tls_failed", "upstream TLS handshake failed")
+            }
+            UpstreamFailure::Connect(ConnectError::Overloaded) => Reject::new(
+                503,
+                "upstream_overloaded",
+                "upstream overloaded (max_pending connections being opened)",
+            ),
+            UpstreamFailure::BadGateway(m) => reject::bad_gateway(m),
+            UpstreamFailure::TimedOut => reject::UPSTREAM_TIMEOUT,
+            UpstreamFailure::ClientGone => return None,
+            UpstreamFailure::ClientBody(refusal) => refusal,
+        })
+    }
 }
 
 enum ResponseFailure {
