@@ -23,6 +23,7 @@ use crate::http::{
     Framing, HeadLimits, Known, RequestHead, ResponseHead, Version, push_decimal,
     push_error_response, push_header,
 };
+use crate::observe::ExchangeRecord;
 use crate::route::Match;
 use crate::shard::{ConnGuard, Shard};
 use crate::tls::{ConnRead, ConnWrite};
@@ -75,6 +76,8 @@ struct Downstream {
     scratch: Vec<u8>,
     /// Per-response header lines the gateway adds (a sticky cookie).
     extra: Vec<u8>,
+    /// What this exchange did, for the one exit ([`crate::observe::ShardStats::record`]).
+    record: ExchangeRecord,
 }
 
 /// Facts about the current request that outlive its head bytes in the read buffer.
@@ -150,6 +153,7 @@ pub async fn serve_connection(
             out: shard.bufs.take(OUT_BUF),
             scratch: state.down_scratch,
             extra: Vec::new(),
+            record: ExchangeRecord::default(),
         },
         up_scratch: state.up_scratch,
         peer_ip: PeerIp::new(peer.ip()),
@@ -161,7 +165,11 @@ pub async fn serve_connection(
         replace_x_forwarded_for: spec.replace_x_forwarded_for,
     };
     loop {
-        match exchange(&shard, &guard, &mut client).await {
+        let next = exchange(&shard, &guard, &mut client).await;
+        // The one exit: every exchange that read a request is recorded once, whatever
+        // happened to it.
+        shard.stats().record(&client.down.record);
+        match next {
             Next::KeepAlive => {}
             Next::Close => break,
             Next::Tunnel(upstream, limits) => {
@@ -303,11 +311,13 @@ impl PeerIp {
 
 /// One request and its response.
 async fn exchange(shard: &Shard, guard: &ConnGuard, c: &mut Client) -> Next {
+    c.down.record = ExchangeRecord::default();
     // Stage 1: read and strictly parse the request head.
     match read_request_head(shard, guard, c).await {
-        Ok(()) => {}
+        Ok(()) => c.down.record.begin(),
         Err(HeadStop::Quiet) => return Next::Close,
         Err(HeadStop::Reject(refusal)) => {
+            c.down.record.begin();
             let id = shard.ids.next_id();
             return reject(c, &refusal, &id, true).await;
         }
@@ -335,6 +345,7 @@ async fn exchange(shard: &Shard, guard: &ConnGuard, c: &mut Client) -> Next {
         }
     };
     let route = &shard.snapshot.routes[route_index];
+    c.down.record.route = Some(route_index);
     ex.upgrade = c
         .head
         .upgrade_offer(c.reader.buffered())
@@ -564,6 +575,8 @@ fn split_host_port(raw: &[u8]) -> (&[u8], &[u8]) {
 /// afterwards.
 async fn reject(c: &mut Client, refusal: &Reject, request_id: &[u8], close: bool) -> Next {
     let down = &mut c.down;
+    down.record.status = refusal.status;
+    down.record.reject_kind = Some(refusal.kind);
     down.out.clear();
     push_error_response(
         &mut down.out,
@@ -659,6 +672,7 @@ async fn direct_response(
 ) -> Next {
     let close = !ex.keep_alive || ex.framing != Framing::None;
     c.reader.consume(c.head.len);
+    c.down.record.status = status;
     let out = &mut c.down.out;
     out.clear();
     crate::http::push_status_line(out, status);
@@ -720,6 +734,7 @@ async fn proxy(
         return reject_with_body_pending(c, ex, reject::UPSTREAM_OVERLOADED).await;
     }
     shard.upstreams.count_request(upstream);
+    c.down.record.upstream = Some(upstream);
     let affinity = affinity_of(&shard.snapshot.upstreams[upstream], c);
     let target = match shard.upstreams.pick(upstream, Tried::default(), &affinity) {
         Ok(t) => t,
@@ -756,6 +771,7 @@ async fn proxy(
     }
     match send_replayable(shard, c, ex, route, upstream, target, &affinity, out).await {
         Ok((mut up, target, flight)) => {
+            c.down.record.target = Some(target);
             stick_to(
                 &shard.snapshot.upstreams[upstream],
                 &affinity,
@@ -1047,6 +1063,7 @@ async fn streamed_exchange(
     };
     let mut flight = shard.upstreams.begin(upstream, target);
     let started = Instant::now();
+    c.down.record.target = Some(target);
     stick_to(
         &shard.snapshot.upstreams[upstream],
         affinity,
@@ -1414,6 +1431,7 @@ async fn relay_response(
     if written.is_err() {
         return Relayed::Broken;
     }
+    down.record.status = down.resp.status;
     if upgraded {
         return Relayed::Upgraded;
     }

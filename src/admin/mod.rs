@@ -135,6 +135,7 @@ async fn serve(
         (b"GET", b"/healthz") => (200, r#"{"status":"ok"}"#.to_string()),
         (b"GET", b"/readyz") => readyz(snapshot),
         (b"GET", b"/upstreams") => (200, upstreams_json(snapshot, cluster, epoch_ms)),
+        (b"GET", b"/shards") => (200, shards_json(cluster)),
         (b"GET", _) => (404, r#"{"error":"not found","status":404}"#.to_string()),
         _ => (
             405,
@@ -207,6 +208,17 @@ async fn respond_with(
     );
     message.push_str(body);
     stream.write_all(message.into_bytes()).await.0.map(|_| ())
+}
+
+/// `{"shards":[{"shard":0,"driver":"io_uring","open_connections":…,"exchanges":…,…}]}`
+fn shards_json(cluster: &Cluster) -> String {
+    let shards: Vec<String> = cluster
+        .shard_stats
+        .iter()
+        .enumerate()
+        .map(|(i, s)| s.json(i))
+        .collect();
+    format!(r#"{{"shards":[{}]}}"#, shards.join(","))
 }
 
 /// `{"upstreams":[{"name":…,"balance":…,"targets":[{"addr":…,"shards":[{…}]}]}]}`

@@ -1,6 +1,11 @@
 //! Operator-facing output. For now: start-up and shutdown lines on stderr, written only from
 //! the control thread or at shard start/stop, never per request (a full pipe must not stall a
-//! shard). Access logs and metrics will live here.
+//! shard). Per-exchange records and per-shard counters in [`exchange`]; access logs and
+//! metrics will live here.
+
+pub mod exchange;
+
+pub use exchange::{ExchangeRecord, ShardStats};
 
 /// One line on stderr, prefixed with the program name.
 pub fn info(message: &str) {

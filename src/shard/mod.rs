@@ -113,6 +113,9 @@ impl Drop for ConnGuard {
         reg.free.push(self.slot);
         let open = &self.shard.open[self.listener];
         open.set(open.get() - 1);
+        self.shard
+            .stats()
+            .set_open_connections(self.shard.open_connections());
         let mut per_ip = self.shard.open_per_ip[self.listener].borrow_mut();
         if let Some(n) = per_ip.get_mut(&self.peer) {
             *n -= 1;
@@ -167,6 +170,7 @@ impl Shard {
             *from_peer += 1;
         }
         open.set(open.get() + 1);
+        self.stats().set_open_connections(self.open_connections());
         let mut reg = self.registry.borrow_mut();
         let slot_value = Slot {
             fd,
@@ -198,6 +202,11 @@ impl Shard {
         let reg = self.registry.borrow();
         let slot = &reg.slots[slot];
         String::from_utf8_lossy(&slot.request_id[..usize::from(slot.request_id_len)]).into_owned()
+    }
+
+    /// This shard's counters (shared with the admin thread).
+    pub fn stats(&self) -> &crate::observe::ShardStats {
+        &self.upstreams.cluster().shard_stats[self.id]
     }
 
     fn open_connections(&self) -> usize {
@@ -294,6 +303,9 @@ fn shard_thread(
         {
             Ok(mut rt) => {
                 describe("io_uring");
+                cluster.shard_stats[id]
+                    .driver
+                    .store(crate::observe::exchange::DRIVER_IO_URING, Ordering::Relaxed);
                 exit_if_panicked(id, || {
                     rt.block_on(run_shard(id, snapshot, cluster, started))
                 });
@@ -314,6 +326,9 @@ fn shard_thread(
     {
         Ok(mut rt) => {
             describe("epoll");
+            cluster.shard_stats[id]
+                .driver
+                .store(crate::observe::exchange::DRIVER_EPOLL, Ordering::Relaxed);
             exit_if_panicked(id, || {
                 rt.block_on(run_shard(id, snapshot, cluster, started))
             });

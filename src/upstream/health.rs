@@ -102,6 +102,8 @@ impl TargetView {
 pub struct Cluster {
     pub gossip: Gossip,
     pub views: Vec<Vec<TargetView>>,
+    /// Each shard's counters (written by it, read by admin `/shards`).
+    pub shard_stats: Vec<crate::observe::ShardStats>,
 }
 
 impl Cluster {
@@ -111,6 +113,9 @@ impl Cluster {
             gossip: Gossip::new(slots, snapshot.workers, 1024),
             views: (0..snapshot.workers)
                 .map(|_| (0..slots).map(|_| TargetView::default()).collect())
+                .collect(),
+            shard_stats: (0..snapshot.workers)
+                .map(|_| crate::observe::ShardStats::default())
                 .collect(),
         }
     }
