@@ -6,7 +6,7 @@ mod common;
 use common::pki::*;
 use common::*;
 use rcgen::{PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_ED25519};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore, StreamOwned};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -567,19 +567,7 @@ impl FromPemFile for CertificateDer<'static> {
 /// A TLS origin (rustls, blocking) answering `200 ok` to every request; counts connections.
 fn tls_origin(leaf: &Leaf) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let config = Arc::new(
-        rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der.clone()],
-            PrivateKeyDer::try_from(leaf.key_der.clone()).unwrap(),
-        )
-        .unwrap(),
-    );
+    let config = Arc::new(server_config(leaf));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(AtomicUsize::new(0));

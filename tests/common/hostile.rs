@@ -15,7 +15,6 @@
 
 use super::Received;
 use super::pki::{Leaf, Tls, tls_connect};
-use rustls::pki_types::PrivateKeyDer;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -591,17 +590,7 @@ pub const POISON_FIRST_RESPONSE: usize = 3978;
 /// `HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nPOISON` plus 250 bytes of padding. Any other
 /// request gets `200 fresh`.
 pub fn tls_poison_origin(leaf: &Leaf) -> HostileOrigin {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![leaf.der.clone()],
-        PrivateKeyDer::try_from(leaf.key_der.clone()).unwrap(),
-    )
-    .unwrap();
+    let mut config = super::pki::server_config(leaf);
     config.send_tls13_tickets = 0;
     let config = Arc::new(config);
     let first = {

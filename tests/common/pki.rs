@@ -76,6 +76,19 @@ impl Ca {
     }
 }
 
+/// A rustls server config serving `leaf` (for test origins).
+pub fn server_config(leaf: &Leaf) -> rustls::ServerConfig {
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der.clone()],
+            PrivateKeyDer::try_from(leaf.key_der.clone()).unwrap(),
+        )
+        .unwrap()
+}
+
 pub fn write_leaf(dir: &Path, name: &str, leaf: &Leaf) -> (PathBuf, PathBuf) {
     let cert = dir.join(format!("{name}.pem"));
     let key = dir.join(format!("{name}.key"));
