@@ -25,7 +25,7 @@ use crate::http::{
 };
 use crate::observe::ExchangeRecord;
 use crate::route::Match;
-use crate::shard::{ConnGuard, Shard};
+use crate::shard::{Active, ConnGuard, Shard};
 use crate::tls::{ConnRead, ConnWrite};
 use crate::upstream::{Affinity, ConnectError, InFlight, Outcome, Tried, UpstreamConn};
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, Splitable};
@@ -57,7 +57,8 @@ struct Client {
     up_scratch: Vec<u8>,
     peer_ip: PeerIp,
     limits: EffectiveLimits,
-    listener: usize,
+    /// A plain listener told to send everything to HTTPS on this port.
+    redirect_https: Option<u16>,
     tls: bool,
     /// The verified client certificate's subject (mTLS listeners), for later stages.
     client_subject: Option<Box<str>>,
@@ -119,15 +120,20 @@ struct TunnelLimits {
     send: Duration,
 }
 
+/// Serves one client connection. `accepted` is the config the connection was accepted
+/// under, and its listener's index there: the listener's settings (limits, TLS, forwarding)
+/// hold for the connection's life; each exchange runs on the config current when its
+/// request head arrives.
 pub async fn serve_connection(
     shard: Rc<Shard>,
     guard: ConnGuard,
-    listener: usize,
+    accepted: (Rc<Active>, usize),
     stream: TcpStream,
     peer: SocketAddr,
 ) {
     let _ = stream.set_nodelay(true);
-    let spec = &shard.snapshot.listeners[listener];
+    let (config, listener) = accepted;
+    let spec = &config.listeners[listener];
     let limits = spec.limits;
     let (reader, writer, client_subject) = match &spec.tls {
         None => {
@@ -158,12 +164,14 @@ pub async fn serve_connection(
         up_scratch: state.up_scratch,
         peer_ip: PeerIp::new(peer.ip()),
         limits,
-        listener,
+        redirect_https: spec.redirect_https,
         tls,
         client_subject,
         linger: false,
         replace_x_forwarded_for: spec.replace_x_forwarded_for,
     };
+    // Idle connections must not keep an old config (and its pools) alive.
+    drop(config);
     loop {
         let next = exchange(&shard, &guard, &mut client).await;
         // The one exit: every exchange that read a request is recorded once, whatever
@@ -322,17 +330,27 @@ async fn exchange(shard: &Shard, guard: &ConnGuard, c: &mut Client) -> Next {
             return reject(c, &refusal, &id, true).await;
         }
     }
+    // The config this exchange runs on, whatever reloads happen before it ends.
+    let pinned = shard.config();
+    let cfg = &*pinned;
     let mut ex = exchange_facts(shard, c);
+    if guard.listener().is_retired() {
+        // A reload removed this connection's listener: finish this request, then close.
+        ex.keep_alive = false;
+    }
     guard.set_request_id(ex.request_id());
     c.down.extra.clear();
+    if let Err(e) = normalize_request_path(cfg, c) {
+        return reject(c, &e, ex.request_id(), true).await;
+    }
 
     // Stage 2: a plain listener told to redirect sends everything to HTTPS.
-    if let Some(port) = shard.snapshot.listeners[c.listener].redirect_https {
+    if let Some(port) = c.redirect_https {
         return redirect_to_https(c, &ex, port).await;
     }
 
     // Stage 3: route.
-    let (route_index, prefix_len) = match route(shard, c) {
+    let (route_index, prefix_len) = match route(cfg, c) {
         Ok(found) => found,
         Err(RouteMiss::NotFound) => {
             return reject_with_body_pending(c, &ex, reject::NO_ROUTE).await;
@@ -344,7 +362,7 @@ async fn exchange(shard: &Shard, guard: &ConnGuard, c: &mut Client) -> Next {
             return reject(c, &reject::BAD_PATH, ex.request_id(), true).await;
         }
     };
-    let route = &shard.snapshot.routes[route_index];
+    let route = &cfg.routes[route_index];
     c.down.record.route = Some(route_index);
     ex.upgrade = c
         .head
@@ -357,7 +375,9 @@ async fn exchange(shard: &Shard, guard: &ConnGuard, c: &mut Client) -> Next {
             content_type,
             body,
         } => direct_response(c, &ex, route, *status, content_type, body).await,
-        RouteAction::Proxy { upstream } => proxy(shard, c, &ex, route, *upstream, prefix_len).await,
+        RouteAction::Proxy { upstream } => {
+            proxy(shard, cfg, c, &ex, route, *upstream, prefix_len).await
+        }
     }
 }
 
@@ -412,7 +432,7 @@ async fn read_request_head(
                 scan = Some(HeadScan::default());
             }
             match parsed {
-                Ok(true) => return normalize_request_path(shard, c),
+                Ok(true) => return Ok(()),
                 Ok(false) => {}
                 Err(e) => return Err(HeadStop::Reject(e.into())),
             }
@@ -435,11 +455,11 @@ async fn read_request_head(
 }
 
 /// Normalises the parsed path in place before anything looks at it (routing, forwarding).
-fn normalize_request_path(shard: &Shard, c: &mut Client) -> Result<(), HeadStop> {
-    let keep = shard.snapshot.keep_escaped_slashes;
+fn normalize_request_path(cfg: &Active, c: &mut Client) -> Result<(), Reject> {
+    let keep = cfg.keep_escaped_slashes;
     c.head
         .normalize_path(c.reader.buffered_mut(), keep)
-        .map_err(|e| HeadStop::Reject(e.into()))
+        .map_err(Reject::from)
 }
 
 /// An idle keep-alive connection waits for readability without holding its buffers (they go
@@ -518,14 +538,14 @@ fn offers_only_allowed(route: &RouteSpec, offer: &[u8]) -> bool {
 
 /// Host (from an absolute-form target, else `Host`, port dropped, lower-cased), path and
 /// method to a route.
-fn route(shard: &Shard, c: &Client) -> Result<(usize, usize), RouteMiss> {
+fn route(cfg: &Active, c: &Client) -> Result<(usize, usize), RouteMiss> {
     let buf = c.reader.buffered();
     let head = &c.head;
     let mut host_buf = [0u8; 256];
     let host = request_host(c, &mut host_buf);
     let path = std::str::from_utf8(&buf[head.path.clone()]).map_err(|_| RouteMiss::BadPath)?;
     let method = std::str::from_utf8(head.method(buf)).map_err(|_| RouteMiss::BadPath)?;
-    match shard.snapshot.router.lookup(host, path, method) {
+    match cfg.router.lookup(host, path, method) {
         Match::Found { route, prefix_len } => Ok((route, prefix_len)),
         Match::MethodNotAllowed { allow } => Err(RouteMiss::MethodNotAllowed(allow)),
         Match::NotFound => Err(RouteMiss::NotFound),
@@ -718,6 +738,7 @@ enum UpstreamFailure {
 
 async fn proxy(
     shard: &Shard,
+    cfg: &Active,
     c: &mut Client,
     ex: &Exchange,
     route: &RouteSpec,
@@ -730,20 +751,20 @@ async fn proxy(
         return reject(c, &reject::BODY_TOO_LARGE, ex.request_id(), true).await;
     }
     // Circuit breaking and target choice (healthy, not ejected) come before any work.
-    if !shard.upstreams.has_capacity(upstream) {
+    if !cfg.upstreams.has_capacity(upstream) {
         return reject_with_body_pending(c, ex, reject::UPSTREAM_OVERLOADED).await;
     }
-    shard.upstreams.count_request(upstream);
+    cfg.upstreams.count_request(upstream);
     c.down.record.upstream = Some(upstream);
-    let affinity = affinity_of(&shard.snapshot.upstreams[upstream], c);
-    let target = match shard.upstreams.pick(upstream, Tried::default(), &affinity) {
+    let affinity = affinity_of(&cfg.snapshot.upstreams[upstream], c);
+    let target = match cfg.upstreams.pick(upstream, Tried::default(), &affinity) {
         Ok(t) => t,
         Err(_) => {
             return reject_with_body_pending(c, ex, reject::NO_HEALTHY_TARGET).await;
         }
     };
     // Transform the head (plus a small, fully buffered body) into `out`.
-    let label = &shard.snapshot.upstreams[upstream].targets[target].label;
+    let label = &cfg.snapshot.upstreams[upstream].targets[target].label;
     let mut out = std::mem::take(&mut c.down.out);
     out.clear();
     write_upstream_head(&mut out, c, ex, route, prefix_len, label);
@@ -765,28 +786,28 @@ async fn proxy(
         // Boxed: this path's state is large and rare; keeping it out of every connection's
         // future keeps idle connections small.
         return Box::pin(streamed_exchange(
-            shard, c, ex, route, upstream, target, &affinity, out,
+            shard, cfg, c, ex, route, upstream, target, &affinity, out,
         ))
         .await;
     }
-    match send_replayable(shard, c, ex, route, upstream, target, &affinity, out).await {
+    match send_replayable(cfg, c, ex, route, upstream, target, &affinity, out).await {
         Ok((mut up, target, flight)) => {
             c.down.record.target = Some(target);
             stick_to(
-                &shard.snapshot.upstreams[upstream],
+                &cfg.snapshot.upstreams[upstream],
                 &affinity,
                 target,
                 &mut c.down,
             );
             let relayed =
-                relay_response(shard, &mut c.down, ex, route, upstream, &mut up.reader).await;
+                relay_response(shard, cfg, &mut c.down, ex, route, upstream, &mut up.reader).await;
             drop(flight);
             let ends = Ends {
                 request_complete: true,
                 reusable: c.down.resp.reusable,
                 tunnel: tunnel_limits(route, c),
             };
-            finish(shard, upstream, target, up, relayed, ends)
+            finish(cfg, upstream, target, up, relayed, ends)
         }
         Err(failure) => fail_upstream(c, ex, failure, true).await,
     }
@@ -886,7 +907,7 @@ fn is_idempotent(method: &[u8]) -> bool {
 /// that answered, and its in-flight guard.
 #[allow(clippy::too_many_arguments)]
 async fn send_replayable<'s>(
-    shard: &'s Shard,
+    cfg: &'s Active,
     c: &mut Client,
     ex: &Exchange,
     route: &RouteSpec,
@@ -895,7 +916,7 @@ async fn send_replayable<'s>(
     affinity: &Affinity,
     mut out: Vec<u8>,
 ) -> Result<(UpstreamConn, usize, InFlight<'s>), UpstreamFailure> {
-    let spec = &shard.snapshot.upstreams[upstream];
+    let spec = &cfg.snapshot.upstreams[upstream];
     let try_timeout = route.per_try_timeout.unwrap_or(spec.response_timeout);
     let idempotent = route.retry_non_idempotent || ex.idempotent;
     let mut tried = Tried::default();
@@ -903,17 +924,9 @@ async fn send_replayable<'s>(
     let mut backoff_ms = 25;
     loop {
         tried.add(target);
-        let mut flight = shard.upstreams.begin(upstream, target);
+        let mut flight = cfg.upstreams.begin(upstream, target);
         let started = Instant::now();
-        let attempt = try_once(
-            shard,
-            c,
-            ex,
-            route,
-            (upstream, target),
-            &mut out,
-            try_timeout,
-        );
+        let attempt = try_once(cfg, c, ex, route, (upstream, target), &mut out, try_timeout);
         let failure = match attempt.await {
             Ok(up) => {
                 let status = c.down.resp.status;
@@ -940,8 +953,8 @@ async fn send_replayable<'s>(
             && failure
                 .as_ref()
                 .is_none_or(|f| f.retryable(route.retry_on, idempotent));
-        let next = if retryable && retries_left > 0 && shard.upstreams.try_retry(upstream) {
-            shard.upstreams.pick(upstream, tried, affinity).ok()
+        let next = if retryable && retries_left > 0 && cfg.upstreams.try_retry(upstream) {
+            cfg.upstreams.pick(upstream, tried, affinity).ok()
         } else {
             None
         };
@@ -952,7 +965,7 @@ async fn send_replayable<'s>(
                 None => UpstreamFailure::BadGateway("upstream answered with an error status"),
             });
         };
-        monoio::time::sleep(Duration::from_millis(shard.upstreams.jitter_ms(backoff_ms))).await;
+        monoio::time::sleep(Duration::from_millis(cfg.upstreams.jitter_ms(backoff_ms))).await;
         backoff_ms *= 2;
         retries_left -= 1;
         target = next;
@@ -964,7 +977,7 @@ async fn send_replayable<'s>(
 /// replaced by a fresh one to the same target at once, but only for a request that is safe
 /// to send twice: the origin may have read it before closing.
 async fn try_once(
-    shard: &Shard,
+    cfg: &Active,
     c: &mut Client,
     ex: &Exchange,
     route: &RouteSpec,
@@ -974,7 +987,7 @@ async fn try_once(
 ) -> Result<UpstreamConn, TryFailure> {
     let replay_safe = ex.idempotent || route.retry_non_idempotent;
     let upgrade = ex.upgrade.then_some(route);
-    let mut up = checkout(shard, upstream, target)
+    let mut up = checkout(cfg, upstream, target)
         .await
         .map_err(TryFailure::Connect)?;
     loop {
@@ -995,7 +1008,7 @@ async fn try_once(
         match attempt {
             Ok(()) => return Ok(up),
             Err(ResponseFailure::NothingReceived) if up.reused && replay_safe => {
-                up = shard
+                up = cfg
                     .upstreams
                     .connect(upstream, target)
                     .await
@@ -1007,13 +1020,13 @@ async fn try_once(
 }
 
 async fn checkout(
-    shard: &Shard,
+    cfg: &Active,
     upstream: usize,
     target: usize,
 ) -> Result<UpstreamConn, ConnectError> {
-    match shard.upstreams.checkout_idle(upstream, target) {
+    match cfg.upstreams.checkout_idle(upstream, target) {
         Some(up) => Ok(up),
-        None => shard.upstreams.connect(upstream, target).await,
+        None => cfg.upstreams.connect(upstream, target).await,
     }
 }
 
@@ -1023,6 +1036,7 @@ async fn checkout(
 #[allow(clippy::too_many_arguments)]
 async fn streamed_exchange(
     shard: &Shard,
+    cfg: &Active,
     c: &mut Client,
     ex: &Exchange,
     route: &RouteSpec,
@@ -1031,22 +1045,22 @@ async fn streamed_exchange(
     affinity: &Affinity,
     out: Vec<u8>,
 ) -> Next {
-    let response_timeout = shard.snapshot.upstreams[upstream].response_timeout;
+    let response_timeout = cfg.snapshot.upstreams[upstream].response_timeout;
     // The body has not been read yet, so a failed connect can move to another target.
     let mut target = target;
     let mut tried = Tried::default();
     let mut retries_left = route.retries;
     let mut up = loop {
         tried.add(target);
-        match checkout(shard, upstream, target).await {
+        match checkout(cfg, upstream, target).await {
             Ok(up) => break up,
             Err(e) => {
                 let failure = TryFailure::Connect(e);
-                shard.upstreams.begin(upstream, target).outcome = failure.outcome();
+                cfg.upstreams.begin(upstream, target).outcome = failure.outcome();
                 let next = (failure.retryable(route.retry_on, ex.idempotent)
                     && retries_left > 0
-                    && shard.upstreams.try_retry(upstream))
-                .then(|| shard.upstreams.pick(upstream, tried, affinity).ok())
+                    && cfg.upstreams.try_retry(upstream))
+                .then(|| cfg.upstreams.pick(upstream, tried, affinity).ok())
                 .flatten();
                 match next {
                     Some(next) => {
@@ -1061,11 +1075,11 @@ async fn streamed_exchange(
             }
         }
     };
-    let mut flight = shard.upstreams.begin(upstream, target);
+    let mut flight = cfg.upstreams.begin(upstream, target);
     let started = Instant::now();
     c.down.record.target = Some(target);
     stick_to(
-        &shard.snapshot.upstreams[upstream],
+        &cfg.snapshot.upstreams[upstream],
         affinity,
         target,
         &mut c.down,
@@ -1124,7 +1138,7 @@ async fn streamed_exchange(
             read_response_head(up_reader, &mut c.down.resp, ex.head_method, upgrade).await?;
             head_received.set(true);
             head_micros.set(started.elapsed().as_micros() as u64);
-            Ok(relay_response(shard, &mut c.down, ex, route, upstream, up_reader).await)
+            Ok(relay_response(shard, cfg, &mut c.down, ex, route, upstream, up_reader).await)
         };
         let mut sending = std::pin::pin!(sending);
         let mut receiving = std::pin::pin!(receiving);
@@ -1190,7 +1204,7 @@ async fn streamed_exchange(
                 reusable: c.down.resp.reusable && !answered_first.get(),
                 tunnel: tunnel_limits(route, c),
             };
-            finish(shard, upstream, target, up, relayed, ends)
+            finish(cfg, upstream, target, up, relayed, ends)
         }
         (_, Some(Err(failure))) if !head_received.get() => {
             fail_upstream(c, ex, failure, sent_all).await
@@ -1250,7 +1264,7 @@ fn tunnel_limits(route: &RouteSpec, c: &Client) -> TunnelLimits {
 /// Ends an exchange: pools the upstream connection when both messages ended cleanly, and
 /// says what the client connection does next.
 fn finish(
-    shard: &Shard,
+    cfg: &Active,
     upstream: usize,
     target: usize,
     up: UpstreamConn,
@@ -1262,7 +1276,7 @@ fn finish(
         Relayed::Upgraded if request_complete => Next::Tunnel(up, ends.tunnel),
         Relayed::Done { close } => {
             if request_complete && ends.reusable {
-                shard.upstreams.checkin(upstream, target, up);
+                cfg.upstreams.checkin(upstream, target, up);
             }
             if close || !request_complete {
                 Next::Close
@@ -1387,6 +1401,7 @@ async fn read_response_head(
 /// Sends the transformed response head and streams the body to the client.
 async fn relay_response(
     shard: &Shard,
+    cfg: &Active,
     down: &mut Downstream,
     ex: &Exchange,
     route: &RouteSpec,
@@ -1438,7 +1453,7 @@ async fn relay_response(
     if !inline_body {
         let limits = BodyLimits {
             max_bytes: u64::MAX,
-            read_timeout: shard.snapshot.upstreams[upstream].response_timeout,
+            read_timeout: cfg.snapshot.upstreams[upstream].response_timeout,
             write_timeout: ex.send_timeout,
             read_deadline: None,
         };

@@ -891,12 +891,13 @@ fn admin_post_needs_the_bearer_token_and_get_on_loopback_does_not() {
         );
         assert!(!r.text().contains("tok-7f3a9c1e"));
     }
-    // With the token the request gets past authentication (no POST endpoint exists yet).
+    // With the token the reload goes through (the same file, reloaded).
     let r = admin_exchange(
         admin,
         "POST /reload HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer tok-7f3a9c1e\r\nContent-Length: 0\r\n\r\n",
     );
-    assert_eq!(r.status, 405, "{}", r.head);
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(r.text().contains(r#""generation":2"#), "{}", r.text());
     assert!(
         !gw.proc.stderr().contains("tok-7f3a9c1e"),
         "the token reached a log line"

@@ -1,13 +1,16 @@
-//! The admin listener: `GET /healthz`, `GET /readyz` (every shard serving) and
-//! `GET /upstreams` (every target's state as every shard sees it). Runs off the shards, on
-//! its own thread with its own small event loop (epoll): a task per connection (at most
-//! [`MAX_ADMIN_CONNECTIONS`]), one request per connection, read and answered within
-//! [`REQUEST_DEADLINE`], so a slow client holds only its own task. It only reads the shards'
-//! atomic views and must not write shard state. With `token`, POST endpoints (and every
+//! The admin listener: `GET /healthz`, `GET /readyz` (every shard serving), `GET /upstreams`
+//! (every target's state as every shard sees it), `GET /shards`, `GET /config` (effective,
+//! redacted) and `POST /reload`. Runs off the shards, on its own thread with its own small
+//! event loop (epoll): a task per connection (at most [`MAX_ADMIN_CONNECTIONS`]), one request
+//! per connection, its head read within [`REQUEST_DEADLINE`], so a slow client holds only its
+//! own task. It only reads the shards' atomic views and must not write shard state (a reload
+//! goes through the control plane and the shards' inboxes). With `token`, POST endpoints (and every
 //! endpoint when it listens beyond loopback) need `Authorization: Bearer`, compared in
 //! constant time; keep it on loopback or a private network all the same.
 
 use crate::config::Snapshot;
+use crate::control::reload::Current;
+use crate::control::{ControlPlane, Trigger};
 use crate::gossip::now_ms;
 use crate::upstream::Cluster;
 use monoio::buf::IoBufMut;
@@ -30,11 +33,7 @@ const MAX_REQUEST_HEAD: usize = 4096;
 
 /// Binds `addr` (an error is reported at start) and serves on a background thread with its
 /// own small event loop: a slow client holds only its own task, never the listener.
-pub fn start(
-    addr: SocketAddr,
-    snapshot: Arc<Snapshot>,
-    cluster: Arc<Cluster>,
-) -> std::io::Result<()> {
+pub fn start(addr: SocketAddr, plane: Arc<ControlPlane>) -> std::io::Result<()> {
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     let started_at = SystemTime::now()
@@ -60,7 +59,7 @@ pub fn start(
                 match TcpListener::from_std(listener) {
                     Ok(listener) => {
                         let _ = ready_tx.send(Ok(()));
-                        accept_loop(listener, snapshot, cluster, started_at).await
+                        accept_loop(listener, plane, started_at).await
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -73,16 +72,11 @@ pub fn start(
         .unwrap_or_else(|_| Err(std::io::Error::other("admin thread exited at start")))
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    snapshot: Arc<Snapshot>,
-    cluster: Arc<Cluster>,
-    epoch_ms: u64,
-) {
+async fn accept_loop(listener: TcpListener, plane: Arc<ControlPlane>, epoch_ms: u64) {
     let active = Rc::new(Cell::new(0usize));
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(_) => {
                 // Out of fds (EMFILE) and the like: back off instead of spinning.
                 monoio::time::sleep(Duration::from_millis(50)).await;
@@ -93,56 +87,159 @@ async fn accept_loop(
             continue; // dropped: closed at once
         }
         active.set(active.get() + 1);
-        let (snapshot, cluster, active) = (snapshot.clone(), cluster.clone(), active.clone());
+        let (plane, active) = (plane.clone(), active.clone());
         monoio::spawn(async move {
-            let _ = monoio::time::timeout(
-                REQUEST_DEADLINE,
-                serve(stream, &snapshot, &cluster, epoch_ms),
-            )
-            .await;
+            let _ = serve(stream, peer, &plane, epoch_ms).await;
             active.set(active.get() - 1);
         });
     }
 }
 
+/// Reads one request head within [`REQUEST_DEADLINE`], answers it, closes.
 async fn serve(
     mut stream: TcpStream,
-    snapshot: &Snapshot,
-    cluster: &Cluster,
+    peer: SocketAddr,
+    plane: &Arc<ControlPlane>,
     epoch_ms: u64,
 ) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(MAX_REQUEST_HEAD);
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        if buf.len() == MAX_REQUEST_HEAD {
-            let body = r#"{"error":"request header fields too large","status":431}"#;
-            return respond(&mut stream, 431, body).await;
-        }
-        let len = buf.len();
-        let (read, slice) = stream.read(buf.slice_mut(len..MAX_REQUEST_HEAD)).await;
-        buf = slice.into_inner();
-        if read? == 0 {
-            return Ok(());
-        }
-    }
+    let Ok(head) = monoio::time::timeout(REQUEST_DEADLINE, read_head(&mut stream)).await else {
+        return Ok(());
+    };
+    let Some(buf) = head? else {
+        let body = r#"{"error":"request header fields too large","status":431}"#;
+        return write_within(respond(&mut stream, 431, "", body)).await;
+    };
     let line = buf.split(|&b| b == b'\r').next().unwrap_or(b"");
     let mut parts = line.split(|&b| b == b' ');
     let (method, path) = (parts.next().unwrap_or(b""), parts.next().unwrap_or(b""));
-    if !authorized(snapshot, method, &buf) {
+    let current = plane.current();
+    if !authorized(&current.snapshot, method, &buf) {
         let body = r#"{"error":"admin token required","status":401}"#;
-        return respond_with(&mut stream, 401, UNAUTHORIZED_HEADER, body).await;
+        return write_within(respond(&mut stream, 401, UNAUTHORIZED_HEADER, body)).await;
     }
+    let snapshot = &current.snapshot;
+    let cluster = &plane.cluster;
     let (status, body) = match (method, path) {
         (b"GET", b"/healthz") => (200, r#"{"status":"ok"}"#.to_string()),
         (b"GET", b"/readyz") => readyz(snapshot),
         (b"GET", b"/upstreams") => (200, upstreams_json(snapshot, cluster, epoch_ms)),
-        (b"GET", b"/shards") => (200, shards_json(cluster)),
-        (b"GET", _) => (404, r#"{"error":"not found","status":404}"#.to_string()),
+        (b"GET", b"/shards") => (200, shards_json(plane)),
+        (b"GET", b"/config") => (200, config_json(plane, &current)),
+        (b"POST", b"/reload") => reload(plane, peer).await,
+        (b"GET", _) | (b"POST", _) => (404, r#"{"error":"not found","status":404}"#.to_string()),
         _ => (
             405,
             r#"{"error":"method not allowed","status":405}"#.to_string(),
         ),
     };
-    respond(&mut stream, status, &body).await
+    write_within(respond(&mut stream, status, "", &body)).await
+}
+
+/// A request head (through the blank line), or `None` when it is larger than
+/// [`MAX_REQUEST_HEAD`]. A body, if any, is ignored: no endpoint takes one.
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
+    let mut buf = Vec::with_capacity(MAX_REQUEST_HEAD);
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        if buf.len() == MAX_REQUEST_HEAD {
+            return Ok(None);
+        }
+        let len = buf.len();
+        let (read, slice) = stream.read(buf.slice_mut(len..MAX_REQUEST_HEAD)).await;
+        buf = slice.into_inner();
+        if read? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(Some(buf))
+}
+
+async fn write_within(
+    write: impl std::future::Future<Output = std::io::Result<()>>,
+) -> std::io::Result<()> {
+    monoio::time::timeout(REQUEST_DEADLINE, write)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
+/// `POST /reload`: runs on its own thread (it reads files and waits for the shards), so
+/// this loop keeps answering `/healthz` meanwhile. 200 with the new generation, or 400 with
+/// every problem (file, line, key, message) while the old config keeps serving.
+async fn reload(plane: &Arc<ControlPlane>, peer: SocketAddr) -> (u16, String) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let plane = plane.clone();
+    let spawned = std::thread::Builder::new()
+        .name("reload".into())
+        .spawn(move || {
+            let _ = tx.send(plane.reload(Trigger::Admin(peer)));
+        });
+    if spawned.is_err() {
+        return (
+            503,
+            r#"{"error":"cannot start the reload","status":503}"#.to_string(),
+        );
+    }
+    let result = loop {
+        match rx.try_recv() {
+            Ok(result) => break result,
+            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                monoio::time::sleep(Duration::from_millis(2)).await
+            }
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                return (
+                    500,
+                    r#"{"error":"the reload failed","status":500}"#.to_string(),
+                );
+            }
+        }
+    };
+    match result {
+        Ok(r) => (
+            200,
+            format!(
+                r#"{{"status":"reloaded","generation":{},"shards_applied":{},"workers":{}}}"#,
+                r.generation, r.shards_applied, r.workers
+            ),
+        ),
+        Err(e) => (400, problems_json(&e)),
+    }
+}
+
+/// `{"error":"config refused","status":400,"problems":[{"file":…,"line":…,"key":…,"message":…}]}`
+fn problems_json(e: &crate::config::ConfigError) -> String {
+    let problems: Vec<serde_json::Value> = e
+        .problems
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "file": e.file.display().to_string(),
+                "line": p.line,
+                "key": p.key,
+                "message": p.message,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "error": "config refused; the running config keeps serving",
+        "status": 400,
+        "problems": problems,
+    })
+    .to_string()
+}
+
+/// The effective config (the file with every default filled in; secrets redacted), its
+/// generation and when it was loaded.
+fn config_json(plane: &ControlPlane, current: &Current) -> String {
+    serde_json::json!({
+        "generation": current.generation,
+        "loaded_at": rfc3339(current.loaded_unix_ms),
+        "file": current.snapshot.file.display().to_string(),
+        "reloads": {
+            "ok": plane.reloads_ok.load(Relaxed),
+            "failed": plane.reloads_failed.load(Relaxed),
+        },
+        "config": current.snapshot.source,
+    })
+    .to_string()
 }
 
 /// 200 while every shard serves and the gateway is not draining, else 503 with why.
@@ -191,11 +288,7 @@ fn bearer_token(head: &[u8]) -> Option<&[u8]> {
     })
 }
 
-async fn respond(stream: &mut TcpStream, status: u16, body: &str) -> std::io::Result<()> {
-    respond_with(stream, status, "", body).await
-}
-
-async fn respond_with(
+async fn respond(
     stream: &mut TcpStream,
     status: u16,
     extra_headers: &str,
@@ -211,12 +304,13 @@ async fn respond_with(
 }
 
 /// `{"shards":[{"shard":0,"driver":"io_uring","open_connections":…,"exchanges":…,…}]}`
-fn shards_json(cluster: &Cluster) -> String {
-    let shards: Vec<String> = cluster
+fn shards_json(plane: &ControlPlane) -> String {
+    let shards: Vec<String> = plane
+        .cluster
         .shard_stats
         .iter()
         .enumerate()
-        .map(|(i, s)| s.json(i))
+        .map(|(i, s)| s.json(i, plane.mailboxes.depth(i)))
         .collect();
     format!(r#"{{"shards":[{}]}}"#, shards.join(","))
 }
@@ -239,7 +333,7 @@ pub fn upstreams_json(snapshot: &Snapshot, cluster: &Cluster, epoch_ms: u64) -> 
             if ti > 0 {
                 out.push(',');
             }
-            let slot = u.first_slot + ti;
+            let slot = t.slot;
             let _ = write!(out, r#"{{"addr":{},"shards":["#, json_string(&t.label));
             for (shard, views) in cluster.views.iter().enumerate() {
                 let v = &views[slot];

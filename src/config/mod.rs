@@ -5,6 +5,7 @@
 //! Must not touch sockets or shard state: resolving upstream addresses (once, at load) is the
 //! only I/O besides reading the file.
 
+pub mod reload;
 mod secret;
 mod source;
 mod units;
@@ -13,7 +14,7 @@ mod validate;
 pub use secret::{Secret, constant_time_eq};
 pub use units::{ByteSize, ConfigDuration, parse_duration, parse_size};
 
-use serde::{Deserialize, Deserializer, de};
+use serde::{Deserialize, Deserializer, Serialize, de};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -25,7 +26,7 @@ pub use validate::{
 };
 
 /// The whole config file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -44,7 +45,7 @@ pub struct Config {
 }
 
 /// `[admin]`: a small HTTP listener for operators, on its own thread (never on a shard).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// `IP:PORT`; keep it on loopback or a private network.
@@ -52,11 +53,12 @@ pub struct AdminConfig {
     /// `"env:NAME"` or `"file:PATH"`: required as `Authorization: Bearer <token>` on POST
     /// endpoints, and on every endpoint when `bind` is not a loopback address (where it is
     /// then mandatory).
+    #[serde(serialize_with = "redacted")]
     pub token: Option<String>,
 }
 
 /// `[server]`: process-wide settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// `"auto"` (one shard per available core) or a number of shards.
@@ -86,7 +88,7 @@ pub struct ServerConfig {
     pub path_escaped_slashes: EscapedSlashes,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EscapedSlashes {
     #[default]
@@ -94,7 +96,7 @@ pub enum EscapedSlashes {
     Keep,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IoDriver {
     #[default]
@@ -121,6 +123,23 @@ pub enum Workers {
     #[default]
     Auto,
     Count(usize),
+}
+
+impl Serialize for Workers {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Workers::Auto => s.serialize_str("auto"),
+            Workers::Count(n) => s.serialize_u64(*n as u64),
+        }
+    }
+}
+
+/// A secret reference shows only that it is set: `/config` and logs never carry it.
+fn redacted<S: serde::Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(_) => s.serialize_str(secret::REDACTED),
+        None => s.serialize_none(),
+    }
 }
 
 impl<'de> Deserialize<'de> for Workers {
@@ -154,7 +173,7 @@ impl<'de> Deserialize<'de> for Workers {
 }
 
 /// `[limits]`: bounds on everything a client controls.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Whole request head (request line + headers); beyond it: 431.
@@ -212,7 +231,7 @@ impl Default for Limits {
 }
 
 /// A listener's partial override of `[limits]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsOverride {
     pub max_header_bytes: Option<ByteSize>,
@@ -247,7 +266,7 @@ impl Limits {
 }
 
 /// `[[listeners]]`: an address clients connect to. Every shard binds it with SO_REUSEPORT.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     pub name: String,
@@ -267,7 +286,7 @@ pub struct ListenerConfig {
     pub x_forwarded_for: XForwardedFor,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum XForwardedFor {
     #[default]
@@ -276,7 +295,7 @@ pub enum XForwardedFor {
 }
 
 /// `[listeners.tls]`: certificates, versions and client authentication.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTlsConfig {
     /// PEM certificate chain + key pairs (RSA, ECDSA or Ed25519). Each serves the DNS names in
@@ -299,14 +318,14 @@ pub struct ListenerTlsConfig {
     pub handshake_timeout: ConfigDuration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub enum TlsVersion {
     #[default]
     #[serde(rename = "1.2")]
@@ -315,7 +334,7 @@ pub enum TlsVersion {
     V1_3,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientAuth {
     #[default]
@@ -323,7 +342,7 @@ pub enum ClientAuth {
     Optional,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedirectHttps {
     /// The HTTPS port in the `Location` (omitted when 443).
@@ -332,7 +351,7 @@ pub struct RedirectHttps {
 }
 
 /// `hsts` on a route: `Strict-Transport-Security` on its responses over TLS.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HstsConfig {
     pub max_age: ConfigDuration,
@@ -343,7 +362,7 @@ pub struct HstsConfig {
 }
 
 /// `[[upstreams]]`: a named group of origin servers.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub name: String,
@@ -402,7 +421,7 @@ pub struct UpstreamConfig {
     pub slow_start: Option<ConfigDuration>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StickyConfig {
     #[serde(default = "default_sticky_cookie")]
@@ -412,12 +431,13 @@ pub struct StickyConfig {
     /// `"env:NAME"` or `"file:PATH"`: the key the cookie values are derived with (HMAC), so
     /// they reveal nothing about target addresses. Give every gateway of a deployment the
     /// same secret so cookies work across them and across restarts; without one, a random
-    /// key is made at start (cookies then last one process).
+    /// key is made at start (cookies then last one process; a reload keeps it).
+    #[serde(serialize_with = "redacted")]
     pub secret: Option<String>,
 }
 
 /// `[upstreams.health]`: each target is probed by exactly one shard; changes are gossiped.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
     #[serde(default = "default_health_path")]
@@ -439,7 +459,7 @@ pub struct HealthConfig {
 }
 
 /// `[upstreams.passive]`: ejection after consecutive failures seen by a shard.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PassiveConfig {
     /// Consecutive connect errors, resets and timeouts (and 5xx with `on_5xx`); 0 disables.
@@ -470,7 +490,7 @@ impl Default for PassiveConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryBudgetConfig {
     #[serde(default = "default_retry_percent")]
@@ -489,7 +509,7 @@ impl Default for RetryBudgetConfig {
 }
 
 /// A target: `"host:port"` or `{ addr = "host:port", weight = 2 }`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum TargetConfig {
     Addr(String),
@@ -514,7 +534,7 @@ impl TargetConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
     #[default]
@@ -546,7 +566,7 @@ impl Balance {
 }
 
 /// `[[routes]]`: which requests go where.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub name: String,
@@ -596,7 +616,7 @@ pub struct RouteConfig {
 }
 
 /// Header edits: `add` sets a header (replacing any of the same name), `remove` drops it.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderTransform {
     #[serde(default)]
@@ -606,7 +626,7 @@ pub struct HeaderTransform {
 }
 
 /// A response the gateway answers itself, without an upstream.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DirectResponse {
     pub status: u16,

@@ -8,6 +8,9 @@ use std::path::Path;
 /// A secret value loaded from its reference. It never prints: `Debug` shows the reference
 /// only and `Display` shows `<redacted>`, so a secret cannot reach a log line or an error by
 /// accident.
+/// What shows in place of any secret.
+pub const REDACTED: &str = "<redacted>";
+
 #[derive(Clone)]
 pub struct Secret {
     reference: String,
@@ -21,6 +24,19 @@ impl Secret {
             reference: reference.to_string(),
             value: resolve(reference, base)?,
         })
+    }
+
+    /// A secret made here (a generated key), never written anywhere.
+    pub fn generated(reference: &str, value: Vec<u8>) -> Secret {
+        Secret {
+            reference: reference.to_string(),
+            value,
+        }
+    }
+
+    /// The value itself, for code that derives something from it (never to print).
+    pub fn expose(&self) -> &[u8] {
+        &self.value
     }
 
     /// Where the value came from (`env:NAME`), safe to show.

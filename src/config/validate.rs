@@ -30,8 +30,10 @@ pub struct Snapshot {
     pub admin_token: Option<super::Secret>,
     /// `[server] path_escaped_slashes = "keep"`: `%2F`, `%5C` and `;` pass through.
     pub keep_escaped_slashes: bool,
-    /// Targets of all upstreams together (the gossip channel's slots).
+    /// Targets of all upstreams together.
     pub total_targets: usize,
+    /// The file as parsed, defaults filled in: what admin `/config` shows (secrets redacted).
+    pub source: Config,
 }
 
 #[derive(Debug, Clone)]
@@ -80,13 +82,14 @@ pub struct UpstreamSpec {
     pub max_pending: usize,
     pub retry_budget_percent: u32,
     pub retry_budget_min: u32,
-    /// This upstream's first target's gossip slot (targets follow in order).
-    pub first_slot: usize,
     pub hash_key: Option<HashKey>,
     /// The consistent-hash ring: (point, target), sorted by point.
     pub ring: Vec<(u64, usize)>,
     pub sticky: Option<StickySpec>,
     pub slow_start: Option<Duration>,
+    /// How connections to the targets are made (TLS settings): a reload keeps a target's
+    /// pooled connections only when this is unchanged.
+    pub connection_key: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +106,10 @@ pub struct StickySpec {
     pub max_age_secs: u64,
     /// The opaque cookie value of each target (a hash of its address).
     pub ids: Vec<String>,
+    /// The key the ids are made with; a generated one is carried over by a reload so
+    /// clients stay stuck (see [`super::reload`]).
+    pub key: super::Secret,
+    pub generated_key: bool,
 }
 
 /// FNV-1a, then a final avalanche: stable across processes and restarts (sticky cookies and
@@ -174,6 +181,9 @@ pub struct TargetSpec {
     pub label: String,
     pub addr: SocketAddr,
     pub weight: u32,
+    /// Its gossip slot and health-view index: stable for the same upstream name and target
+    /// across reloads (see [`super::reload::SlotMap`]).
+    pub slot: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -393,6 +403,7 @@ pub fn compile(file: &Path, config: &Config, lines: &KeyLines) -> Result<Snapsho
             admin_token,
             keep_escaped_slashes: config.server.path_escaped_slashes == super::EscapedSlashes::Keep,
             total_targets: upstreams.iter().map(|u| u.targets.len()).sum(),
+            source: config.clone(),
             listeners,
             upstreams,
             routes,
@@ -512,12 +523,21 @@ fn compile_listeners(c: &mut Checker, config: &Config, base: &Path) -> Vec<Liste
     out
 }
 
+/// Each target's sticky cookie value: a keyed hash of its address.
+pub fn sticky_ids(key: &super::Secret, targets: &[TargetSpec]) -> Vec<String> {
+    targets
+        .iter()
+        .map(|t| super::secret::keyed_id(key.expose(), t.label.as_bytes()))
+        .collect()
+}
+
 fn compile_upstreams(c: &mut Checker, config: &Config, base: &Path) -> Vec<UpstreamSpec> {
     c.unique_names(
         "upstreams",
         config.upstreams.iter().map(|u| u.name.as_str()),
     );
     let mut out = Vec::new();
+    let mut next_slot = 0;
     for (i, u) in config.upstreams.iter().enumerate() {
         if u.targets.is_empty() {
             c.problem(
@@ -548,10 +568,12 @@ fn compile_upstreams(c: &mut Checker, config: &Config, base: &Path) -> Vec<Upstr
                     label: t.addr().to_string(),
                     addr,
                     weight: t.weight(),
+                    slot: next_slot + j,
                 }),
                 Err(message) => c.problem(&key, message),
             }
         }
+        next_slot += u.targets.len();
         let tls = upstream_tls(c, i, u, base);
         let health = u.health.as_ref().and_then(|h| health_spec(c, i, h));
         let passive = passive_spec(c, i, &u.passive);
@@ -569,7 +591,6 @@ fn compile_upstreams(c: &mut Checker, config: &Config, base: &Path) -> Vec<Upstr
                 "must be between 0 and 100",
             );
         }
-        let first_slot = out.iter().map(|o: &UpstreamSpec| o.targets.len()).sum();
         let hash_key = hash_key(c, i, u);
         let ring = if u.balance == super::Balance::ConsistentHash {
             build_ring(&targets)
@@ -583,20 +604,25 @@ fn compile_upstreams(c: &mut Checker, config: &Config, base: &Path) -> Vec<Upstr
                     format!("bad cookie name {:?}", st.cookie),
                 );
             }
-            let key = match &st.secret {
-                Some(reference) => super::secret::resolve(reference, base).unwrap_or_else(|e| {
-                    c.problem(format!("upstreams[{i}].sticky.secret"), e);
-                    Vec::new()
-                }),
-                None => super::secret::random_key(),
+            let (key, generated_key) = match &st.secret {
+                Some(reference) => (
+                    super::Secret::load(reference, base).unwrap_or_else(|e| {
+                        c.problem(format!("upstreams[{i}].sticky.secret"), e);
+                        super::Secret::generated(reference, Vec::new())
+                    }),
+                    false,
+                ),
+                None => (
+                    super::Secret::generated("generated", super::secret::random_key()),
+                    true,
+                ),
             };
             StickySpec {
                 cookie: st.cookie.clone(),
                 max_age_secs: st.ttl.0.as_secs(),
-                ids: targets
-                    .iter()
-                    .map(|t| super::secret::keyed_id(&key, t.label.as_bytes()))
-                    .collect(),
+                ids: sticky_ids(&key, &targets),
+                key,
+                generated_key,
             }
         });
         if u.slow_start.is_some_and(|d| d.0.is_zero()) {
@@ -618,7 +644,10 @@ fn compile_upstreams(c: &mut Checker, config: &Config, base: &Path) -> Vec<Upstr
             max_pending: u.max_pending,
             retry_budget_percent: u.retry_budget.percent,
             retry_budget_min: u.retry_budget.min_per_10s,
-            first_slot,
+            connection_key: format!(
+                "tls={} sni={:?} ca={:?} verify={}",
+                u.tls, u.tls_server_name, u.tls_ca_file, u.tls_verify
+            ),
             name: u.name.clone(),
             balance: u.balance,
             targets,

@@ -41,6 +41,8 @@ pub struct ShardStats {
     pub by_class: [AtomicU64; 6],
     /// Answers the gateway gave itself (a `Reject`), of any status.
     pub gateway_answers: AtomicU64,
+    /// The config generation this shard serves new exchanges with.
+    pub config_generation: AtomicU64,
 }
 
 pub const DRIVER_IO_URING: u8 = 1;
@@ -64,8 +66,9 @@ impl ShardStats {
         self.open_connections.store(n as u64, Relaxed);
     }
 
-    /// `{"shard":0,"driver":"io_uring",...}` for `/shards`.
-    pub fn json(&self, shard: usize) -> String {
+    /// `{"shard":0,"driver":"io_uring",...}` for `/shards`; `inbox_depth` is how many
+    /// commands wait for the shard's next tick.
+    pub fn json(&self, shard: usize, inbox_depth: usize) -> String {
         let driver = match self.driver.load(Relaxed) {
             DRIVER_IO_URING => "io_uring",
             DRIVER_EPOLL => "epoll",
@@ -73,7 +76,7 @@ impl ShardStats {
         };
         let c = |i: usize| self.by_class[i].load(Relaxed);
         format!(
-            r#"{{"shard":{shard},"driver":"{driver}","open_connections":{},"exchanges":{},"responses":{{"1xx":{},"2xx":{},"3xx":{},"4xx":{},"5xx":{},"none":{}}},"gateway_answers":{}}}"#,
+            r#"{{"shard":{shard},"driver":"{driver}","open_connections":{},"exchanges":{},"responses":{{"1xx":{},"2xx":{},"3xx":{},"4xx":{},"5xx":{},"none":{}}},"gateway_answers":{},"config_generation":{},"inbox_depth":{inbox_depth}}}"#,
             self.open_connections.load(Relaxed),
             self.exchanges.load(Relaxed),
             c(1),
@@ -82,7 +85,8 @@ impl ShardStats {
             c(4),
             c(5),
             c(0),
-            self.gateway_answers.load(Relaxed)
+            self.gateway_answers.load(Relaxed),
+            self.config_generation.load(Relaxed),
         )
     }
 }
@@ -110,7 +114,7 @@ mod tests {
         stats.record(&r);
         r.begin(); // client left before any response
         stats.record(&r);
-        let json = stats.json(3);
+        let json = stats.json(3, 0);
         assert!(json.contains(r#""exchanges":3"#), "{json}");
         assert!(
             json.contains(r#""2xx":1"#) && json.contains(r#""4xx":1"#),

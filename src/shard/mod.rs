@@ -11,7 +11,7 @@ use crate::http::RequestIds;
 use crate::http::io::BufPool;
 use crate::observe;
 use crate::upstream::{Cluster, ShardUpstreams};
-use monoio::net::{ListenerOpts, TcpListener};
+use monoio::net::TcpListener;
 use monoio::time::{Duration, Instant};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -25,26 +25,120 @@ use std::sync::mpsc;
 /// Set once by the control thread on SIGTERM/SIGINT; shards poll it on their tick.
 pub static DRAIN: AtomicBool = AtomicBool::new(false);
 
-/// How often a shard checks for drain.
+/// The longest a shard goes without looking at its inbox, gossip and drain.
 const TICK: Duration = Duration::from_millis(5);
-/// Idle connections are reaped every 50 ticks (250 ms): idle timeouts are that precise.
-const REAP_EVERY_TICKS: u32 = 50;
+/// Idle connections are reaped this often: idle timeouts are that precise.
+const REAP_EVERY: Duration = Duration::from_millis(250);
 
 /// Everything one shard owns. Lives in an `Rc`: never crosses threads.
 pub struct Shard {
     pub id: usize,
-    pub snapshot: Arc<Snapshot>,
+    /// The config new exchanges start with (see [`Shard::config`]).
+    active: RefCell<Rc<Active>>,
     pub bufs: Rc<BufPool>,
     /// Larger buffers lent to a connection while it streams a large request body.
     pub body_bufs: BufPool,
-    pub upstreams: ShardUpstreams,
     pub ids: RequestIds,
     pub draining: Cell<bool>,
-    /// Open client connections per listener (for `max_connections`).
-    open: Vec<Cell<usize>>,
-    /// Open client connections per listener per client address (for `max_connections_per_ip`).
-    open_per_ip: Vec<RefCell<HashMap<IpAddr, usize>>>,
+    cluster: Arc<Cluster>,
+    mailboxes: Arc<Mailboxes>,
+    /// The epoll driver needs non-blocking listener sockets; io_uring must not get them.
+    legacy_driver: bool,
     registry: RefCell<Registry>,
+    open_total: Cell<usize>,
+}
+
+/// One config as this shard runs it: the snapshot, and this shard's state for its names
+/// (upstream pools and counters, listener counters), indexed like the snapshot. An exchange
+/// pins the one it starts with; a reload installs the next one, built from this one.
+pub struct Active {
+    pub snapshot: Arc<Snapshot>,
+    pub upstreams: ShardUpstreams,
+    pub generation: u64,
+    listener_states: Vec<Rc<ListenerState>>,
+    /// Set when a newer config replaces this one: its probes stop.
+    retired: Rc<Cell<bool>>,
+}
+
+impl std::ops::Deref for Active {
+    type Target = Snapshot;
+
+    fn deref(&self) -> &Snapshot {
+        &self.snapshot
+    }
+}
+
+/// One listener on this shard, kept across reloads while its name and address stay.
+pub struct ListenerState {
+    pub name: String,
+    addr: std::net::SocketAddr,
+    /// Where its spec is in the current snapshot.
+    index: Cell<usize>,
+    /// The listening socket (-1 once its accept loop ended), for drain and retirement.
+    fd: Cell<RawFd>,
+    /// Removed (or moved) by a reload: its connections close after their current request.
+    retired: Cell<bool>,
+    /// Open client connections (for `max_connections`).
+    open: Cell<usize>,
+    /// Open client connections per client address (for `max_connections_per_ip`).
+    open_per_ip: RefCell<HashMap<IpAddr, usize>>,
+}
+
+impl ListenerState {
+    pub fn is_retired(&self) -> bool {
+        self.retired.get()
+    }
+
+    /// Ends its accept loop: the pending accept fails and the loop sees the flag.
+    fn stop_accepting(&self) {
+        let fd = self.fd.replace(-1);
+        if fd >= 0 {
+            // SAFETY: the fd is this shard's open listening socket (its accept loop, which
+            // owns it, resets `fd` to -1 before closing it).
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        }
+    }
+}
+
+/// A new config for a shard: the snapshot, its generation, and the listening sockets the
+/// control thread bound for it (listener index, socket) for listeners that are new or moved.
+pub struct Reconfigure {
+    pub snapshot: Arc<Snapshot>,
+    pub generation: u64,
+    pub sockets: Vec<(usize, std::net::TcpListener)>,
+}
+
+/// What the control thread asks of a shard; drained on the shard's tick.
+pub enum Command {
+    Apply(Box<Reconfigure>),
+}
+
+/// One bounded lock-free inbox per shard (the control thread is the only sender).
+pub struct Mailboxes {
+    inboxes: Vec<crossbeam_queue::ArrayQueue<Command>>,
+}
+
+impl Mailboxes {
+    pub fn new(shards: usize) -> Mailboxes {
+        Mailboxes {
+            inboxes: (0..shards)
+                .map(|_| crossbeam_queue::ArrayQueue::new(16))
+                .collect(),
+        }
+    }
+
+    /// Queues `command` for `shard`; gives it back when the inbox is full.
+    pub fn send(&self, shard: usize, command: Command) -> Result<(), Command> {
+        self.inboxes[shard].push(command)
+    }
+
+    pub fn depth(&self, shard: usize) -> usize {
+        self.inboxes[shard].len()
+    }
+
+    fn take(&self, shard: usize) -> Option<Command> {
+        self.inboxes[shard].pop()
+    }
 }
 
 /// Open client connections, so drain can wake the idle ones.
@@ -80,7 +174,7 @@ pub static SHARDS_ALIVE: AtomicUsize = AtomicUsize::new(0);
 pub struct ConnGuard {
     shard: Rc<Shard>,
     slot: usize,
-    listener: usize,
+    listener: Rc<ListenerState>,
     peer: IpAddr,
 }
 
@@ -94,6 +188,11 @@ impl ConnGuard {
 
     pub fn unpark(&self) {
         self.shard.registry.borrow_mut().slots[self.slot].idle_until = None;
+    }
+
+    /// The listener the connection came in on (retired when a reload removed it).
+    pub fn listener(&self) -> &ListenerState {
+        &self.listener
     }
 
     /// Remembers the current request's id, so a panic can be reported with it.
@@ -111,12 +210,15 @@ impl Drop for ConnGuard {
         let mut reg = self.shard.registry.borrow_mut();
         reg.slots[self.slot].live = false;
         reg.free.push(self.slot);
-        let open = &self.shard.open[self.listener];
+        drop(reg);
+        let open = &self.listener.open;
         open.set(open.get() - 1);
+        let total = &self.shard.open_total;
+        total.set(total.get() - 1);
         self.shard
             .stats()
             .set_open_connections(self.shard.open_connections());
-        let mut per_ip = self.shard.open_per_ip[self.listener].borrow_mut();
+        let mut per_ip = self.listener.open_per_ip.borrow_mut();
         if let Some(n) = per_ip.get_mut(&self.peer) {
             *n -= 1;
             if *n == 0 {
@@ -127,42 +229,65 @@ impl Drop for ConnGuard {
 }
 
 impl Shard {
-    fn new(id: usize, snapshot: Arc<Snapshot>, cluster: Arc<Cluster>) -> Self {
+    fn new(
+        id: usize,
+        first: &Arc<Snapshot>,
+        cluster: Arc<Cluster>,
+        mailboxes: Arc<Mailboxes>,
+        legacy_driver: bool,
+    ) -> Self {
         let bufs = Rc::new(BufPool::new(1024));
+        let upstreams = ShardUpstreams::new(
+            first.clone(),
+            bufs.clone(),
+            cluster.clone(),
+            id,
+            crate::http::random_seed(),
+        );
+        // Nothing runs on this until the first `apply` replaces it.
+        let empty = Active {
+            snapshot: first.clone(),
+            upstreams,
+            generation: 0,
+            listener_states: Vec::new(),
+            retired: Rc::new(Cell::new(false)),
+        };
         Shard {
             id,
-            upstreams: ShardUpstreams::new(
-                snapshot.clone(),
-                bufs.clone(),
-                cluster,
-                id,
-                crate::http::random_seed(),
-            ),
-            open: snapshot.listeners.iter().map(|_| Cell::new(0)).collect(),
-            open_per_ip: snapshot
-                .listeners
-                .iter()
-                .map(|_| RefCell::new(HashMap::new()))
-                .collect(),
-            snapshot,
+            active: RefCell::new(Rc::new(empty)),
             bufs,
             body_bufs: BufPool::new(64),
             ids: RequestIds::new(crate::http::random_seed()),
             draining: Cell::new(false),
+            cluster,
+            mailboxes,
+            legacy_driver,
             registry: RefCell::new(Registry::default()),
+            open_total: Cell::new(0),
         }
+    }
+
+    /// The config to run an exchange with: pinned (an `Rc`, shard-local) until the caller
+    /// drops it, whatever reloads happen meanwhile.
+    pub fn config(&self) -> Rc<Active> {
+        self.active.borrow().clone()
     }
 
     /// Registers a new connection, or `None` when the listener is at `max_connections` or
     /// the client's address at `max_connections_per_ip`.
-    fn admit(self: &Rc<Self>, listener: usize, fd: RawFd, peer: IpAddr) -> Option<ConnGuard> {
-        let limits = &self.snapshot.listeners[listener].limits;
-        let open = &self.open[listener];
+    fn admit(
+        self: &Rc<Self>,
+        listener: &Rc<ListenerState>,
+        limits: &crate::config::EffectiveLimits,
+        fd: RawFd,
+        peer: IpAddr,
+    ) -> Option<ConnGuard> {
+        let open = &listener.open;
         if open.get() >= limits.max_connections {
             return None;
         }
         {
-            let mut per_ip = self.open_per_ip[listener].borrow_mut();
+            let mut per_ip = listener.open_per_ip.borrow_mut();
             let from_peer = per_ip.entry(peer).or_insert(0);
             if *from_peer >= limits.max_connections_per_ip {
                 return None;
@@ -170,6 +295,7 @@ impl Shard {
             *from_peer += 1;
         }
         open.set(open.get() + 1);
+        self.open_total.set(self.open_total.get() + 1);
         self.stats().set_open_connections(self.open_connections());
         let mut reg = self.registry.borrow_mut();
         let slot_value = Slot {
@@ -192,7 +318,7 @@ impl Shard {
         Some(ConnGuard {
             shard: self.clone(),
             slot,
-            listener,
+            listener: listener.clone(),
             peer,
         })
     }
@@ -206,11 +332,12 @@ impl Shard {
 
     /// This shard's counters (shared with the admin thread).
     pub fn stats(&self) -> &crate::observe::ShardStats {
-        &self.upstreams.cluster().shard_stats[self.id]
+        &self.cluster.shard_stats[self.id]
     }
 
+    /// Open client connections on every listener, current or retired.
     fn open_connections(&self) -> usize {
-        self.open.iter().map(Cell::get).sum()
+        self.open_total.get()
     }
 
     /// Ends the read side of idle connections parked past `now` (all of them when `now` is
@@ -232,42 +359,45 @@ impl Shard {
     }
 }
 
-/// What a shard thread reports after binding its listeners.
+/// What a shard thread reports once its runtime runs (or could not be built).
 pub enum Started {
-    Ready {
-        shard: usize,
-        listener_fds: Vec<RawFd>,
-    },
-    BindFailed {
-        listener: usize,
-        error: std::io::Error,
-    },
-    RuntimeFailed {
-        shard: usize,
-        error: std::io::Error,
-    },
+    Ready { shard: usize },
+    RuntimeFailed { shard: usize, error: std::io::Error },
 }
 
-/// Starts `snapshot.workers` shard threads; each reports once on `started`.
+/// Starts one shard thread per [`Reconfigure`] in `first` (shard i gets `first[i]`, with the
+/// listening sockets bound for it); each reports once on `started`.
 pub fn spawn_shards(
-    snapshot: &Arc<Snapshot>,
+    first: Vec<Reconfigure>,
     cluster: &Arc<Cluster>,
+    mailboxes: &Arc<Mailboxes>,
     started: mpsc::Sender<Started>,
 ) -> Vec<std::thread::JoinHandle<()>> {
-    let cores = if snapshot.pin_cores {
+    let pin = first.first().is_some_and(|f| f.snapshot.pin_cores);
+    let cores = if pin {
         core_affinity::get_core_ids().unwrap_or_default()
     } else {
         Vec::new()
     };
-    (0..snapshot.workers)
-        .map(|id| {
-            let snapshot = snapshot.clone();
+    first
+        .into_iter()
+        .enumerate()
+        .map(|(id, first)| {
             let cluster = cluster.clone();
+            let mailboxes = mailboxes.clone();
             let started = started.clone();
             let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
             std::thread::Builder::new()
                 .name(format!("shard-{id}"))
-                .spawn(move || shard_thread(id, core, snapshot, cluster, started))
+                .spawn(move || {
+                    let parts = ShardParts {
+                        id,
+                        cluster,
+                        mailboxes,
+                        started,
+                    };
+                    shard_thread(core, first, parts)
+                })
                 .unwrap_or_else(|e| {
                     eprintln!("ringgate: cannot start shard thread {id}: {e}");
                     std::process::exit(1);
@@ -276,16 +406,19 @@ pub fn spawn_shards(
         .collect()
 }
 
-fn shard_thread(
+/// What a shard thread is started with besides its first config.
+struct ShardParts {
     id: usize,
-    core: Option<core_affinity::CoreId>,
-    snapshot: Arc<Snapshot>,
     cluster: Arc<Cluster>,
+    mailboxes: Arc<Mailboxes>,
     started: mpsc::Sender<Started>,
-) {
+}
+
+fn shard_thread(core: Option<core_affinity::CoreId>, first: Reconfigure, parts: ShardParts) {
+    let id = parts.id;
     // Pinning applies to the calling thread only, so it must happen here, not in the spawner.
     let pinned = core.is_some_and(core_affinity::set_for_current);
-    let entries = snapshot.io_uring_entries;
+    let entries = first.snapshot.io_uring_entries;
     let describe = |driver: &str| {
         let pin = match (core, pinned) {
             (Some(c), true) => format!("pinned to core {}", c.id),
@@ -294,7 +427,7 @@ fn shard_thread(
         };
         observe::info(&format!("shard {id}: {driver} driver, {pin}"));
     };
-    let wants_uring = snapshot.io_driver == IoDriver::Auto;
+    let wants_uring = first.snapshot.io_driver == IoDriver::Auto;
     if wants_uring && monoio::utils::detect_uring() {
         match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .with_entries(entries)
@@ -303,12 +436,10 @@ fn shard_thread(
         {
             Ok(mut rt) => {
                 describe("io_uring");
-                cluster.shard_stats[id]
+                parts.cluster.shard_stats[id]
                     .driver
                     .store(crate::observe::exchange::DRIVER_IO_URING, Ordering::Relaxed);
-                exit_if_panicked(id, || {
-                    rt.block_on(run_shard(id, snapshot, cluster, started))
-                });
+                exit_if_panicked(id, || rt.block_on(run_shard(first, parts, false)));
                 return;
             }
             Err(e) => observe::warn(&format!(
@@ -326,15 +457,15 @@ fn shard_thread(
     {
         Ok(mut rt) => {
             describe("epoll");
-            cluster.shard_stats[id]
+            parts.cluster.shard_stats[id]
                 .driver
                 .store(crate::observe::exchange::DRIVER_EPOLL, Ordering::Relaxed);
-            exit_if_panicked(id, || {
-                rt.block_on(run_shard(id, snapshot, cluster, started))
-            });
+            exit_if_panicked(id, || rt.block_on(run_shard(first, parts, true)));
         }
         Err(error) => {
-            let _ = started.send(Started::RuntimeFailed { shard: id, error });
+            let _ = parts
+                .started
+                .send(Started::RuntimeFailed { shard: id, error });
         }
     }
 }
@@ -354,57 +485,140 @@ fn exit_if_panicked(id: usize, run: impl FnOnce()) {
     }
 }
 
-async fn run_shard(
-    id: usize,
-    snapshot: Arc<Snapshot>,
-    cluster: Arc<Cluster>,
-    started: mpsc::Sender<Started>,
-) {
-    let mut listeners = Vec::new();
-    for (i, spec) in snapshot.listeners.iter().enumerate() {
-        let opts = ListenerOpts::new().reuse_port(true).backlog(4096);
-        match TcpListener::bind_with_config(spec.addr, &opts) {
-            Ok(l) => listeners.push(l),
-            Err(error) => {
-                let _ = started.send(Started::BindFailed { listener: i, error });
-                return;
+async fn run_shard(first: Reconfigure, parts: ShardParts, legacy_driver: bool) {
+    let id = parts.id;
+    let shard = Rc::new(Shard::new(
+        id,
+        &first.snapshot,
+        parts.cluster,
+        parts.mailboxes,
+        legacy_driver,
+    ));
+    shard.apply(first);
+    let _ = parts.started.send(Started::Ready { shard: id });
+    drop(parts.started);
+    SHARDS_ALIVE.fetch_add(1, Ordering::AcqRel);
+    tick_loop(&shard).await;
+}
+
+impl Shard {
+    /// Installs a new config at a safe point (between tasks, on this shard's tick): state of
+    /// unchanged names is carried over, new listeners start accepting, removed or moved ones
+    /// stop (their open connections close after their current request), probes restart on
+    /// the new targets. Exchanges in flight finish on the config they pinned.
+    fn apply(self: &Rc<Self>, next: Reconfigure) {
+        let old = self.config();
+        let Reconfigure {
+            snapshot,
+            generation,
+            mut sockets,
+        } = next;
+        let mut listeners = Vec::with_capacity(snapshot.listeners.len());
+        for (index, spec) in snapshot.listeners.iter().enumerate() {
+            let kept = old
+                .listener_states
+                .iter()
+                .find(|l| l.name == spec.name && l.addr == spec.addr && !l.retired.get());
+            let bound = sockets.iter().position(|(i, _)| *i == index);
+            let state = match (bound, kept) {
+                (Some(at), _) => {
+                    let (_, socket) = sockets.swap_remove(at);
+                    match self.start_listener(index, spec, socket) {
+                        Some(state) => state,
+                        None => continue,
+                    }
+                }
+                (None, Some(kept)) => kept.clone(),
+                (None, None) => {
+                    observe::warn(&format!(
+                        "shard {}: listener {:?} has no socket (not bound by the control thread)",
+                        self.id, spec.name
+                    ));
+                    continue;
+                }
+            };
+            state.index.set(index);
+            listeners.push(state);
+        }
+        for gone in old.listener_states.iter() {
+            if !listeners.iter().any(|l| Rc::ptr_eq(l, gone)) {
+                gone.retired.set(true);
+                gone.stop_accepting();
+            }
+        }
+        old.retired.set(true);
+        let active = Rc::new(Active {
+            upstreams: old.upstreams.rebuild(snapshot.clone()),
+            snapshot,
+            generation,
+            listener_states: listeners,
+            retired: Rc::new(Cell::new(false)),
+        });
+        *self.active.borrow_mut() = active.clone();
+        start_probes(self, &active);
+        self.stats()
+            .config_generation
+            .store(generation, Ordering::Relaxed);
+    }
+
+    /// Starts accepting on a socket the control thread bound for this shard.
+    fn start_listener(
+        self: &Rc<Self>,
+        index: usize,
+        spec: &crate::config::ListenerSpec,
+        socket: std::net::TcpListener,
+    ) -> Option<Rc<ListenerState>> {
+        let converted = socket
+            .set_nonblocking(self.legacy_driver)
+            .and_then(|()| TcpListener::from_std(socket));
+        let listener = match converted {
+            Ok(l) => l,
+            Err(e) => {
+                observe::warn(&format!(
+                    "shard {}: listener {:?} on {}: cannot use its socket: {e}",
+                    self.id, spec.name, spec.addr
+                ));
+                return None;
+            }
+        };
+        let state = Rc::new(ListenerState {
+            name: spec.name.clone(),
+            addr: spec.addr,
+            index: Cell::new(index),
+            fd: Cell::new(listener.as_raw_fd()),
+            retired: Cell::new(false),
+            open: Cell::new(0),
+            open_per_ip: RefCell::new(HashMap::new()),
+        });
+        monoio::spawn(accept_loop(self.clone(), state.clone(), listener));
+        Some(state)
+    }
+
+    /// Applies what the control thread sent since the last tick.
+    fn take_commands(self: &Rc<Self>) {
+        while let Some(command) = self.mailboxes.take(self.id) {
+            match command {
+                Command::Apply(next) => self.apply(*next),
             }
         }
     }
-    let listener_fds = listeners.iter().map(|l| l.as_raw_fd()).collect();
-    let _ = started.send(Started::Ready {
-        shard: id,
-        listener_fds,
-    });
-    drop(started);
-    SHARDS_ALIVE.fetch_add(1, Ordering::AcqRel);
-    let shard = Rc::new(Shard::new(id, snapshot, cluster));
-    monoio::spawn(gossip_loop(shard.clone()));
-    start_probes(&shard);
-    for (i, listener) in listeners.into_iter().enumerate() {
-        monoio::spawn(accept_loop(shard.clone(), i, listener));
-    }
-    wait_for_drain(&shard).await;
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener_index: usize, listener: TcpListener) {
+async fn accept_loop(shard: Rc<Shard>, state: Rc<ListenerState>, listener: TcpListener) {
     loop {
         let accepted = listener.accept().await;
-        if shard.draining.get() || DRAIN.load(Ordering::Acquire) {
-            return;
+        if shard.draining.get() || DRAIN.load(Ordering::Acquire) || state.retired.get() {
+            break;
         }
         match accepted {
             Ok((stream, peer)) => {
                 let key = per_ip_key(peer.ip());
-                match shard.admit(listener_index, stream.as_raw_fd(), key) {
+                let config = shard.config();
+                let spec = &config.listeners[state.index.get()];
+                match shard.admit(&state, &spec.limits, stream.as_raw_fd(), key) {
                     Some(guard) => {
-                        monoio::spawn(serve_guarded(
-                            shard.clone(),
-                            guard,
-                            listener_index,
-                            stream,
-                            peer,
-                        ));
+                        let accepted = (config.clone(), state.index.get());
+                        monoio::spawn(serve_guarded(shard.clone(), guard, accepted, stream, peer));
                     }
                     None => drop(stream),
                 }
@@ -413,6 +627,8 @@ async fn accept_loop(shard: Rc<Shard>, listener_index: usize, listener: TcpListe
             Err(_) => monoio::time::sleep(Duration::from_millis(10)).await,
         }
     }
+    // The socket closes when `listener` drops below: nobody may shut it down after that.
+    state.fd.set(-1);
 }
 
 /// What `max_connections_per_ip` counts: an IPv4 address, or an IPv6 /64 (one subscriber
@@ -434,13 +650,13 @@ fn per_ip_key(ip: IpAddr) -> IpAddr {
 async fn serve_guarded(
     shard: Rc<Shard>,
     guard: ConnGuard,
-    listener: usize,
+    accepted: (Rc<Active>, usize),
     stream: monoio::net::TcpStream,
     peer: std::net::SocketAddr,
 ) {
     let slot = guard.slot;
     let served =
-        crate::request_path::serve_connection(shard.clone(), guard, listener, stream, peer);
+        crate::request_path::serve_connection(shard.clone(), guard, accepted, stream, peer);
     let mut served = std::pin::pin!(served);
     if let Err(panic) = CatchUnwind(served.as_mut()).await {
         CONNECTION_PANICS.fetch_add(1, Ordering::Relaxed);
@@ -483,50 +699,55 @@ impl<F: std::future::Future + Unpin> std::future::Future for CatchUnwind<F> {
     }
 }
 
-/// Applies backend news from other shards every `gossip_interval` (no cross-thread wake-ups:
-/// senders only push; this shard looks on its own tick).
-async fn gossip_loop(shard: Rc<Shard>) {
-    let interval = shard.snapshot.gossip_interval;
-    while !shard.draining.get() {
-        shard.upstreams.health().drain_gossip();
-        monoio::time::sleep(interval).await;
-    }
-}
-
-/// Starts the active probes for the targets this shard owns (one shard per target).
-fn start_probes(shard: &Rc<Shard>) {
-    let cluster = shard.upstreams.cluster().clone();
-    for (u, spec) in shard.snapshot.upstreams.iter().enumerate() {
+/// Starts the active probes of `active`'s targets that this shard owns (one shard per
+/// target); they stop when a newer config replaces `active` (or on drain).
+fn start_probes(shard: &Rc<Shard>, active: &Rc<Active>) {
+    let cluster = shard.cluster.clone();
+    for (u, spec) in active.upstreams.snapshot().upstreams.iter().enumerate() {
         if spec.health.is_none() {
             continue;
         }
-        for t in 0..spec.targets.len() {
-            if cluster.prober_of(spec.first_slot + t) == shard.id {
+        for (t, target) in spec.targets.iter().enumerate() {
+            if cluster.prober_of(target.slot) == shard.id {
+                let active = active.clone();
                 let shard = shard.clone();
                 monoio::spawn(async move {
-                    crate::upstream::probe::probe_loop(&shard.upstreams, u, t, &shard.draining)
-                        .await;
+                    let stop = || shard.draining.get() || active.retired.get();
+                    crate::upstream::probe::probe_loop(&active.upstreams, u, t, &stop).await;
                 });
             }
         }
     }
 }
 
-/// Runs until drain is requested (reaping idle connections on the way), then lets in-flight
-/// requests finish within `drain_timeout` while idle connections are closed.
-async fn wait_for_drain(shard: &Rc<Shard>) {
-    let mut ticks: u32 = 0;
+/// The shard's one tick: applies commands from its inbox and backend news from other shards
+/// (senders only push; nobody wakes this shard), reaps idle connections, and watches for
+/// drain. On drain, stops accepting and lets in-flight requests finish within
+/// `drain_timeout` while idle connections are closed.
+async fn tick_loop(shard: &Rc<Shard>) {
+    let mut last_reap = Instant::now();
     while !DRAIN.load(Ordering::Acquire) {
-        monoio::time::sleep(TICK).await;
-        ticks = ticks.wrapping_add(1);
-        if ticks.is_multiple_of(REAP_EVERY_TICKS) {
-            shard.close_idle_connections(Some(Instant::now()));
-            shard.upstreams.close_stale();
+        shard.take_commands();
+        let config = shard.config();
+        config.upstreams.health().drain_gossip();
+        let now = Instant::now();
+        if now.duration_since(last_reap) >= REAP_EVERY {
+            last_reap = now;
+            shard.close_idle_connections(Some(now));
+            config.upstreams.close_stale();
         }
+        let tick = config.gossip_interval.min(TICK);
+        drop(config);
+        monoio::time::sleep(tick).await;
     }
     shard.draining.set(true);
-    shard.upstreams.clear();
-    let deadline = Instant::now() + shard.snapshot.drain_timeout;
+    let config = shard.config();
+    for listener in &config.listener_states {
+        listener.stop_accepting();
+    }
+    config.upstreams.clear();
+    let deadline = Instant::now() + config.drain_timeout;
+    drop(config);
     while shard.open_connections() > 0 && Instant::now() < deadline {
         shard.close_idle_connections(None);
         monoio::time::sleep(TICK).await;

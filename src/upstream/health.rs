@@ -2,7 +2,7 @@
 //! this shard's traffic, active probes for the targets this shard owns, and gossip from
 //! the others. Every change goes through [`Gossip::update`], so all shards converge.
 
-use crate::config::{PassiveSpec, Snapshot, UpstreamSpec};
+use crate::config::{PassiveSpec, UpstreamSpec};
 use crate::gossip::{Gossip, Reason, TargetState, now_ms};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 
@@ -107,17 +107,33 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn new(snapshot: &Snapshot) -> Cluster {
-        let slots = snapshot.total_targets;
+    /// Room for `slots` targets over the process's life (see
+    /// [`crate::config::reload::SlotMap`]) and `workers` shards.
+    pub fn new(slots: usize, workers: usize) -> Cluster {
         Cluster {
-            gossip: Gossip::new(slots, snapshot.workers, 1024),
-            views: (0..snapshot.workers)
+            gossip: Gossip::new(slots, workers, 1024),
+            views: (0..workers)
                 .map(|_| (0..slots).map(|_| TargetView::default()).collect())
                 .collect(),
-            shard_stats: (0..snapshot.workers)
+            shard_stats: (0..workers)
                 .map(|_| crate::observe::ShardStats::default())
                 .collect(),
         }
+    }
+
+    /// A target that enters (or re-enters) the config starts healthy and never ejected,
+    /// whatever its slot last held; every shard hears of it on its next tick.
+    pub fn reset_slot(&self, slot: usize) {
+        self.gossip.update(usize::MAX, slot, |s| {
+            let fresh = TargetState {
+                unhealthy: false,
+                ejections: 0,
+                reason: Reason::Initial,
+                ejected_until_ms: 0,
+                ..*s
+            };
+            (fresh != *s).then_some(fresh)
+        });
     }
 
     /// The shard that actively probes `slot`: exactly one per target.
@@ -165,7 +181,7 @@ impl ShardHealth<'_> {
     /// Counts an exchange's outcome; enough consecutive failures eject the target for
     /// everyone (within `max_ejection_percent`).
     pub fn record(&self, spec: &UpstreamSpec, target: usize, outcome: Outcome) {
-        let slot = spec.first_slot + target;
+        let slot = spec.targets[target].slot;
         let view = self.view(slot);
         let failed = match outcome {
             Outcome::Answered { status, micros } => {
@@ -203,13 +219,10 @@ impl ShardHealth<'_> {
 
     fn may_eject(&self, spec: &UpstreamSpec, now: u64) -> bool {
         let n = spec.targets.len();
-        let ejected = (0..n)
-            .filter(|&t| {
-                self.view(spec.first_slot + t)
-                    .ejected_until_ms
-                    .load(Relaxed)
-                    > now
-            })
+        let ejected = spec
+            .targets
+            .iter()
+            .filter(|t| self.view(t.slot).ejected_until_ms.load(Relaxed) > now)
             .count();
         (ejected + 1) * 100 <= n * spec.passive.max_ejection_percent as usize
     }

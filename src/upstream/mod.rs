@@ -45,16 +45,31 @@ struct Idle {
     since: Instant,
 }
 
+/// One upstream as one config runs it on this shard. Its parts live behind `Rc`s keyed by
+/// name, so a reload that keeps the upstream's name keeps its counters and retry budget,
+/// and keeps each target's pool and weights while the target's address and TLS stay.
 struct Group {
+    shared: Rc<GroupState>,
+    targets: Vec<Rc<TargetLocal>>,
+}
+
+/// What survives a reload for an unchanged upstream name.
+#[derive(Default)]
+struct GroupState {
     next: Cell<usize>,
-    /// Smooth weighted round robin's running weights.
-    current: Vec<Cell<i64>>,
-    idle: Vec<RefCell<Vec<Idle>>>,
     /// Requests in flight to this upstream on this shard (circuit breaking).
     in_flight: Cell<usize>,
     /// Connections being opened (circuit breaking).
     pending: Cell<usize>,
     budget: RetryBudget,
+}
+
+/// What survives a reload for an unchanged (upstream, target, connection settings).
+#[derive(Default)]
+struct TargetLocal {
+    /// Smooth weighted round robin's running weight.
+    current: Cell<i64>,
+    idle: RefCell<Vec<Idle>>,
 }
 
 /// Retries allowed over a sliding 10 s window (two 5 s buckets): `percent` of requests plus
@@ -126,9 +141,17 @@ pub enum PickError {
     Exhausted,
 }
 
+/// The upstreams of one config as one shard runs them (target choice, pools, circuit
+/// breaking). A reload builds the next one from this one with [`ShardUpstreams::rebuild`];
+/// an exchange keeps the one it started with.
 pub struct ShardUpstreams {
     snapshot: Arc<Snapshot>,
     groups: Vec<Group>,
+    parts: Rc<ShardParts>,
+}
+
+/// The shard-wide parts every config's upstreams share.
+struct ShardParts {
     bufs: Rc<BufPool>,
     cluster: Arc<Cluster>,
     shard: usize,
@@ -167,26 +190,65 @@ impl ShardUpstreams {
         shard: usize,
         seed: u64,
     ) -> Self {
+        let parts = Rc::new(ShardParts {
+            bufs,
+            cluster,
+            shard,
+            rng: Cell::new(seed | 1),
+        });
+        let empty = ShardUpstreams {
+            snapshot: snapshot.clone(),
+            groups: Vec::new(),
+            parts,
+        };
+        empty.rebuild(snapshot)
+    }
+
+    /// The upstreams of `snapshot`, keeping this config's state for every unchanged name:
+    /// counters and retry budget per upstream name; pool and weight per target while its
+    /// address and connection settings are the same. What is not carried over closes when
+    /// the last exchange still using this config ends.
+    pub fn rebuild(&self, snapshot: Arc<Snapshot>) -> ShardUpstreams {
         let groups = snapshot
             .upstreams
             .iter()
-            .map(|u| Group {
-                next: Cell::new(0),
-                current: u.targets.iter().map(|_| Cell::new(0)).collect(),
-                idle: u.targets.iter().map(|_| RefCell::new(Vec::new())).collect(),
-                in_flight: Cell::new(0),
-                pending: Cell::new(0),
-                budget: RetryBudget::default(),
+            .map(|spec| {
+                let old = self
+                    .snapshot
+                    .upstreams
+                    .iter()
+                    .zip(&self.groups)
+                    .find(|(o, _)| o.name == spec.name);
+                let same_connections = old.filter(|(o, _)| o.connection_key == spec.connection_key);
+                Group {
+                    shared: old.map_or_else(Rc::default, |(_, g)| g.shared.clone()),
+                    targets: spec
+                        .targets
+                        .iter()
+                        .map(|t| {
+                            same_connections
+                                .and_then(|(o, g)| {
+                                    let k = o
+                                        .targets
+                                        .iter()
+                                        .position(|ot| ot.label == t.label && ot.addr == t.addr)?;
+                                    g.targets.get(k).cloned()
+                                })
+                                .unwrap_or_default()
+                        })
+                        .collect(),
+                }
             })
             .collect();
         ShardUpstreams {
             snapshot,
             groups,
-            bufs,
-            cluster,
-            shard,
-            rng: Cell::new(seed | 1),
+            parts: self.parts.clone(),
         }
+    }
+
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snapshot
     }
 
     fn spec(&self, upstream: usize) -> &UpstreamSpec {
@@ -195,26 +257,27 @@ impl ShardUpstreams {
 
     pub fn health(&self) -> ShardHealth<'_> {
         ShardHealth {
-            shard: self.shard,
-            cluster: &self.cluster,
+            shard: self.parts.shard,
+            cluster: &self.parts.cluster,
         }
     }
 
     pub fn cluster(&self) -> &Arc<Cluster> {
-        &self.cluster
+        &self.parts.cluster
     }
 
     fn view(&self, upstream: usize, target: usize) -> &TargetView {
-        &self.cluster.views[self.shard][self.spec(upstream).first_slot + target]
+        &self.parts.cluster.views[self.parts.shard][self.spec(upstream).targets[target].slot]
     }
 
     fn random(&self) -> u64 {
-        // xorshift64*: shard-local, no syscalls
-        let mut x = self.rng.get();
+        // xorshift64*: shard-local, no syscalls; one generator per shard, across configs
+        let rng = &self.parts.rng;
+        let mut x = rng.get();
         x ^= x >> 12;
         x ^= x << 25;
         x ^= x >> 27;
-        self.rng.set(x);
+        rng.set(x);
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
@@ -229,18 +292,18 @@ impl ShardUpstreams {
 
     /// Whether this upstream can take another request on this shard (`max_requests`).
     pub fn has_capacity(&self, upstream: usize) -> bool {
-        self.groups[upstream].in_flight.get() < self.spec(upstream).max_requests
+        self.groups[upstream].shared.in_flight.get() < self.spec(upstream).max_requests
     }
 
     /// Counts a request against the retry budget's denominator.
     pub fn count_request(&self, upstream: usize) {
-        self.groups[upstream].budget.count_request(now_ms());
+        self.groups[upstream].shared.budget.count_request(now_ms());
     }
 
     /// Takes one retry from the budget, if any is left.
     pub fn try_retry(&self, upstream: usize) -> bool {
         let spec = self.spec(upstream);
-        self.groups[upstream].budget.try_spend(
+        self.groups[upstream].shared.budget.try_spend(
             now_ms(),
             spec.retry_budget_percent,
             spec.retry_budget_min,
@@ -335,24 +398,24 @@ impl ShardUpstreams {
         match self.spec(upstream).balance {
             // consistent_hash without a key (header or cookie missing) spreads like round robin
             Balance::RoundRobin | Balance::ConsistentHash => {
-                let start = group.next.get();
+                let start = group.shared.next.get();
                 let t = (0..n).map(|i| (start + i) % n).find(|&t| ok(t))?;
-                group.next.set(t + 1);
+                group.shared.next.set(t + 1);
                 Some(t)
             }
             Balance::Weighted => {
                 let mut best: Option<usize> = None;
                 let mut total = 0i64;
                 for (i, t) in targets.iter().enumerate().filter(|&(i, _)| ok(i)) {
-                    let c = &group.current[i];
+                    let c = &group.targets[i].current;
                     c.set(c.get() + i64::from(t.weight));
                     total += i64::from(t.weight);
-                    if best.is_none_or(|b| c.get() > group.current[b].get()) {
+                    if best.is_none_or(|b| c.get() > group.targets[b].current.get()) {
                         best = Some(i);
                     }
                 }
                 let best = best?;
-                let c = &group.current[best];
+                let c = &group.targets[best].current;
                 c.set(c.get() - total);
                 Some(best)
             }
@@ -362,8 +425,8 @@ impl ShardUpstreams {
             }
             Balance::LeastConn => {
                 // rotate the starting point so ties spread instead of piling on target 0
-                let start = group.next.get();
-                group.next.set(start.wrapping_add(1));
+                let start = group.shared.next.get();
+                group.shared.next.set(start.wrapping_add(1));
                 (0..n)
                     .map(|i| (start + i) % n)
                     .filter(|&t| ok(t))
@@ -397,7 +460,7 @@ impl ShardUpstreams {
         let view = self.view(upstream, target);
         view.in_flight
             .store(view.in_flight.load(Relaxed) + 1, Relaxed);
-        let group = &self.groups[upstream];
+        let group = &self.groups[upstream].shared;
         group.in_flight.set(group.in_flight.get() + 1);
         InFlight {
             upstreams: self,
@@ -422,7 +485,7 @@ impl Drop for InFlight<'_> {
         let view = u.view(self.upstream, self.target);
         view.in_flight
             .store(view.in_flight.load(Relaxed).saturating_sub(1), Relaxed);
-        let group = &u.groups[self.upstream];
+        let group = &u.groups[self.upstream].shared;
         group.in_flight.set(group.in_flight.get().saturating_sub(1));
         u.health()
             .record(u.spec(self.upstream), self.target, self.outcome);
@@ -433,7 +496,7 @@ impl ShardUpstreams {
     /// A pooled connection that is still open and fresh enough, if any.
     pub fn checkout_idle(&self, upstream: usize, target: usize) -> Option<UpstreamConn> {
         let idle_timeout = self.spec(upstream).idle_timeout;
-        let mut list = self.groups[upstream].idle[target].borrow_mut();
+        let mut list = self.groups[upstream].targets[target].idle.borrow_mut();
         while let Some(idle) = list.pop() {
             if idle.since.elapsed() < idle_timeout
                 && !idle.reader.has_pending()
@@ -446,7 +509,7 @@ impl ShardUpstreams {
                     fd: idle.fd,
                 });
             }
-            self.bufs.give(idle.buf);
+            self.parts.bufs.give(idle.buf);
         }
         None
     }
@@ -460,7 +523,7 @@ impl ShardUpstreams {
     ) -> Result<UpstreamConn, ConnectError> {
         let spec = self.spec(upstream);
         let addr = spec.targets[target].addr;
-        let group = &self.groups[upstream];
+        let group = &self.groups[upstream].shared;
         if group.pending.get() >= spec.max_pending {
             return Err(ConnectError::Overloaded);
         }
@@ -490,7 +553,7 @@ impl ShardUpstreams {
             Ok(result) => result?,
         };
         Ok(UpstreamConn {
-            reader: BufConn::new(reader, self.bufs.take(UPSTREAM_BUF)),
+            reader: BufConn::new(reader, self.parts.bufs.take(UPSTREAM_BUF)),
             writer,
             reused: false,
             fd,
@@ -509,7 +572,7 @@ impl ShardUpstreams {
             return;
         }
         let (reader, buf) = conn.reader.into_parts();
-        let mut list = self.groups[upstream].idle[target].borrow_mut();
+        let mut list = self.groups[upstream].targets[target].idle.borrow_mut();
         if list.len() < max_idle {
             list.push(Idle {
                 reader,
@@ -519,7 +582,7 @@ impl ShardUpstreams {
                 since: Instant::now(),
             });
         } else {
-            self.bufs.give(buf);
+            self.parts.bufs.give(buf);
         }
     }
 
@@ -528,11 +591,11 @@ impl ShardUpstreams {
     pub fn close_stale(&self) {
         for (upstream, group) in self.groups.iter().enumerate() {
             let idle_timeout = self.spec(upstream).idle_timeout;
-            for list in &group.idle {
-                list.borrow_mut().retain_mut(|idle| {
+            for target in &group.targets {
+                target.idle.borrow_mut().retain_mut(|idle| {
                     let fresh = idle.since.elapsed() < idle_timeout;
                     if !fresh {
-                        self.bufs.give(std::mem::take(&mut idle.buf));
+                        self.parts.bufs.give(std::mem::take(&mut idle.buf));
                     }
                     fresh
                 });
@@ -543,9 +606,9 @@ impl ShardUpstreams {
     /// Closes every pooled connection (on drain).
     pub fn clear(&self) {
         for group in &self.groups {
-            for list in &group.idle {
-                for idle in list.borrow_mut().drain(..) {
-                    self.bufs.give(idle.buf);
+            for target in &group.targets {
+                for idle in target.idle.borrow_mut().drain(..) {
+                    self.parts.bufs.give(idle.buf);
                 }
             }
         }
@@ -592,7 +655,7 @@ mod tests {
             "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:0\"\n[[upstreams]]\nname = \"u\"\nbalance = \"{balance}\"\ntargets = {targets}\n"
         );
         let snapshot = Arc::new(load_str(Path::new("test.toml"), &text).unwrap());
-        let cluster = Arc::new(Cluster::new(&snapshot));
+        let cluster = Arc::new(Cluster::new(64, 1));
         ShardUpstreams::new(snapshot, Rc::new(BufPool::new(4)), cluster, 0, 42)
     }
 

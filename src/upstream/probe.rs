@@ -5,29 +5,28 @@ use super::{ShardUpstreams, UpstreamConn};
 use crate::config::HealthSpec;
 use crate::http::ResponseHead;
 use crate::http::io::write_all_buf;
-use std::cell::Cell;
 use std::time::Duration;
 
-/// Probes `target` of `upstream` until `stop` is set.
+/// Probes `target` of `upstream` until `stop` says so.
 pub async fn probe_loop(
     upstreams: &ShardUpstreams,
     upstream: usize,
     target: usize,
-    stop: &Cell<bool>,
+    stop: &dyn Fn() -> bool,
 ) {
     let spec = &upstreams.snapshot.upstreams[upstream];
     let Some(health) = &spec.health else { return };
-    let slot = spec.first_slot + target;
+    let slot = spec.targets[target].slot;
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ringgate-health-check\r\nConnection: close\r\n\r\n",
         health.path, spec.targets[target].label
     )
     .into_bytes();
     let (mut passes, mut failures) = (0u32, 0u32);
-    while !stop.get() {
+    while !stop() {
         let jitter = upstreams.jitter_ms(health.jitter.as_millis() as u64);
         monoio::time::sleep(health.interval + Duration::from_millis(jitter)).await;
-        if stop.get() {
+        if stop() {
             return;
         }
         let passed = probe_once(upstreams, upstream, target, health, &request).await;
