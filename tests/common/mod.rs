@@ -368,6 +368,8 @@ type Handler = dyn Fn(&Received) -> Action + Send + Sync;
 pub struct Origin {
     pub addr: SocketAddr,
     pub connections: Arc<AtomicUsize>,
+    /// Connections that ended (the peer closed, or the handler ended them).
+    pub closed: Arc<AtomicUsize>,
     pub received: Arc<Mutex<Vec<Received>>>,
     stop: Arc<AtomicBool>,
 }
@@ -379,12 +381,14 @@ impl Origin {
         let origin = Origin {
             addr,
             connections: Arc::new(AtomicUsize::new(0)),
+            closed: Arc::new(AtomicUsize::new(0)),
             received: Arc::new(Mutex::new(Vec::new())),
             stop: Arc::new(AtomicBool::new(false)),
         };
         let handler: Arc<Handler> = Arc::new(handler);
-        let (connections, received, stop) = (
+        let (connections, closed, received, stop) = (
             origin.connections.clone(),
+            origin.closed.clone(),
             origin.received.clone(),
             origin.stop.clone(),
         );
@@ -396,8 +400,10 @@ impl Origin {
                 let Ok(stream) = stream else { continue };
                 let id = connections.fetch_add(1, Ordering::AcqRel) + 1;
                 let (handler, received, stop) = (handler.clone(), received.clone(), stop.clone());
+                let closed = closed.clone();
                 std::thread::spawn(move || {
-                    serve_origin_conn(stream, id, &*handler, &received, &stop)
+                    serve_origin_conn(stream, id, &*handler, &received, &stop);
+                    closed.fetch_add(1, Ordering::AcqRel);
                 });
             }
         });
@@ -418,6 +424,11 @@ impl Origin {
 
     pub fn connection_count(&self) -> usize {
         self.connections.load(Ordering::Acquire)
+    }
+
+    /// Connections that are still open.
+    pub fn open_count(&self) -> usize {
+        self.connection_count() - self.closed.load(Ordering::Acquire)
     }
 }
 
