@@ -1,0 +1,181 @@
+//! The request path, stage by stage (DESIGN.md §3). Reading this file top to bottom shows
+//! everything that happens to a request:
+//!
+//! read + strictly parse the head -> route (host, path, method) -> direct response, or:
+//! transform (forwarding headers, request id, strip prefix, header edits) -> pick a target ->
+//! pooled upstream connection -> send head and stream the body -> read the response head
+//! (retrying once on a fresh connection if a reused one was dead) -> transform the response ->
+//! stream the body back -> keep-alive or close.
+//!
+//! Each stage that can fail maps to one status with the JSON error body of DESIGN.md §6.
+
+mod admit;
+mod conn;
+mod origin;
+mod proxy;
+mod reject;
+mod respond;
+mod transform;
+mod tunnel;
+
+pub use reject::Reject;
+
+use crate::config::RouteAction;
+use crate::http::io::BufConn;
+use crate::observe::ExchangeRecord;
+use crate::shard::{Active, ConnGuard, Shard};
+use crate::tls::{ConnRead, ConnWrite};
+use admit::*;
+use conn::*;
+use monoio::io::Splitable;
+use monoio::net::TcpStream;
+use proxy::*;
+use respond::*;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use tunnel::*;
+
+/// Serves one client connection. `accepted` is the config the connection was accepted
+/// under, and its listener's index there: the listener's settings (limits, TLS, forwarding)
+/// hold for the connection's life; each exchange runs on the config current when its
+/// request head arrives.
+pub async fn serve_connection(
+    shard: Rc<Shard>,
+    guard: ConnGuard,
+    accepted: (Rc<Active>, usize),
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let _ = stream.set_nodelay(true);
+    let (config, listener) = accepted;
+    let spec = &config.listeners[listener];
+    let limits = spec.limits;
+    let (reader, writer, client_subject) = match &spec.tls {
+        None => {
+            let (r, w) = stream.into_split();
+            (ConnRead::Plain(r), ConnWrite::Plain(w), None)
+        }
+        Some(tls) => match accept_tls(tls, stream).await {
+            Some(halves) => halves,
+            None => return,
+        },
+    };
+    let tls = reader.is_tls();
+    let state = ConnState::take();
+    let mut client = Client {
+        reader: BufConn::new(
+            reader,
+            shard.bufs.take(limits.max_header_bytes.max(16 * 1024)),
+        ),
+        head: state.head,
+        down: Downstream {
+            writer,
+            resp: state.resp,
+            out: shard.bufs.take(OUT_BUF),
+            scratch: state.down_scratch,
+            extra: Vec::new(),
+            record: ExchangeRecord::default(),
+        },
+        up_scratch: state.up_scratch,
+        peer_ip: PeerIp::new(peer.ip()),
+        limits,
+        redirect_https: spec.redirect_https,
+        tls,
+        client_subject,
+        linger: false,
+        replace_x_forwarded_for: spec.replace_x_forwarded_for,
+    };
+    // Idle connections must not keep an old config (and its pools) alive.
+    drop(config);
+    loop {
+        let next = exchange(&shard, &guard, &mut client).await;
+        // The one exit: every exchange that read a request is recorded once, whatever
+        // happened to it.
+        shard.stats().record(&client.down.record);
+        match next {
+            Next::KeepAlive => {}
+            Next::Close => break,
+            Next::Tunnel(upstream, limits) => {
+                tunnel(client.reader, client.down.writer, upstream, limits).await;
+                return;
+            }
+        }
+    }
+    if client.linger {
+        linger(&mut client).await;
+    }
+    let (_, buf) = client.reader.into_parts();
+    shard.bufs.give(buf);
+    shard.bufs.give(client.down.out);
+    ConnState {
+        head: client.head,
+        resp: client.down.resp,
+        up_scratch: client.up_scratch,
+        down_scratch: client.down.scratch,
+    }
+    .give_back();
+}
+
+/// One request and its response.
+async fn exchange(shard: &Shard, guard: &ConnGuard, c: &mut Client) -> Next {
+    c.down.record = ExchangeRecord::default();
+    // Stage 1: read and strictly parse the request head.
+    match read_request_head(shard, guard, c).await {
+        Ok(()) => c.down.record.begin(),
+        Err(HeadStop::Quiet) => return Next::Close,
+        Err(HeadStop::Reject(refusal)) => {
+            c.down.record.begin();
+            let id = shard.ids.next_id();
+            return reject(c, &refusal, &id, true).await;
+        }
+    }
+    // The config this exchange runs on, whatever reloads happen before it ends.
+    let pinned = shard.config();
+    let cfg = &*pinned;
+    let mut ex = exchange_facts(shard, c);
+    if guard.listener().is_retired() {
+        // A reload removed this connection's listener: finish this request, then close.
+        ex.keep_alive = false;
+    }
+    guard.set_request_id(ex.request_id());
+    c.down.extra.clear();
+    if let Err(e) = normalize_request_path(cfg, c) {
+        return reject(c, &e, ex.request_id(), true).await;
+    }
+
+    // Stage 2: a plain listener told to redirect sends everything to HTTPS.
+    if let Some(port) = c.redirect_https {
+        return redirect_to_https(c, &ex, port).await;
+    }
+
+    // Stage 3: route.
+    let (route_index, prefix_len) = match route(cfg, c) {
+        Ok(found) => found,
+        Err(RouteMiss::NotFound) => {
+            return reject_with_body_pending(c, &ex, reject::NO_ROUTE).await;
+        }
+        Err(RouteMiss::MethodNotAllowed(allow)) => {
+            return reject_with_body_pending(c, &ex, reject::method_not_allowed(&allow)).await;
+        }
+        Err(RouteMiss::BadPath) => {
+            return reject(c, &reject::BAD_PATH, ex.request_id(), true).await;
+        }
+    };
+    let route = &cfg.routes[route_index];
+    c.down.record.route = Some(route_index);
+    ex.upgrade = c
+        .head
+        .upgrade_offer(c.reader.buffered())
+        .is_some_and(|offer| offers_only_allowed(route, offer));
+
+    match &route.action {
+        RouteAction::Direct {
+            status,
+            content_type,
+            body,
+        } => direct_response(c, &ex, route, *status, content_type, body).await,
+        RouteAction::Proxy { upstream } => {
+            proxy(shard, cfg, c, &ex, route, *upstream, prefix_len).await
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! A proxied exchange: the replayable path (the whole request in one buffer, retried per the
+//! route) and the streamed path (the body goes up while the response may come down), then
+//! what happens to both connections.
+
+use super::conn::*;
+use super::origin::*;
+use super::respond::*;
+use super::transform::*;
+use super::*;
+use crate::config::RouteSpec;
+use crate::http::body::{BodyError, BodyLimits, stream_body};
+use crate::http::io::write_all_within;
+use crate::http::{Framing, Version};
+use crate::shard::{Active, Shard};
+use crate::upstream::{Affinity, Outcome, Tried, UpstreamConn};
+use monoio::io::AsyncWriteRentExt;
+use monoio::time::Instant;
+use std::cell::Cell;
+use std::time::Duration;
+
+/// Bodies at most this large that are already buffered travel in the same write as the head.
+pub(super) const INLINE_BODY: usize = 16 * 1024;
+
+/// Read buffer lent to a connection while it streams a request body too large to inline.
+pub(super) const BODY_BUF: usize = 64 * 1024;
+
+pub(super) async fn proxy(
+    shard: &Shard,
+    cfg: &Active,
+    c: &mut Client,
+    ex: &Exchange,
+    route: &RouteSpec,
+    upstream: usize,
+    prefix_len: usize,
+) -> Next {
+    if let Framing::Length(n) = ex.framing
+        && n > c.limits.max_body_bytes
+    {
+        return reject(c, &reject::BODY_TOO_LARGE, ex.request_id(), true).await;
+    }
+    // Circuit breaking and target choice (healthy, not ejected) come before any work.
+    if !cfg.upstreams.has_capacity(upstream) {
+        return reject_with_body_pending(c, ex, reject::UPSTREAM_OVERLOADED).await;
+    }
+    cfg.upstreams.count_request(upstream);
+    c.down.record.upstream = Some(upstream);
+    let affinity = affinity_of(&cfg.snapshot.upstreams[upstream], c);
+    let target = match cfg.upstreams.pick(upstream, Tried::default(), &affinity) {
+        Ok(t) => t,
+        Err(_) => {
+            return reject_with_body_pending(c, ex, reject::NO_HEALTHY_TARGET).await;
+        }
+    };
+    // Transform the head (plus a small, fully buffered body) into `out`.
+    let label = &cfg.snapshot.upstreams[upstream].targets[target].label;
+    let mut out = std::mem::take(&mut c.down.out);
+    out.clear();
+    write_upstream_head(&mut out, c, ex, route, prefix_len, label);
+    c.reader.consume(c.head.len);
+    let body_inline = match ex.framing {
+        Framing::None => true,
+        Framing::Length(n) => {
+            let n = n as usize;
+            let whole = n <= INLINE_BODY && c.reader.buffered().len() >= n;
+            if whole {
+                out.extend_from_slice(&c.reader.buffered()[..n]);
+                c.reader.consume(n);
+            }
+            whole
+        }
+        Framing::Chunked | Framing::UntilClose => false,
+    };
+    if !body_inline {
+        // Boxed: this path's state is large and rare; keeping it out of every connection's
+        // future keeps idle connections small.
+        return Box::pin(streamed_exchange(
+            shard, cfg, c, ex, route, upstream, target, &affinity, out,
+        ))
+        .await;
+    }
+    match send_replayable(cfg, c, ex, route, upstream, target, &affinity, out).await {
+        Ok((mut up, target, flight)) => {
+            c.down.record.target = Some(target);
+            stick_to(
+                &cfg.snapshot.upstreams[upstream],
+                &affinity,
+                target,
+                &mut c.down,
+            );
+            let relayed =
+                relay_response(shard, cfg, &mut c.down, ex, route, upstream, &mut up.reader).await;
+            drop(flight);
+            let ends = Ends {
+                request_complete: true,
+                reusable: c.down.resp.reusable,
+                tunnel: tunnel_limits(route, c),
+            };
+            finish(cfg, upstream, target, up, relayed, ends)
+        }
+        Err(failure) => fail_upstream(c, ex, failure, true).await,
+    }
+}
+
+/// A request whose body is streamed: the body goes up while the response may already come
+/// down (an origin may answer early, or echo as it reads). The response timeout starts once
+/// the whole request has been sent.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn streamed_exchange(
+    shard: &Shard,
+    cfg: &Active,
+    c: &mut Client,
+    ex: &Exchange,
+    route: &RouteSpec,
+    upstream: usize,
+    target: usize,
+    affinity: &Affinity,
+    out: Vec<u8>,
+) -> Next {
+    let response_timeout = cfg.snapshot.upstreams[upstream].response_timeout;
+    // The body has not been read yet, so a failed connect can move to another target.
+    let mut target = target;
+    let mut tried = Tried::default();
+    let mut retries_left = route.retries;
+    let mut up = loop {
+        tried.add(target);
+        match checkout(cfg, upstream, target).await {
+            Ok(up) => break up,
+            Err(e) => {
+                let failure = TryFailure::Connect(e);
+                cfg.upstreams.begin(upstream, target).outcome = failure.outcome();
+                let next = (failure.retryable(route.retry_on, ex.idempotent)
+                    && retries_left > 0
+                    && cfg.upstreams.try_retry(upstream))
+                .then(|| cfg.upstreams.pick(upstream, tried, affinity).ok())
+                .flatten();
+                match next {
+                    Some(next) => {
+                        retries_left -= 1;
+                        target = next;
+                    }
+                    None => {
+                        c.down.out = out;
+                        return fail_upstream(c, ex, failure.into(), false).await;
+                    }
+                }
+            }
+        }
+    };
+    let mut flight = cfg.upstreams.begin(upstream, target);
+    let started = Instant::now();
+    c.down.record.target = Some(target);
+    stick_to(
+        &cfg.snapshot.upstreams[upstream],
+        affinity,
+        target,
+        &mut c.down,
+    );
+    let (written, out) = write_all_within(&mut up.writer, out, c.limits.send_timeout).await;
+    c.down.out = out;
+    if let Err(e) = written {
+        let failure = if e.kind() == std::io::ErrorKind::TimedOut {
+            UpstreamFailure::TimedOut
+        } else {
+            UpstreamFailure::BadGateway(
+                "upstream closed the connection while receiving the request",
+            )
+        };
+        return fail_upstream(c, ex, failure, false).await;
+    }
+    // No 1xx for HTTP/1.0 clients (RFC 9110 §15.2): they just send the body.
+    if c.head.expect_continue && ex.version == Version::Http11 {
+        let continued = monoio::time::timeout(ex.send_timeout, c.down.writer.write_all(CONTINUE));
+        if !matches!(continued.await, Ok((Ok(_), _))) {
+            return Next::Close;
+        }
+    }
+    // A large body streams through a larger buffer (fewer reads and writes), lent for the
+    // duration of this exchange.
+    let lent = (c.reader.capacity() < BODY_BUF)
+        .then(|| c.reader.swap_buffer(shard.body_bufs.take(BODY_BUF)));
+    let head_received = Cell::new(false);
+    let head_micros = Cell::new(0);
+    let answered_first = Cell::new(false);
+    let (sent, answered) = {
+        let UpstreamConn {
+            reader: up_reader,
+            writer: up_writer,
+            ..
+        } = &mut up;
+        let limits = BodyLimits {
+            max_bytes: c.limits.max_body_bytes,
+            read_timeout: c.limits.idle_timeout,
+            write_timeout: c.limits.send_timeout,
+            read_deadline: Some(Instant::now() + c.limits.body_read_timeout),
+        };
+        let upgrade = ex.upgrade.then_some(route);
+        let rechunk = ex.framing == Framing::Chunked;
+        let sending = stream_body(
+            &mut c.reader,
+            up_writer,
+            ex.framing,
+            rechunk,
+            limits,
+            &mut c.up_scratch,
+        );
+        let receiving = async {
+            // No deadline while the body is still going up (the origin may read it all
+            // first); the select below starts the response timeout once it is sent.
+            read_response_head(up_reader, &mut c.down.resp, ex.head_method, upgrade).await?;
+            head_received.set(true);
+            head_micros.set(started.elapsed().as_micros() as u64);
+            Ok(relay_response(shard, cfg, &mut c.down, ex, route, upstream, up_reader).await)
+        };
+        let mut sending = std::pin::pin!(sending);
+        let mut receiving = std::pin::pin!(receiving);
+        monoio::select! {
+            sent = &mut sending => match sent {
+                Ok(()) | Err(BodyError::DestinationIo) => {
+                    let deadline = Instant::now() + response_timeout;
+                    let answered = monoio::select! {
+                        r = &mut receiving => r,
+                        _ = monoio::time::sleep_until(deadline) => {
+                            if head_received.get() {
+                                (&mut receiving).await
+                            } else {
+                                Err(UpstreamFailure::TimedOut)
+                            }
+                        }
+                    };
+                    (sent, Some(answered))
+                }
+                Err(e) => (Err(e), None),
+            },
+            answered = &mut receiving => {
+                // Usually the origin answered because it read the whole body and our last
+                // write just has not been observed yet; an origin that answered early without
+                // reading gets a short grace period before the connection is closed.
+                answered_first.set(true);
+                let sent = match monoio::time::timeout(EARLY_ANSWER_GRACE, &mut sending).await {
+                    Ok(sent) => sent,
+                    Err(_) => Err(BodyError::DestinationIo),
+                };
+                (sent, Some(answered))
+            }
+        }
+    };
+    let sent_all = sent.is_ok();
+    if let Some(small) = lent {
+        let returned = c.reader.swap_buffer(small);
+        if returned.capacity() >= BODY_BUF {
+            shard.body_bufs.give(returned);
+        } else {
+            shard.bufs.give(returned);
+        }
+    }
+    flight.outcome = match &answered {
+        _ if head_received.get() => Outcome::Answered {
+            status: c.down.resp.status,
+            micros: head_micros.get(),
+        },
+        Some(Err(UpstreamFailure::TimedOut)) => Outcome::Failed,
+        _ => Outcome::Neutral,
+    };
+    drop(flight);
+    match (sent, answered) {
+        (_, Some(Ok(relayed))) => {
+            // An origin that answered before the whole body arrived: the client may still
+            // be sending, so close by lingering or the answer could be lost to a reset.
+            c.linger = !sent_all;
+            // A whole response before the whole body was sent: the origin may not have read
+            // the rest, which would then start the next request on a pooled connection
+            // (whoever sends it). Such a connection is never pooled.
+            let ends = Ends {
+                request_complete: sent_all,
+                reusable: c.down.resp.reusable && !answered_first.get(),
+                tunnel: tunnel_limits(route, c),
+            };
+            finish(cfg, upstream, target, up, relayed, ends)
+        }
+        (_, Some(Err(failure))) if !head_received.get() => {
+            fail_upstream(c, ex, failure, sent_all).await
+        }
+        (Err(e), None) if !head_received.get() => {
+            fail_upstream(c, ex, client_body_failure(e), false).await
+        }
+        _ => Next::Close,
+    }
+}
+
+pub(super) fn client_body_failure(e: BodyError) -> UpstreamFailure {
+    match e {
+        BodyError::SourceClosed | BodyError::SourceIo => UpstreamFailure::ClientGone,
+        BodyError::SourceTimedOut => UpstreamFailure::ClientBody(reject::BODY_TIMEOUT),
+        BodyError::Malformed => UpstreamFailure::ClientBody(reject::BAD_CHUNKED_BODY),
+        BodyError::TooLarge => UpstreamFailure::ClientBody(reject::BODY_TOO_LARGE),
+        BodyError::DestinationIo => {
+            UpstreamFailure::BadGateway("upstream stopped receiving the request")
+        }
+        // An origin that stops reading the body is as stuck as one that never answers.
+        BodyError::DestinationTimedOut => UpstreamFailure::TimedOut,
+    }
+}
+
+/// How long a request body may still take to finish sending once the response is complete.
+pub(super) const EARLY_ANSWER_GRACE: Duration = Duration::from_millis(100);
+
+pub(super) const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// What relaying a response did to the two connections.
+pub(super) enum Relayed {
+    /// The whole response reached the client; `close` says the client connection must end.
+    Done { close: bool },
+    /// `101 Switching Protocols` was forwarded: the connections become a tunnel.
+    Upgraded,
+    /// Either side failed mid-response: both connections must close.
+    Broken,
+}
+
+/// How both messages of an exchange ended.
+pub(super) struct Ends {
+    pub(super) request_complete: bool,
+    /// The origin allows another request on its connection.
+    pub(super) reusable: bool,
+    pub(super) tunnel: TunnelLimits,
+}
+
+pub(super) fn tunnel_limits(route: &RouteSpec, c: &Client) -> TunnelLimits {
+    TunnelLimits {
+        idle: route.tunnel_idle_timeout.unwrap_or(c.limits.idle_timeout),
+        total: route.tunnel_max_duration,
+        send: c.limits.send_timeout,
+    }
+}
+
+/// Ends an exchange: pools the upstream connection when both messages ended cleanly, and
+/// says what the client connection does next.
+pub(super) fn finish(
+    cfg: &Active,
+    upstream: usize,
+    target: usize,
+    up: UpstreamConn,
+    relayed: Relayed,
+    ends: Ends,
+) -> Next {
+    let request_complete = ends.request_complete;
+    match relayed {
+        Relayed::Upgraded if request_complete => Next::Tunnel(up, ends.tunnel),
+        Relayed::Done { close } => {
+            if request_complete && ends.reusable {
+                cfg.upstreams.checkin(upstream, target, up);
+            }
+            if close || !request_complete {
+                Next::Close
+            } else {
+                Next::KeepAlive
+            }
+        }
+        Relayed::Upgraded | Relayed::Broken => Next::Close,
+    }
+}
+
+/// Maps a failure to its status. `body_read` says whether the request body was consumed;
+/// if not, the connection cannot carry another request.
+pub(super) async fn fail_upstream(
+    c: &mut Client,
+    ex: &Exchange,
+    failure: UpstreamFailure,
+    body_read: bool,
+) -> Next {
+    let Some(refusal) = failure.into_reject() else {
+        return Next::Close;
+    };
+    let close = !ex.keep_alive || !body_read;
+    reject(c, &refusal, ex.request_id(), close).await
+}

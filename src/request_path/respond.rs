@@ -1,0 +1,121 @@
+//! Answers the gateway writes itself: the one writer of every [`Reject`], direct responses.
+
+use super::admit::*;
+use super::conn::*;
+use super::*;
+use crate::config::RouteSpec;
+use crate::http::io::write_all_within;
+use crate::http::{Framing, Version, push_decimal, push_error_response, push_header};
+
+/// Sends a gateway answer: the one writer of every [`Reject`]. `close` ends the connection
+/// afterwards.
+pub(super) async fn reject(
+    c: &mut Client,
+    refusal: &Reject,
+    request_id: &[u8],
+    close: bool,
+) -> Next {
+    let down = &mut c.down;
+    down.record.status = refusal.status;
+    down.record.reject_kind = Some(refusal.kind);
+    down.out.clear();
+    push_error_response(
+        &mut down.out,
+        refusal.status,
+        refusal.message,
+        request_id,
+        close,
+        &refusal.headers,
+    );
+    let out = std::mem::take(&mut down.out);
+    let (result, out) = write_all_within(&mut down.writer, out, c.limits.send_timeout).await;
+    down.out = out;
+    c.linger = close && result.is_ok();
+    if close || result.is_err() {
+        Next::Close
+    } else {
+        Next::KeepAlive
+    }
+}
+
+/// An error for a request whose body (if any) has not been read: the connection closes unless
+/// there is no body and the client wants keep-alive.
+pub(super) async fn reject_with_body_pending(
+    c: &mut Client,
+    ex: &Exchange,
+    refusal: Reject,
+) -> Next {
+    let close = !ex.keep_alive || ex.framing != Framing::None;
+    if !close {
+        c.reader.consume(c.head.len);
+    }
+    reject(c, &refusal, ex.request_id(), close).await
+}
+
+/// `308` to the same host (without its port) and target over HTTPS.
+pub(super) async fn redirect_to_https(c: &mut Client, ex: &Exchange, port: u16) -> Next {
+    let buf = c.reader.buffered();
+    let head = &c.head;
+    let mut host_buf = [0u8; 256];
+    let host = request_host(c, &mut host_buf);
+    if host.is_empty() {
+        const NO_HOST: Reject =
+            Reject::new(400, "bad_request", "missing host for the https redirect");
+        return reject_with_body_pending(c, ex, NO_HOST).await;
+    }
+    let mut location = Vec::with_capacity(host.len() + head.path.len() + head.query.len() + 20);
+    location.extend_from_slice(b"https://");
+    location.extend_from_slice(host.as_bytes());
+    if port != 443 {
+        location.push(b':');
+        push_decimal(&mut location, u64::from(port));
+    }
+    location.extend_from_slice(&buf[head.path.clone()]);
+    location.extend_from_slice(&buf[head.query.clone()]);
+    let redirect =
+        Reject::new(308, "redirect_https", "use https").with_header(b"location", &location);
+    reject_with_body_pending(c, ex, redirect).await
+}
+
+pub(super) async fn direct_response(
+    c: &mut Client,
+    ex: &Exchange,
+    route: &RouteSpec,
+    status: u16,
+    content_type: &str,
+    body: &str,
+) -> Next {
+    let close = !ex.keep_alive || ex.framing != Framing::None;
+    c.reader.consume(c.head.len);
+    c.down.record.status = status;
+    let out = &mut c.down.out;
+    out.clear();
+    crate::http::push_status_line(out, status);
+    push_header(out, b"content-type", content_type.as_bytes());
+    out.extend_from_slice(b"content-length: ");
+    push_decimal(out, body.len() as u64);
+    out.extend_from_slice(b"\r\n");
+    push_header(out, b"x-request-id", ex.request_id());
+    out.extend_from_slice(&route.response_edits(ex.tls).add);
+    push_connection_header(out, ex, close);
+    out.extend_from_slice(b"\r\n");
+    if !ex.head_method {
+        out.extend_from_slice(body.as_bytes());
+    }
+    let out = std::mem::take(&mut c.down.out);
+    let (result, out) = write_all_within(&mut c.down.writer, out, c.limits.send_timeout).await;
+    c.down.out = out;
+    if close || result.is_err() {
+        Next::Close
+    } else {
+        Next::KeepAlive
+    }
+}
+
+pub(super) fn push_connection_header(out: &mut Vec<u8>, ex: &Exchange, close: bool) {
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if ex.version == Version::Http10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+}
