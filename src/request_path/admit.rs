@@ -1,17 +1,78 @@
-//! The policy stages, run synchronously over a view of the parsed request (no sockets): path
-//! normalisation, the HTTPS redirect, route lookup. Each refusal is a [`Reject`]. Later stages
-//! (client IP, authentication, authorization, limits, validation) go here, in order.
+//! The policy stages, run synchronously over a [`RequestView`] (the parsed head, no sockets):
+//! the HTTPS redirect, then route lookup. Each refusal is a [`Reject`]; what is admitted is an
+//! [`Admitted`] route. Later stages (client IP, authentication, authorization, limits,
+//! validation) go into [`admit`], in that order.
 
-use super::conn::*;
-use super::*;
-use crate::config::RouteSpec;
+use super::Reject;
+use super::reject;
+use crate::config::{RouteSpec, Snapshot};
+use crate::http::{RequestHead, push_decimal};
 use crate::route::Match;
-use crate::shard::Active;
 
-pub(super) enum RouteMiss {
-    NotFound,
-    MethodNotAllowed(String),
-    BadPath,
+/// A request as the policy stages see it: the head's bytes and parsed ranges, and what the
+/// connection says about it. Nothing here can write to a socket.
+pub struct RequestView<'a> {
+    pub buf: &'a [u8],
+    pub head: &'a RequestHead,
+    /// The listener answers everything with a redirect to HTTPS on this port.
+    pub redirect_https: Option<u16>,
+}
+
+/// What the policy stages let through: a route (by index in the snapshot) and how much of
+/// the path its prefix matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admitted {
+    pub route: usize,
+    pub prefix_len: usize,
+}
+
+const NO_HOST_FOR_REDIRECT: Reject =
+    Reject::new(400, "bad_request", "missing host for the https redirect");
+
+/// Runs the policy stages in order: the first refusal wins.
+pub fn admit(cfg: &Snapshot, req: &RequestView) -> Result<Admitted, Reject> {
+    if let Some(port) = req.redirect_https {
+        return Err(redirect_to_https(req, port));
+    }
+    route(cfg, req)
+}
+
+/// `308` to the same host (without its port) and target over HTTPS.
+fn redirect_to_https(req: &RequestView, port: u16) -> Reject {
+    let mut host_buf = [0u8; 256];
+    let host = request_host(req, &mut host_buf);
+    if host.is_empty() {
+        return NO_HOST_FOR_REDIRECT;
+    }
+    let (path, query) = (
+        &req.buf[req.head.path.clone()],
+        &req.buf[req.head.query.clone()],
+    );
+    let mut location = Vec::with_capacity(host.len() + path.len() + query.len() + 20);
+    location.extend_from_slice(b"https://");
+    location.extend_from_slice(host.as_bytes());
+    if port != 443 {
+        location.push(b':');
+        push_decimal(&mut location, u64::from(port));
+    }
+    location.extend_from_slice(path);
+    location.extend_from_slice(query);
+    Reject::new(308, "redirect_https", "use https").with_header(b"location", &location)
+}
+
+/// Host (from an absolute-form target, else `Host`, port dropped, lower-cased), path and
+/// method to a route.
+fn route(cfg: &Snapshot, req: &RequestView) -> Result<Admitted, Reject> {
+    let mut host_buf = [0u8; 256];
+    let host = request_host(req, &mut host_buf);
+    let path =
+        std::str::from_utf8(&req.buf[req.head.path.clone()]).map_err(|_| reject::BAD_PATH)?;
+    let method = std::str::from_utf8(req.head.method(req.buf)).map_err(|_| reject::BAD_PATH)?;
+    match cfg.router.lookup(host, path, method) {
+        Match::Found { route, prefix_len } => Ok(Admitted { route, prefix_len }),
+        Match::MethodNotAllowed { allow } => Err(reject::method_not_allowed(&allow)),
+        Match::NotFound => Err(reject::NO_ROUTE),
+    }
 }
 
 /// Whether every protocol an `Upgrade` field offers is on the route's allow-list.
@@ -21,35 +82,18 @@ pub(super) fn offers_only_allowed(route: &RouteSpec, offer: &[u8]) -> bool {
         .all(|p| route.allows_upgrade(p.trim_ascii()))
 }
 
-/// Host (from an absolute-form target, else `Host`, port dropped, lower-cased), path and
-/// method to a route.
-pub(super) fn route(cfg: &Active, c: &Client) -> Result<(usize, usize), RouteMiss> {
-    let buf = c.reader.buffered();
-    let head = &c.head;
-    let mut host_buf = [0u8; 256];
-    let host = request_host(c, &mut host_buf);
-    let path = std::str::from_utf8(&buf[head.path.clone()]).map_err(|_| RouteMiss::BadPath)?;
-    let method = std::str::from_utf8(head.method(buf)).map_err(|_| RouteMiss::BadPath)?;
-    match cfg.router.lookup(host, path, method) {
-        Match::Found { route, prefix_len } => Ok((route, prefix_len)),
-        Match::MethodNotAllowed { allow } => Err(RouteMiss::MethodNotAllowed(allow)),
-        Match::NotFound => Err(RouteMiss::NotFound),
-    }
-}
-
 /// The request's host: from an absolute-form target, else `Host`; port dropped, lower-cased.
-pub(super) fn request_host<'a>(c: &Client, out: &'a mut [u8; 256]) -> &'a str {
-    let buf = c.reader.buffered();
-    let raw = c
+fn request_host<'a>(req: &RequestView, out: &'a mut [u8; 256]) -> &'a str {
+    let raw = req
         .head
         .target_authority
         .clone()
-        .or_else(|| c.head.host.clone())
-        .map_or(&b""[..], |r| &buf[r]);
+        .or_else(|| req.head.host.clone())
+        .map_or(&b""[..], |r| &req.buf[r]);
     lower_host_without_port(raw, out)
 }
 
-pub(super) fn lower_host_without_port<'a>(raw: &[u8], out: &'a mut [u8; 256]) -> &'a str {
+fn lower_host_without_port<'a>(raw: &[u8], out: &'a mut [u8; 256]) -> &'a str {
     let (without_port, _) = split_host_port(raw);
     if without_port.len() > out.len() {
         return "";
@@ -76,10 +120,148 @@ pub(super) fn split_host_port(raw: &[u8]) -> (&[u8], &[u8]) {
     (name.strip_suffix(b".").unwrap_or(name), port)
 }
 
-/// Normalises the parsed path in place before anything looks at it (routing, forwarding).
-pub(super) fn normalize_request_path(cfg: &Active, c: &mut Client) -> Result<(), Reject> {
-    let keep = cfg.keep_escaped_slashes;
-    c.head
-        .normalize_path(c.reader.buffered_mut(), keep)
-        .map_err(Reject::from)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_str;
+    use crate::http::HeadLimits;
+    use std::path::Path;
+
+    const CONFIG: &str = r#"
+[[listeners]]
+name = "l"
+bind = "127.0.0.1:0"
+
+[[upstreams]]
+name = "api"
+targets = ["127.0.0.1:1"]
+
+[[routes]]
+name = "api"
+host = "api.example.com"
+path_prefix = "/v1"
+methods = ["GET", "POST"]
+upstream = "api"
+
+[[routes]]
+name = "hello"
+path = "/hello"
+direct_response = { status = 200, body = "hi" }
+"#;
+
+    fn snapshot() -> Snapshot {
+        load_str(Path::new("admit.toml"), CONFIG).unwrap()
+    }
+
+    /// Parses `raw` and runs the policy stages on it, as the request path does.
+    fn admit_raw(
+        cfg: &Snapshot,
+        raw: &str,
+        redirect_https: Option<u16>,
+    ) -> Result<Admitted, Reject> {
+        let mut buf = raw.as_bytes().to_vec();
+        let mut head = RequestHead::default();
+        let limits = HeadLimits {
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            max_uri_bytes: 8 * 1024,
+        };
+        assert_eq!(head.parse(&buf, &limits), Ok(true), "{raw:?}");
+        head.normalize_path(&mut buf, false).unwrap();
+        let view = RequestView {
+            buf: &buf,
+            head: &head,
+            redirect_https,
+        };
+        admit(cfg, &view)
+    }
+
+    #[test]
+    fn routes_by_host_without_port_or_case_and_by_prefix() {
+        let cfg = snapshot();
+        let found = admit_raw(
+            &cfg,
+            "GET /v1/users HTTP/1.1\r\nHost: API.Example.com.:8443\r\n\r\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            found,
+            Admitted {
+                route: 0,
+                prefix_len: 3
+            }
+        );
+        let direct = admit_raw(&cfg, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n", None).unwrap();
+        assert_eq!(cfg.routes[direct.route].name, "hello");
+    }
+
+    #[test]
+    fn refusals_carry_their_status_kind_and_headers() {
+        let cfg = snapshot();
+        let table: &[(&str, u16, &str, &[u8])] = &[
+            (
+                "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n",
+                404,
+                "no_route",
+                b"",
+            ),
+            (
+                "DELETE /v1/x HTTP/1.1\r\nHost: api.example.com\r\n\r\n",
+                405,
+                "method_not_allowed",
+                b"allow: GET, HEAD, POST\r\n",
+            ),
+            (
+                "GET /v1/x HTTP/1.1\r\nHost: other.example.com\r\n\r\n",
+                404,
+                "no_route",
+                b"",
+            ),
+        ];
+        for (raw, status, kind, headers) in table {
+            let refusal = admit_raw(&cfg, raw, None).unwrap_err();
+            assert_eq!(
+                (refusal.status, refusal.kind, &refusal.headers[..]),
+                (*status, *kind, *headers),
+                "{raw:?}"
+            );
+            assert!(
+                !refusal.closes,
+                "{raw:?}: a well-formed request keeps its connection"
+            );
+        }
+    }
+
+    #[test]
+    fn a_redirecting_listener_sends_every_request_to_https() {
+        let cfg = snapshot();
+        let r = admit_raw(
+            &cfg,
+            "GET /a/b?c=d HTTP/1.1\r\nHost: Example.com:8080\r\n\r\n",
+            Some(443),
+        )
+        .unwrap_err();
+        assert_eq!((r.status, r.kind), (308, "redirect_https"));
+        assert_eq!(r.headers, b"location: https://example.com/a/b?c=d\r\n");
+        let r = admit_raw(&cfg, "GET / HTTP/1.1\r\nHost: h\r\n\r\n", Some(8443)).unwrap_err();
+        assert_eq!(r.headers, b"location: https://h:8443/\r\n");
+        // HTTP/1.0 without Host: nothing to redirect to.
+        let r = admit_raw(&cfg, "GET / HTTP/1.0\r\n\r\n", Some(443)).unwrap_err();
+        assert_eq!(r.status, 400);
+    }
+
+    #[test]
+    fn hosts_split_from_ports_and_one_trailing_dot() {
+        assert_eq!(split_host_port(b"a.b:80"), (&b"a.b"[..], &b":80"[..]));
+        assert_eq!(split_host_port(b"a.b."), (&b"a.b"[..], &b""[..]));
+        assert_eq!(split_host_port(b"[::1]:80"), (&b"[::1]"[..], &b":80"[..]));
+        let mut out = [0u8; 256];
+        assert_eq!(
+            lower_host_without_port(b"EXAMPLE.com:1", &mut out),
+            "example.com"
+        );
+        let long = vec![b'a'; 300];
+        assert_eq!(lower_host_without_port(&long, &mut out), "");
+    }
 }

@@ -380,3 +380,11 @@ pub(super) async fn linger(c: &mut Client) {
         }
     }
 }
+
+/// Normalises the parsed path in place before anything looks at it (routing, forwarding).
+pub(super) fn normalize_request_path(cfg: &Active, c: &mut Client) -> Result<(), Reject> {
+    let keep = cfg.keep_escaped_slashes;
+    c.head
+        .normalize_path(c.reader.buffered_mut(), keep)
+        .map_err(Reject::from)
+}

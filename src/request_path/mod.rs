@@ -143,23 +143,21 @@ async fn exchange(shard: &Shard, guard: &ConnGuard, c: &mut Client) -> Next {
         return reject(c, &e, ex.request_id(), true).await;
     }
 
-    // Stage 2: a plain listener told to redirect sends everything to HTTPS.
-    if let Some(port) = c.redirect_https {
-        return redirect_to_https(c, &ex, port).await;
-    }
-
-    // Stage 3: route.
-    let (route_index, prefix_len) = match route(cfg, c) {
-        Ok(found) => found,
-        Err(RouteMiss::NotFound) => {
-            return reject_with_body_pending(c, &ex, reject::NO_ROUTE).await;
+    // Stage 2: the policy stages, over the parsed head (no socket): HTTPS redirect, route.
+    let view = RequestView {
+        buf: c.reader.buffered(),
+        head: &c.head,
+        redirect_https: c.redirect_https,
+    };
+    let Admitted {
+        route: route_index,
+        prefix_len,
+    } = match admit(cfg, &view) {
+        Ok(admitted) => admitted,
+        Err(refusal) if refusal.closes => {
+            return reject(c, &refusal, ex.request_id(), true).await;
         }
-        Err(RouteMiss::MethodNotAllowed(allow)) => {
-            return reject_with_body_pending(c, &ex, reject::method_not_allowed(&allow)).await;
-        }
-        Err(RouteMiss::BadPath) => {
-            return reject(c, &reject::BAD_PATH, ex.request_id(), true).await;
-        }
+        Err(refusal) => return reject_with_body_pending(c, &ex, refusal).await,
     };
     let route = &cfg.routes[route_index];
     c.down.record.route = Some(route_index);

@@ -5,13 +5,13 @@ use super::conn::*;
 use super::proxy::*;
 use super::transform::*;
 use super::*;
-use crate::config::RetryOn;
 use crate::config::RouteSpec;
 use crate::http::body::{BodyLimits, stream_body};
 use crate::http::io::{ReadError, write_all_buf, write_all_within};
 use crate::http::{Framing, ResponseHead, Version};
 use crate::shard::{Active, Shard};
-use crate::upstream::{Affinity, ConnectError, InFlight, Outcome, Tried, UpstreamConn};
+use crate::upstream::attempt::{Attempts, TryEnd};
+use crate::upstream::{ConnectError, InFlight, Outcome, UpstreamConn};
 use monoio::time::Instant;
 use std::time::Duration;
 
@@ -90,15 +90,13 @@ impl TryFailure {
         }
     }
 
-    /// Whether the route retries this failure; a request that may have reached the origin
-    /// is retried only when it is idempotent (or the route allows it).
-    pub(super) fn retryable(&self, on: RetryOn, idempotent: bool) -> bool {
+    /// How the try ended, for the retry table ([`crate::upstream::attempt`]).
+    pub(super) fn end(&self) -> TryEnd {
         match self {
-            TryFailure::Connect(ConnectError::Overloaded) => false,
-            TryFailure::Connect(_) => on.connect_failure,
-            TryFailure::Response(ResponseFailure::NothingReceived) => on.reset && idempotent,
-            TryFailure::Response(ResponseFailure::TimedOut) => on.timeout && idempotent,
-            TryFailure::Response(ResponseFailure::Bad(_)) => false,
+            TryFailure::Connect(e) => TryEnd::from(e),
+            TryFailure::Response(ResponseFailure::NothingReceived) => TryEnd::NothingReceived,
+            TryFailure::Response(ResponseFailure::TimedOut) => TryEnd::TimedOut,
+            TryFailure::Response(ResponseFailure::Bad(_)) => TryEnd::BadResponse,
         }
     }
 }
@@ -112,15 +110,6 @@ impl From<TryFailure> for UpstreamFailure {
     }
 }
 
-pub(super) fn retries_status(on: RetryOn, status: u16) -> bool {
-    match status {
-        502 => on.status_502,
-        503 => on.status_503,
-        504 => on.status_504,
-        _ => false,
-    }
-}
-
 pub(super) fn is_idempotent(method: &[u8]) -> bool {
     matches!(
         method,
@@ -129,73 +118,59 @@ pub(super) fn is_idempotent(method: &[u8]) -> bool {
 }
 
 /// Sends a request that is entirely in `out` and reads the response head into
-/// `c.down.resp`, retrying per the route (each retry on a different target, within the
-/// upstream's retry budget, after a jittered backoff). Returns the connection, the target
-/// that answered, and its in-flight guard.
-#[allow(clippy::too_many_arguments)]
+/// `c.down.resp`, trying again per the route's retry policy ([`Attempts`]). Returns the
+/// connection, the target that answered, and its in-flight guard.
 pub(super) async fn send_replayable<'s>(
     cfg: &'s Active,
     c: &mut Client,
     ex: &Exchange,
     route: &RouteSpec,
-    upstream: usize,
-    mut target: usize,
-    affinity: &Affinity,
+    attempts: &mut Attempts<'s>,
+    (upstream, mut target): (usize, usize),
     mut out: Vec<u8>,
 ) -> Result<(UpstreamConn, usize, InFlight<'s>), UpstreamFailure> {
     let spec = &cfg.snapshot.upstreams[upstream];
     let try_timeout = route.per_try_timeout.unwrap_or(spec.response_timeout);
-    let idempotent = route.retry_non_idempotent || ex.idempotent;
-    let mut tried = Tried::default();
-    let mut retries_left = route.retries;
-    let mut backoff_ms = 25;
     loop {
-        tried.add(target);
         let mut flight = cfg.upstreams.begin(upstream, target);
         let started = Instant::now();
-        let attempt = try_once(cfg, c, ex, route, (upstream, target), &mut out, try_timeout);
-        let failure = match attempt.await {
+        let attempt = try_once(attempts, c, ex, route, target, &mut out, try_timeout);
+        let (end, failure) = match attempt.await {
             Ok(up) => {
                 let status = c.down.resp.status;
                 flight.outcome = Outcome::Answered {
                     status,
                     micros: started.elapsed().as_micros() as u64,
                 };
-                let retry = retries_status(route.retry_on, status) && idempotent;
-                if !(retry && retries_left > 0) {
+                if attempts.accepts_answer(status) {
                     c.down.out = out;
                     return Ok((up, target, flight));
                 }
                 // Retrying a 5xx: this connection (with the unread body) is dropped.
-                None
+                (TryEnd::Answered(status), None)
             }
             Err(f) => {
                 flight.outcome = f.outcome();
-                Some(f)
+                (f.end(), Some(f))
             }
         };
         drop(flight);
         // An empty `out` went with a write that timed out: there is nothing left to resend.
-        let retryable = !out.is_empty()
-            && failure
-                .as_ref()
-                .is_none_or(|f| f.retryable(route.retry_on, idempotent));
-        let next = if retryable && retries_left > 0 && cfg.upstreams.try_retry(upstream) {
-            cfg.upstreams.pick(upstream, tried, affinity).ok()
+        let end = if out.is_empty() {
+            TryEnd::Unrepeatable
         } else {
-            None
+            end
         };
-        let Some(next) = next else {
-            c.down.out = out;
-            return Err(match failure {
-                Some(f) => f.into(),
-                None => UpstreamFailure::BadGateway("upstream answered with an error status"),
-            });
-        };
-        monoio::time::sleep(Duration::from_millis(cfg.upstreams.jitter_ms(backoff_ms))).await;
-        backoff_ms *= 2;
-        retries_left -= 1;
-        target = next;
+        match attempts.retry(end).await {
+            Some(next) => target = next,
+            None => {
+                c.down.out = out;
+                return Err(match failure {
+                    Some(f) => f.into(),
+                    None => UpstreamFailure::BadGateway("upstream answered with an error status"),
+                });
+            }
+        }
     }
 }
 
@@ -204,17 +179,18 @@ pub(super) async fn send_replayable<'s>(
 /// replaced by a fresh one to the same target at once, but only for a request that is safe
 /// to send twice: the origin may have read it before closing.
 pub(super) async fn try_once(
-    cfg: &Active,
+    attempts: &Attempts<'_>,
     c: &mut Client,
     ex: &Exchange,
     route: &RouteSpec,
-    (upstream, target): (usize, usize),
+    target: usize,
     out: &mut Vec<u8>,
     timeout: Duration,
 ) -> Result<UpstreamConn, TryFailure> {
     let replay_safe = ex.idempotent || route.retry_non_idempotent;
     let upgrade = ex.upgrade.then_some(route);
-    let mut up = checkout(cfg, upstream, target)
+    let mut up = attempts
+        .connect(target)
         .await
         .map_err(TryFailure::Connect)?;
     loop {
@@ -235,25 +211,13 @@ pub(super) async fn try_once(
         match attempt {
             Ok(()) => return Ok(up),
             Err(ResponseFailure::NothingReceived) if up.reused && replay_safe => {
-                up = cfg
-                    .upstreams
-                    .connect(upstream, target)
+                up = attempts
+                    .connect_new(target)
                     .await
                     .map_err(TryFailure::Connect)?;
             }
             Err(failure) => return Err(TryFailure::Response(failure)),
         }
-    }
-}
-
-pub(super) async fn checkout(
-    cfg: &Active,
-    upstream: usize,
-    target: usize,
-) -> Result<UpstreamConn, ConnectError> {
-    match cfg.upstreams.checkout_idle(upstream, target) {
-        Some(up) => Ok(up),
-        None => cfg.upstreams.connect(upstream, target).await,
     }
 }
 

@@ -12,7 +12,8 @@ use crate::http::body::{BodyError, BodyLimits, stream_body};
 use crate::http::io::write_all_within;
 use crate::http::{Framing, Version};
 use crate::shard::{Active, Shard};
-use crate::upstream::{Affinity, Outcome, Tried, UpstreamConn};
+use crate::upstream::attempt::{Attempts, RetryPolicy};
+use crate::upstream::{Outcome, UpstreamConn};
 use monoio::io::AsyncWriteRentExt;
 use monoio::time::Instant;
 use std::cell::Cell;
@@ -45,11 +46,14 @@ pub(super) async fn proxy(
     cfg.upstreams.count_request(upstream);
     c.down.record.upstream = Some(upstream);
     let affinity = affinity_of(&cfg.snapshot.upstreams[upstream], c);
-    let target = match cfg.upstreams.pick(upstream, Tried::default(), &affinity) {
-        Ok(t) => t,
-        Err(_) => {
-            return reject_with_body_pending(c, ex, reject::NO_HEALTHY_TARGET).await;
-        }
+    let policy = RetryPolicy {
+        retries: route.retries,
+        on: route.retry_on,
+        replay_safe: ex.idempotent || route.retry_non_idempotent,
+    };
+    let mut attempts = Attempts::new(&cfg.upstreams, upstream, affinity, policy);
+    let Ok(target) = attempts.first() else {
+        return reject_with_body_pending(c, ex, reject::NO_HEALTHY_TARGET).await;
     };
     // Transform the head (plus a small, fully buffered body) into `out`.
     let label = &cfg.snapshot.upstreams[upstream].targets[target].label;
@@ -74,11 +78,19 @@ pub(super) async fn proxy(
         // Boxed: this path's state is large and rare; keeping it out of every connection's
         // future keeps idle connections small.
         return Box::pin(streamed_exchange(
-            shard, cfg, c, ex, route, upstream, target, &affinity, out,
+            shard,
+            cfg,
+            c,
+            ex,
+            route,
+            &mut attempts,
+            (upstream, target),
+            out,
         ))
         .await;
     }
-    match send_replayable(cfg, c, ex, route, upstream, target, &affinity, out).await {
+    let sent = send_replayable(cfg, c, ex, route, &mut attempts, (upstream, target), out);
+    match sent.await {
         Ok((mut up, target, flight)) => {
             c.down.record.target = Some(target);
             stick_to(
@@ -111,33 +123,20 @@ pub(super) async fn streamed_exchange(
     c: &mut Client,
     ex: &Exchange,
     route: &RouteSpec,
-    upstream: usize,
-    target: usize,
-    affinity: &Affinity,
+    attempts: &mut Attempts<'_>,
+    (upstream, mut target): (usize, usize),
     out: Vec<u8>,
 ) -> Next {
     let response_timeout = cfg.snapshot.upstreams[upstream].response_timeout;
     // The body has not been read yet, so a failed connect can move to another target.
-    let mut target = target;
-    let mut tried = Tried::default();
-    let mut retries_left = route.retries;
     let mut up = loop {
-        tried.add(target);
-        match checkout(cfg, upstream, target).await {
+        match attempts.connect(target).await {
             Ok(up) => break up,
             Err(e) => {
                 let failure = TryFailure::Connect(e);
                 cfg.upstreams.begin(upstream, target).outcome = failure.outcome();
-                let next = (failure.retryable(route.retry_on, ex.idempotent)
-                    && retries_left > 0
-                    && cfg.upstreams.try_retry(upstream))
-                .then(|| cfg.upstreams.pick(upstream, tried, affinity).ok())
-                .flatten();
-                match next {
-                    Some(next) => {
-                        retries_left -= 1;
-                        target = next;
-                    }
+                match attempts.retry(failure.end()).await {
+                    Some(next) => target = next,
                     None => {
                         c.down.out = out;
                         return fail_upstream(c, ex, failure.into(), false).await;
@@ -151,7 +150,7 @@ pub(super) async fn streamed_exchange(
     c.down.record.target = Some(target);
     stick_to(
         &cfg.snapshot.upstreams[upstream],
-        affinity,
+        attempts.affinity(),
         target,
         &mut c.down,
     );

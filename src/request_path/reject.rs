@@ -16,6 +16,9 @@ pub struct Reject {
     pub kind: &'static str,
     /// Header lines the answer carries (`allow`, `location`, …), each ending in CRLF.
     pub headers: Vec<u8>,
+    /// The request was malformed: the connection closes after the answer, whatever its
+    /// keep-alive said (its framing cannot be trusted).
+    pub closes: bool,
 }
 
 impl Reject {
@@ -25,7 +28,14 @@ impl Reject {
             message,
             kind,
             headers: Vec::new(),
+            closes: false,
         }
+    }
+
+    /// The same answer, closing the connection after it.
+    pub const fn closing(mut self) -> Reject {
+        self.closes = true;
+        self
     }
 
     /// Adds a header line (`name: value`); values come from the gateway, never a peer.
@@ -37,7 +47,7 @@ impl Reject {
 
 impl From<HeadError> for Reject {
     fn from(e: HeadError) -> Reject {
-        match e {
+        let refusal = match e {
             HeadError::Malformed(m) => Reject::new(400, "bad_request", m),
             HeadError::HeadersTooLarge => {
                 Reject::new(431, "headers_too_large", "request header fields too large")
@@ -54,7 +64,8 @@ impl From<HeadError> for Reject {
             HeadError::MethodNotImplemented => {
                 Reject::new(501, "method_not_implemented", "method not implemented")
             }
-        }
+        };
+        refusal.closing()
     }
 }
 
@@ -65,7 +76,7 @@ impl From<PathError> for Reject {
             PathError::AmbiguousSegment => "encoded slash, backslash or ';' in path",
             PathError::ForbiddenByte => "encoded control character or invalid UTF-8 byte in path",
         };
-        Reject::new(400, "bad_path", message)
+        Reject::new(400, "bad_path", message).closing()
     }
 }
 
@@ -75,7 +86,7 @@ pub const HEADERS_TOO_LARGE: Reject =
     Reject::new(431, "headers_too_large", "request header fields too large");
 pub const INCOMPLETE_HEAD: Reject = Reject::new(400, "bad_request", "incomplete request head");
 pub const NO_ROUTE: Reject = Reject::new(404, "no_route", "no route matched");
-pub const BAD_PATH: Reject = Reject::new(400, "bad_path", "invalid path");
+pub const BAD_PATH: Reject = Reject::new(400, "bad_path", "invalid path").closing();
 pub const BODY_TOO_LARGE: Reject = Reject::new(413, "body_too_large", "request body too large");
 pub const BODY_TIMEOUT: Reject = Reject::new(408, "body_timeout", "request body read timed out");
 pub const BAD_CHUNKED_BODY: Reject =
@@ -116,7 +127,9 @@ mod tests {
             (HeadError::MethodNotImplemented, 501),
         ];
         for (e, status) in cases {
-            assert_eq!(Reject::from(e).status, status);
+            let refusal = Reject::from(e);
+            assert_eq!(refusal.status, status);
+            assert!(refusal.closes, "a malformed head ends its connection");
         }
         assert_eq!(Reject::from(PathError::ForbiddenByte).status, 400);
     }

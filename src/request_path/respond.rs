@@ -1,6 +1,5 @@
 //! Answers the gateway writes itself: the one writer of every [`Reject`], direct responses.
 
-use super::admit::*;
 use super::conn::*;
 use super::*;
 use crate::config::RouteSpec;
@@ -50,31 +49,6 @@ pub(super) async fn reject_with_body_pending(
         c.reader.consume(c.head.len);
     }
     reject(c, &refusal, ex.request_id(), close).await
-}
-
-/// `308` to the same host (without its port) and target over HTTPS.
-pub(super) async fn redirect_to_https(c: &mut Client, ex: &Exchange, port: u16) -> Next {
-    let buf = c.reader.buffered();
-    let head = &c.head;
-    let mut host_buf = [0u8; 256];
-    let host = request_host(c, &mut host_buf);
-    if host.is_empty() {
-        const NO_HOST: Reject =
-            Reject::new(400, "bad_request", "missing host for the https redirect");
-        return reject_with_body_pending(c, ex, NO_HOST).await;
-    }
-    let mut location = Vec::with_capacity(host.len() + head.path.len() + head.query.len() + 20);
-    location.extend_from_slice(b"https://");
-    location.extend_from_slice(host.as_bytes());
-    if port != 443 {
-        location.push(b':');
-        push_decimal(&mut location, u64::from(port));
-    }
-    location.extend_from_slice(&buf[head.path.clone()]);
-    location.extend_from_slice(&buf[head.query.clone()]);
-    let redirect =
-        Reject::new(308, "redirect_https", "use https").with_header(b"location", &location);
-    reject_with_body_pending(c, ex, redirect).await
 }
 
 pub(super) async fn direct_response(

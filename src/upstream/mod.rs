@@ -8,6 +8,7 @@
 //! the request path decides whether a connection is clean enough to pool and how an
 //! exchange went.
 
+pub mod attempt;
 pub mod health;
 pub mod probe;
 
