@@ -345,3 +345,73 @@ pub(super) async fn relay_response(
     }
     Relayed::Done { close }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_upstream_failure_has_one_answer() {
+        let table: Vec<(UpstreamFailure, Option<(u16, &str)>)> = vec![
+            (
+                UpstreamFailure::Connect(ConnectError::TimedOut),
+                Some((502, "upstream_connect_timeout")),
+            ),
+            (
+                UpstreamFailure::Connect(ConnectError::Failed(
+                    std::io::ErrorKind::ConnectionRefused.into(),
+                )),
+                Some((502, "upstream_connect_failed")),
+            ),
+            (
+                UpstreamFailure::Connect(ConnectError::Overloaded),
+                Some((503, "upstream_overloaded")),
+            ),
+            (UpstreamFailure::BadGateway("x"), Some((502, "bad_gateway"))),
+            (UpstreamFailure::TimedOut, Some((504, "upstream_timeout"))),
+            (UpstreamFailure::ClientGone, None),
+            (
+                UpstreamFailure::ClientBody(reject::BODY_TOO_LARGE),
+                Some((413, "body_too_large")),
+            ),
+        ];
+        for (failure, expected) in table {
+            let got = failure.into_reject().map(|r| (r.status, r.kind));
+            assert_eq!(got, expected);
+        }
+    }
+
+    #[test]
+    fn only_the_targets_own_failures_count_against_it() {
+        let table = [
+            (
+                TryFailure::Connect(ConnectError::TimedOut),
+                Outcome::Failed,
+                TryEnd::ConnectFailed,
+            ),
+            (
+                TryFailure::Connect(ConnectError::Overloaded),
+                Outcome::Neutral,
+                TryEnd::Overloaded,
+            ),
+            (
+                TryFailure::Response(ResponseFailure::NothingReceived),
+                Outcome::Failed,
+                TryEnd::NothingReceived,
+            ),
+            (
+                TryFailure::Response(ResponseFailure::TimedOut),
+                Outcome::Failed,
+                TryEnd::TimedOut,
+            ),
+            (
+                TryFailure::Response(ResponseFailure::Bad("unasked 101")),
+                Outcome::Neutral,
+                TryEnd::BadResponse,
+            ),
+        ];
+        for (failure, outcome, end) in table {
+            assert_eq!((failure.outcome(), failure.end()), (outcome, end));
+        }
+    }
+}

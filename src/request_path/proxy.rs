@@ -59,7 +59,7 @@ pub(super) async fn proxy(
     let label = &cfg.snapshot.upstreams[upstream].targets[target].label;
     let mut out = std::mem::take(&mut c.down.out);
     out.clear();
-    write_upstream_head(&mut out, c, ex, route, prefix_len, label);
+    write_upstream_head(&mut out, &Forwarded::of(c), ex, route, prefix_len, label);
     c.reader.consume(c.head.len);
     let body_inline = match ex.framing {
         Framing::None => true,

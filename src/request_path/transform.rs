@@ -7,21 +7,48 @@ use super::conn::*;
 use super::respond::*;
 use crate::config::{CompiledTransform, RouteSpec};
 use crate::config::{HashKey, UpstreamSpec, stable_hash};
-use crate::http::{Framing, Known, ResponseHead, push_decimal, push_header};
+use crate::http::{Framing, Known, RequestHead, ResponseHead, push_decimal, push_header};
 use crate::upstream::Affinity;
+
+/// What the origin's request head is written from: the client's parsed head and what the
+/// connection says about the client. No socket.
+pub(super) struct Forwarded<'a> {
+    pub buf: &'a [u8],
+    pub head: &'a RequestHead,
+    /// The client's address as text.
+    pub peer_ip: &'a [u8],
+    pub tls: bool,
+    /// The verified client certificate's subject (mTLS).
+    pub client_subject: Option<&'a str>,
+    /// The listener says `x_forwarded_for = "replace"`.
+    pub replace_x_forwarded_for: bool,
+}
+
+impl<'a> Forwarded<'a> {
+    pub(super) fn of(c: &'a Client) -> Forwarded<'a> {
+        Forwarded {
+            buf: c.reader.buffered(),
+            head: &c.head,
+            peer_ip: c.peer_ip.as_bytes(),
+            tls: c.tls,
+            client_subject: c.client_subject.as_deref(),
+            replace_x_forwarded_for: c.replace_x_forwarded_for,
+        }
+    }
+}
 
 /// The request head as the origin sees it: one framing, hop-by-hop fields dropped, forwarding
 /// fields set, route edits applied.
 pub(super) fn write_upstream_head(
     out: &mut Vec<u8>,
-    c: &Client,
+    c: &Forwarded,
     ex: &Exchange,
     route: &RouteSpec,
     prefix_len: usize,
     target_label: &str,
 ) {
-    let buf = c.reader.buffered();
-    let head = &c.head;
+    let buf = c.buf;
+    let head = c.head;
     out.extend_from_slice(head.method(buf));
     out.push(b' ');
     let path = &buf[head.path.clone()];
@@ -78,7 +105,7 @@ pub(super) fn write_upstream_head(
                 out.extend_from_slice(b", ");
             }
         }
-        out.extend_from_slice(c.peer_ip.as_bytes());
+        out.extend_from_slice(c.peer_ip);
         out.extend_from_slice(b"\r\n");
     }
     push_header(
@@ -92,7 +119,7 @@ pub(super) fn write_upstream_head(
     if let Some(h) = client_host {
         push_host(out, b"x-forwarded-host", h);
     }
-    push_header(out, b"x-real-ip", c.peer_ip.as_bytes());
+    push_header(out, b"x-real-ip", c.peer_ip);
     push_header(out, b"x-request-id", ex.request_id());
     out.extend_from_slice(&route.request_headers.add);
     match ex.framing {
@@ -211,5 +238,180 @@ pub(super) fn stick_to(
         down.extra.extend_from_slice(b"; Path=/; Max-Age=");
         push_decimal(&mut down.extra, st.max_age_secs);
         down.extra.extend_from_slice(b"; HttpOnly\r\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Snapshot, load_str};
+    use crate::http::{HeadLimits, Version};
+    use std::path::Path;
+    use std::time::Duration;
+
+    const CONFIG: &str = r#"
+[[listeners]]
+name = "l"
+bind = "127.0.0.1:0"
+
+[[upstreams]]
+name = "u"
+targets = ["127.0.0.1:9"]
+
+[[routes]]
+name = "api"
+path_prefix = "/api"
+strip_prefix = true
+upstream = "u"
+request_headers = { add = { "x-added" = "yes" }, remove = ["x-remove-me"] }
+response_headers = { add = { "x-resp" = "r" }, remove = ["server"] }
+"#;
+
+    fn snapshot() -> Snapshot {
+        load_str(Path::new("transform.toml"), CONFIG).unwrap()
+    }
+
+    fn exchange(framing: Framing, version: Version) -> Exchange {
+        let mut request_id = [0u8; 128];
+        request_id[..6].copy_from_slice(b"rid-42");
+        Exchange {
+            request_id,
+            request_id_len: 6,
+            version,
+            keep_alive: true,
+            head_method: false,
+            framing,
+            tls: false,
+            idempotent: false,
+            upgrade: false,
+            send_timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn upstream_head(raw: &str, replace_x_forwarded_for: bool) -> String {
+        let buf = raw.as_bytes().to_vec();
+        let mut head = RequestHead::default();
+        let limits = HeadLimits {
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            max_uri_bytes: 8 * 1024,
+        };
+        assert_eq!(head.parse(&buf, &limits), Ok(true));
+        let cfg = snapshot();
+        let forwarded = Forwarded {
+            buf: &buf,
+            head: &head,
+            peer_ip: b"10.0.0.9",
+            tls: false,
+            client_subject: None,
+            replace_x_forwarded_for,
+        };
+        let mut out = Vec::new();
+        let ex = exchange(head.framing, Version::Http11);
+        write_upstream_head(&mut out, &forwarded, &ex, &cfg.routes[0], 4, "127.0.0.1:9");
+        String::from_utf8(out).unwrap()
+    }
+
+    const REQUEST: &str = "POST /api/v1/x?q=1 HTTP/1.1\r\nHost: Example.com.:8080\r\nConnection: keep-alive, x-secret\r\nX-Secret: s\r\nX-Remove-Me: r\r\nX-Forwarded-For: 1.2.3.4\r\nX-Real-IP: 6.6.6.6\r\nX-Request-Id: client-id\r\nKeep-Alive: 5\r\nExpect: 100-continue\r\nAccept: */*\r\nContent-Length: 3\r\n\r\n";
+
+    #[test]
+    fn the_origin_sees_one_framing_forwarding_fields_and_route_edits() {
+        let head = upstream_head(REQUEST, false);
+        let lines: Vec<&str> = head.split("\r\n").collect();
+        assert_eq!(lines[0], "POST /v1/x?q=1 HTTP/1.1", "{head}");
+        assert_eq!(lines[1], "host: Example.com:8080", "{head}");
+        for expected in [
+            "Accept: */*",
+            "x-forwarded-for: 1.2.3.4, 10.0.0.9",
+            "x-forwarded-proto: http",
+            "x-forwarded-host: Example.com:8080",
+            "x-real-ip: 10.0.0.9",
+            "x-request-id: rid-42",
+            "x-added: yes",
+            "content-length: 3",
+        ] {
+            assert!(
+                lines.contains(&expected),
+                "{expected:?} missing from\n{head}"
+            );
+        }
+        let lower = head.to_ascii_lowercase();
+        for gone in [
+            "x-secret",
+            "x-remove-me",
+            "keep-alive",
+            "expect",
+            "6.6.6.6",
+            "client-id",
+            "connection:",
+        ] {
+            assert!(!lower.contains(gone), "{gone:?} was forwarded:\n{head}");
+        }
+        assert!(head.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn an_edge_listener_replaces_the_clients_forwarding_list() {
+        let head = upstream_head(REQUEST, true);
+        assert!(head.contains("x-forwarded-for: 10.0.0.9\r\n"), "{head}");
+        assert!(!head.contains("1.2.3.4"), "{head}");
+    }
+
+    fn client_head(raw: &str, version: Version, extra: &[u8], close: bool) -> String {
+        let buf = raw.as_bytes();
+        let mut resp = ResponseHead::default();
+        assert_eq!(resp.parse(buf, false, 64 * 1024).map_err(|e| e.0), Ok(true));
+        let cfg = snapshot();
+        let ex = exchange(Framing::None, version);
+        let rechunk = resp.framing == Framing::Chunked && version == Version::Http11;
+        let mut out = Vec::new();
+        let edits = cfg.routes[0].response_edits(false);
+        write_client_head(
+            &mut out, &resp, buf, &ex, edits, extra, rechunk, close, false,
+        );
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn the_client_sees_the_origins_fields_less_hop_by_hop_plus_ours() {
+        let head = client_head(
+            "HTTP/1.1 201 Created\r\nContent-Length: 5\r\nConnection: x-hop\r\nX-Hop: 1\r\nX-Request-Id: origin-id\r\nServer: origin\r\nETag: \"e\"\r\n\r\n",
+            Version::Http11,
+            b"set-cookie: s=1\r\n",
+            false,
+        );
+        assert!(head.starts_with("HTTP/1.1 201 Created\r\n"), "{head}");
+        for expected in [
+            "content-length: 5\r\n",
+            "etag: \"e\"\r\n",
+            "x-resp: r\r\n",
+            "set-cookie: s=1\r\n",
+            "x-request-id: rid-42\r\n",
+        ] {
+            assert!(
+                head.to_ascii_lowercase()
+                    .contains(&expected.to_ascii_lowercase()),
+                "{expected:?} missing from\n{head}"
+            );
+        }
+        for gone in ["x-hop", "origin-id", "server:", "connection:"] {
+            assert!(
+                !head.to_ascii_lowercase().contains(gone),
+                "{gone:?}:\n{head}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_chunked_response_is_rechunked_for_http11_and_closed_for_http10() {
+        let raw = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let h11 = client_head(raw, Version::Http11, b"", false);
+        assert!(h11.contains("transfer-encoding: chunked\r\n"), "{h11}");
+        let h10 = client_head(raw, Version::Http10, b"", true);
+        assert!(
+            !h10.to_ascii_lowercase().contains("transfer-encoding"),
+            "{h10}"
+        );
+        assert!(h10.contains("connection: close\r\n"), "{h10}");
     }
 }
