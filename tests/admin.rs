@@ -63,6 +63,17 @@ fn shards_count_every_exchange_once_by_status_class() {
         5,
         "{last}"
     );
+    // Bytes in are the request heads read; the malformed one is not counted as read.
+    let head = |path: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").len() as u64
+    };
+    assert_eq!(
+        total(&last, |s| s["bytes_in"].as_u64().unwrap()),
+        6 * head("/hello") + 4 * head("/nope"),
+        "{last}"
+    );
+    let bytes_out = total(&last, |s| s["bytes_out"].as_u64().unwrap());
+    assert!(bytes_out > 11 * 60 && bytes_out < 11 * 400, "{last}");
     let shards = last["shards"].as_array().unwrap();
     assert_eq!(shards.len(), 2);
     for s in shards {

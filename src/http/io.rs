@@ -23,6 +23,8 @@ pub struct BufConn<S> {
     in_flight: bool,
     /// An earlier operation was dropped mid-way; sticky.
     lost: bool,
+    /// Bytes consumed over the connection's life (a request's share is the difference).
+    consumed: u64,
 }
 
 /// Why a read did not produce bytes.
@@ -45,7 +47,13 @@ impl<S: AsyncReadRent> BufConn<S> {
             pos: 0,
             in_flight: false,
             lost: false,
+            consumed: 0,
         }
+    }
+
+    /// Bytes consumed so far (read and dealt with), over the connection's life.
+    pub fn consumed(&self) -> u64 {
+        self.consumed
     }
 
     /// Whether an operation on this connection was cancelled mid-way: bytes may have been
@@ -64,6 +72,7 @@ impl<S: AsyncReadRent> BufConn<S> {
     }
 
     pub fn consume(&mut self, n: usize) {
+        self.consumed += n as u64;
         self.pos += n;
         debug_assert!(self.pos <= self.buf.len());
         if self.pos >= self.buf.len() {
@@ -179,6 +188,49 @@ impl<S: AsyncReadRent> BufConn<S> {
 
     pub fn into_parts(self) -> (S, Vec<u8>) {
         (self.io, self.buf)
+    }
+}
+
+/// A writer that counts the bytes it wrote (an exchange's bytes out are the difference).
+pub struct Counted<W> {
+    pub inner: W,
+    written: u64,
+}
+
+impl<W> Counted<W> {
+    pub fn new(inner: W) -> Self {
+        Counted { inner, written: 0 }
+    }
+
+    /// Bytes written so far, over the connection's life.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+}
+
+impl<W: AsyncWriteRent> AsyncWriteRent for Counted<W> {
+    async fn write<T: monoio::buf::IoBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+        let (result, buf) = self.inner.write(buf).await;
+        if let Ok(n) = result {
+            self.written += n as u64;
+        }
+        (result, buf)
+    }
+
+    async fn writev<T: monoio::buf::IoVecBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+        let (result, buf) = self.inner.writev(buf).await;
+        if let Ok(n) = result {
+            self.written += n as u64;
+        }
+        (result, buf)
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush().await
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        self.inner.shutdown().await
     }
 }
 

@@ -4,14 +4,28 @@
 //! only their shard writes (`Relaxed`, no contention) and the admin thread reads for
 //! `/shards`. Metrics, the access log and the audit log will hang off the same record.
 
+use std::net::IpAddr;
+use std::rc::Rc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
 
-/// What one exchange did, for observers. Indices refer to the shard's pinned snapshot.
-#[derive(Debug, Clone, Default)]
+/// What one exchange did, for observers. Indices refer to the config the exchange pinned.
+#[derive(Debug, Clone)]
 pub struct ExchangeRecord {
+    // Facts of the connection, set once when it opens.
+    /// The listener's name.
+    pub listener: Rc<str>,
+    pub client_ip: IpAddr,
+    pub tls: bool,
+
+    // Facts of the exchange, reset by `begin`.
     /// A request head was read (otherwise there is nothing to record).
     pub started: bool,
+    /// When the request head was complete.
+    pub start: Option<Instant>,
+    pub request_id: [u8; 128],
+    pub request_id_len: u8,
     pub route: Option<usize>,
     pub upstream: Option<usize>,
     pub target: Option<usize>,
@@ -19,14 +33,92 @@ pub struct ExchangeRecord {
     pub status: u16,
     /// Set when the gateway answered itself (`Reject::kind`).
     pub reject_kind: Option<&'static str>,
+    /// From sending the request to the origin until its response head arrived.
+    pub upstream_head_time: Option<Duration>,
+    /// Request bytes read from the client (head and body; a tunnel's bytes too).
+    pub bytes_in: u64,
+    /// Response bytes written to the client.
+    pub bytes_out: u64,
+    /// When the exchange ended (its record was handed over).
+    pub end: Option<Instant>,
+    /// Room for the identity stage: the consumer's name.
+    pub consumer: Option<Rc<str>>,
+    /// Room for the cache stage: `HIT`, `MISS`, `BYPASS`.
+    pub cache: Option<&'static str>,
+    /// The client connection's byte counters when the exchange began.
+    pub counters_at_start: (u64, u64),
 }
 
 impl ExchangeRecord {
-    pub fn begin(&mut self) {
-        *self = ExchangeRecord {
-            started: true,
-            ..ExchangeRecord::default()
-        };
+    pub fn new(listener: Rc<str>, client_ip: IpAddr, tls: bool) -> ExchangeRecord {
+        ExchangeRecord {
+            listener,
+            client_ip,
+            tls,
+            started: false,
+            start: None,
+            request_id: [0; 128],
+            request_id_len: 0,
+            route: None,
+            upstream: None,
+            target: None,
+            status: 0,
+            reject_kind: None,
+            upstream_head_time: None,
+            bytes_in: 0,
+            bytes_out: 0,
+            end: None,
+            consumer: None,
+            cache: None,
+            counters_at_start: (0, 0),
+        }
+    }
+
+    /// Starts the next exchange on the connection: `counters` are the connection's bytes
+    /// (consumed, written) so far.
+    pub fn begin(&mut self, counters: (u64, u64)) {
+        self.started = true;
+        self.start = Some(Instant::now());
+        self.request_id_len = 0;
+        self.route = None;
+        self.upstream = None;
+        self.target = None;
+        self.status = 0;
+        self.reject_kind = None;
+        self.upstream_head_time = None;
+        self.bytes_in = 0;
+        self.bytes_out = 0;
+        self.end = None;
+        self.consumer = None;
+        self.cache = None;
+        self.counters_at_start = counters;
+    }
+
+    /// No exchange in progress (the connection waits for, or never sent, a request).
+    pub fn idle(&mut self) {
+        self.started = false;
+    }
+
+    pub fn set_request_id(&mut self, id: &[u8]) {
+        let n = id.len().min(self.request_id.len());
+        self.request_id[..n].copy_from_slice(&id[..n]);
+        self.request_id_len = n as u8;
+    }
+
+    pub fn request_id(&self) -> &[u8] {
+        &self.request_id[..usize::from(self.request_id_len)]
+    }
+
+    /// Closes the record: the byte counts from the connection's counters now.
+    pub fn finish(&mut self, counters: (u64, u64)) {
+        self.end = Some(Instant::now());
+        self.bytes_in = counters.0.saturating_sub(self.counters_at_start.0);
+        self.bytes_out = counters.1.saturating_sub(self.counters_at_start.1);
+    }
+
+    /// How long the exchange took, head complete to end.
+    pub fn duration(&self) -> Option<Duration> {
+        Some(self.end?.saturating_duration_since(self.start?))
     }
 }
 
@@ -43,6 +135,9 @@ pub struct ShardStats {
     pub gateway_answers: AtomicU64,
     /// The config generation this shard serves new exchanges with.
     pub config_generation: AtomicU64,
+    /// Request bytes read from clients and response bytes written to them.
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
 }
 
 pub const DRIVER_IO_URING: u8 = 1;
@@ -60,6 +155,8 @@ impl ShardStats {
         if record.reject_kind.is_some() {
             bump(&self.gateway_answers);
         }
+        add(&self.bytes_in, record.bytes_in);
+        add(&self.bytes_out, record.bytes_out);
     }
 
     pub fn set_open_connections(&self, n: usize) {
@@ -76,7 +173,7 @@ impl ShardStats {
         };
         let c = |i: usize| self.by_class[i].load(Relaxed);
         format!(
-            r#"{{"shard":{shard},"driver":"{driver}","open_connections":{},"exchanges":{},"responses":{{"1xx":{},"2xx":{},"3xx":{},"4xx":{},"5xx":{},"none":{}}},"gateway_answers":{},"config_generation":{},"inbox_depth":{inbox_depth}}}"#,
+            r#"{{"shard":{shard},"driver":"{driver}","open_connections":{},"exchanges":{},"responses":{{"1xx":{},"2xx":{},"3xx":{},"4xx":{},"5xx":{},"none":{}}},"gateway_answers":{},"bytes_in":{},"bytes_out":{},"config_generation":{},"inbox_depth":{inbox_depth}}}"#,
             self.open_connections.load(Relaxed),
             self.exchanges.load(Relaxed),
             c(1),
@@ -86,6 +183,8 @@ impl ShardStats {
             c(5),
             c(0),
             self.gateway_answers.load(Relaxed),
+            self.bytes_in.load(Relaxed),
+            self.bytes_out.load(Relaxed),
             self.config_generation.load(Relaxed),
         )
     }
@@ -93,7 +192,11 @@ impl ShardStats {
 
 /// Only the owning shard writes: a load and a store, no read-modify-write needed.
 fn bump(counter: &AtomicU64) {
-    counter.store(counter.load(Relaxed) + 1, Relaxed);
+    add(counter, 1);
+}
+
+fn add(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
 }
 
 #[cfg(test)]
@@ -103,16 +206,21 @@ mod tests {
     #[test]
     fn one_record_counts_once_by_class() {
         let stats = ShardStats::default();
-        let mut r = ExchangeRecord::default();
+        let mut r = ExchangeRecord::new("main".into(), IpAddr::from([127, 0, 0, 1]), false);
         stats.record(&r); // no request head: nothing
-        r.begin();
+        r.begin((0, 0));
         r.status = 404;
         r.reject_kind = Some("no_route");
+        r.finish((100, 150));
         stats.record(&r);
-        r.begin();
+        r.begin((100, 150));
         r.status = 200;
+        r.finish((160, 1150));
+        assert_eq!((r.bytes_in, r.bytes_out), (60, 1000));
+        assert!(r.duration().is_some());
         stats.record(&r);
-        r.begin(); // client left before any response
+        r.begin((160, 1150)); // client left before any response
+        r.finish((160, 1150));
         stats.record(&r);
         let json = stats.json(3, 0);
         assert!(json.contains(r#""exchanges":3"#), "{json}");
@@ -126,5 +234,9 @@ mod tests {
         );
         let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(parsed["shard"], 3);
+        assert_eq!(
+            (parsed["bytes_in"].as_u64(), parsed["bytes_out"].as_u64()),
+            (Some(160), Some(1150))
+        );
     }
 }

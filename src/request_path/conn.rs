@@ -7,7 +7,7 @@ use super::origin::*;
 use super::*;
 use crate::config::EffectiveLimits;
 use crate::http::head::HeadScan;
-use crate::http::io::{BufConn, ReadError};
+use crate::http::io::{BufConn, Counted, ReadError};
 use crate::http::{Framing, HeadLimits, RequestHead, ResponseHead, Version};
 use crate::observe::ExchangeRecord;
 use crate::shard::{ConnGuard, Shard};
@@ -23,7 +23,7 @@ pub(super) const OUT_BUF: usize = 4096;
 
 pub(super) type ClientReader = BufConn<ConnRead>;
 
-pub(super) type ClientWriter = ConnWrite;
+pub(super) type ClientWriter = Counted<ConnWrite>;
 
 pub(super) type UpstreamReader = BufConn<ConnRead>;
 
@@ -311,13 +311,13 @@ pub(super) async fn wait_for_next_request(
     shard.bufs.give(c.reader.take_buffer());
     shard.bufs.give(std::mem::take(&mut c.down.out));
     c.reader.io.park_buffers(&shard.bufs);
-    c.down.writer.park_buffers(&shard.bufs);
+    c.down.writer.inner.park_buffers(&shard.bufs);
     guard.park(Instant::now() + c.limits.idle_timeout);
     let ready = c.reader.io.readable().await;
     guard.unpark();
     // Taken back in the reverse order they were given: the pool is a stack, so each take
     // finds the buffer of the size it needs (not a smaller one to free and replace).
-    c.down.writer.unpark_buffers(&shard.bufs);
+    c.down.writer.inner.unpark_buffers(&shard.bufs);
     c.reader.io.unpark_buffers(&shard.bufs);
     c.down.out = shard.bufs.take(OUT_BUF);
     c.reader.restore_buffer(shard.bufs.take(read_capacity));

@@ -21,7 +21,7 @@ mod tunnel;
 pub use reject::Reject;
 
 use crate::config::RouteAction;
-use crate::http::io::BufConn;
+use crate::http::io::{BufConn, Counted};
 use crate::observe::ExchangeRecord;
 use crate::shard::{Active, ConnGuard, Shard};
 use crate::tls::{ConnRead, ConnWrite};
@@ -69,12 +69,12 @@ pub async fn serve_connection(
         ),
         head: state.head,
         down: Downstream {
-            writer,
+            writer: Counted::new(writer),
             resp: state.resp,
             out: shard.bufs.take(OUT_BUF),
             scratch: state.down_scratch,
             extra: Vec::new(),
-            record: ExchangeRecord::default(),
+            record: ExchangeRecord::new(guard.listener().name.clone(), peer.ip(), tls),
         },
         up_scratch: state.up_scratch,
         peer_ip: PeerIp::new(peer.ip()),
@@ -89,16 +89,20 @@ pub async fn serve_connection(
     drop(config);
     loop {
         let next = exchange(&shard, &guard, &mut client).await;
-        // The one exit: every exchange that read a request is recorded once, whatever
-        // happened to it.
-        shard.stats().record(&client.down.record);
-        match next {
-            Next::KeepAlive => {}
-            Next::Close => break,
-            Next::Tunnel(upstream, limits) => {
-                tunnel(client.reader, client.down.writer, upstream, limits).await;
-                return;
-            }
+        if let Next::Tunnel(upstream, limits) = next {
+            tunnel(
+                &mut client.reader,
+                &mut client.down.writer,
+                upstream,
+                limits,
+            )
+            .await;
+            record_exchange(&shard, &mut client);
+            return;
+        }
+        record_exchange(&shard, &mut client);
+        if let Next::Close = next {
+            break;
         }
     }
     if client.linger {
@@ -116,16 +120,28 @@ pub async fn serve_connection(
     .give_back();
 }
 
+/// The one exit: every exchange that read a request head is recorded once, whatever
+/// happened to it (answered, refused, failed upstream, client gone, tunnel ended).
+fn record_exchange(shard: &Shard, c: &mut Client) {
+    let record = &mut c.down.record;
+    if record.started {
+        record.finish((c.reader.consumed(), c.down.writer.written()));
+        shard.stats().record(record);
+        record.idle();
+    }
+}
+
 /// One request and its response.
 async fn exchange(shard: &Shard, guard: &ConnGuard, c: &mut Client) -> Next {
-    c.down.record = ExchangeRecord::default();
     // Stage 1: read and strictly parse the request head.
+    let at_start = (c.reader.consumed(), c.down.writer.written());
     match read_request_head(shard, guard, c).await {
-        Ok(()) => c.down.record.begin(),
+        Ok(()) => c.down.record.begin(at_start),
         Err(HeadStop::Quiet) => return Next::Close,
         Err(HeadStop::Reject(refusal)) => {
-            c.down.record.begin();
+            c.down.record.begin(at_start);
             let id = shard.ids.next_id();
+            c.down.record.set_request_id(&id);
             return reject(c, &refusal, &id, true).await;
         }
     }
@@ -138,6 +154,7 @@ async fn exchange(shard: &Shard, guard: &ConnGuard, c: &mut Client) -> Next {
         ex.keep_alive = false;
     }
     guard.set_request_id(ex.request_id());
+    c.down.record.set_request_id(ex.request_id());
     c.down.extra.clear();
     if let Err(e) = normalize_request_path(cfg, c) {
         return reject(c, &e, ex.request_id(), true).await;

@@ -138,9 +138,11 @@ pub(super) async fn send_replayable<'s>(
         let (end, failure) = match attempt.await {
             Ok(up) => {
                 let status = c.down.resp.status;
+                let waited = started.elapsed();
+                c.down.record.upstream_head_time = Some(waited);
                 flight.outcome = Outcome::Answered {
                     status,
-                    micros: started.elapsed().as_micros() as u64,
+                    micros: waited.as_micros() as u64,
                 };
                 if attempts.accepts_answer(status) {
                     c.down.out = out;

@@ -252,6 +252,9 @@ pub(super) async fn streamed_exchange(
             shard.bufs.give(returned);
         }
     }
+    if head_received.get() {
+        c.down.record.upstream_head_time = Some(Duration::from_micros(head_micros.get()));
+    }
     flight.outcome = match &answered {
         _ if head_received.get() => Outcome::Answered {
             status: c.down.resp.status,

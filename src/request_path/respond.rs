@@ -45,9 +45,9 @@ pub(super) async fn reject_with_body_pending(
     refusal: Reject,
 ) -> Next {
     let close = !ex.keep_alive || ex.framing != Framing::None;
-    if !close {
-        c.reader.consume(c.head.len);
-    }
+    // The head is dealt with either way (and counted in the exchange's bytes in); a body
+    // left unread is discarded by the lingering close.
+    c.reader.consume(c.head.len);
     reject(c, &refusal, ex.request_id(), close).await
 }
 

@@ -12,8 +12,8 @@ use std::time::Duration;
 /// tunnel has been quiet for `limits.idle`, or it has lived `limits.total`. Reads carry no
 /// timer of their own (a cancelled read can lose bytes); one watchdog ends the whole tunnel.
 pub(super) async fn tunnel(
-    mut client: ClientReader,
-    mut client_writer: ClientWriter,
+    client: &mut ClientReader,
+    client_writer: &mut ClientWriter,
     origin: UpstreamConn,
     limits: TunnelLimits,
 ) {
@@ -23,10 +23,10 @@ pub(super) async fn tunnel(
         ..
     } = origin;
     let last_activity = Cell::new(Instant::now());
-    let upstream = pump(&mut client, &mut origin_writer, &last_activity, limits.send);
+    let upstream = pump(client, &mut origin_writer, &last_activity, limits.send);
     let downstream = pump(
         &mut origin_reader,
-        &mut client_writer,
+        client_writer,
         &last_activity,
         limits.send,
     );

@@ -70,7 +70,7 @@ impl std::ops::Deref for Active {
 
 /// One listener on this shard, kept across reloads while its name and address stay.
 pub struct ListenerState {
-    pub name: String,
+    pub name: std::rc::Rc<str>,
     addr: std::net::SocketAddr,
     /// Where its spec is in the current snapshot.
     index: Cell<usize>,
@@ -518,7 +518,7 @@ impl Shard {
             let kept = old
                 .listener_states
                 .iter()
-                .find(|l| l.name == spec.name && l.addr == spec.addr && !l.retired.get());
+                .find(|l| *l.name == *spec.name && l.addr == spec.addr && !l.retired.get());
             let bound = sockets.iter().position(|(i, _)| *i == index);
             let state = match (bound, kept) {
                 (Some(at), _) => {
@@ -582,7 +582,7 @@ impl Shard {
             }
         };
         let state = Rc::new(ListenerState {
-            name: spec.name.clone(),
+            name: spec.name.as_str().into(),
             addr: spec.addr,
             index: Cell::new(index),
             fd: Cell::new(listener.as_raw_fd()),
