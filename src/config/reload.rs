@@ -139,7 +139,7 @@ pub fn carry_sticky_keys(old: &Snapshot, new: &mut Snapshot) {
             .filter(|s| s.generated_key);
         if let Some(running) = running {
             sticky.key = running.key.clone();
-            sticky.ids = super::validate::sticky_ids(&sticky.key, &u.targets);
+            sticky.ids = super::compile::sticky_ids(&sticky.key, &u.targets);
         }
     }
 }

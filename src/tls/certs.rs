@@ -1,6 +1,5 @@
 //! Building rustls configs from the config file: PEM loading, SNI choice, mTLS, versions.
 
-use crate::config::{ClientAuth, ListenerTlsConfig, TlsVersion};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
@@ -232,8 +231,23 @@ fn certified_key(
     Ok((Arc::new(ck), names))
 }
 
+/// What a TLS listener is built from: the config compiler fills it in from
+/// `[listeners.tls]` (this module knows nothing of the config file).
+pub struct ServerTlsSettings<'a> {
+    /// (certificate chain PEM, private key PEM) pairs; the first is the default for SNI.
+    pub certificates: Vec<(&'a Path, &'a Path)>,
+    /// Accept TLS 1.2 as well as 1.3.
+    pub allow_tls12: bool,
+    /// A PEM bundle of CAs client certificates must chain to (mTLS).
+    pub client_ca: Option<&'a Path>,
+    /// Without a client certificate the handshake fails (else it is optional).
+    pub client_cert_required: bool,
+    pub alpn: &'a [String],
+    pub handshake_timeout: std::time::Duration,
+}
+
 fn sni_resolver(
-    config: &ListenerTlsConfig,
+    config: &ServerTlsSettings,
     base: &Path,
     provider: &CryptoProvider,
     problems: &mut Vec<TlsProblem>,
@@ -248,8 +262,8 @@ fn sni_resolver(
     let mut exact = HashMap::new();
     let mut wildcard = HashMap::new();
     let mut default = None;
-    for (i, c) in config.certificates.iter().enumerate() {
-        match certified_key(base, i, &c.cert, &c.key, provider) {
+    for (i, (cert, key)) in config.certificates.iter().enumerate() {
+        match certified_key(base, i, cert, key, provider) {
             Ok((ck, names)) => {
                 for name in names {
                     match name.strip_prefix("*.") {
@@ -271,19 +285,20 @@ fn sni_resolver(
 }
 
 fn client_verifier(
-    config: &ListenerTlsConfig,
+    config: &ServerTlsSettings,
     base: &Path,
     provider: &Arc<CryptoProvider>,
 ) -> Result<Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>, TlsProblem> {
-    let Some(ca) = &config.client_ca else {
+    let Some(ca) = config.client_ca else {
         return Ok(None);
     };
     let path = resolve_path(base, ca);
     let roots = root_store(&path).map_err(|m| TlsProblem::new("client_ca", m))?;
     let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
-    let builder = match config.client_auth {
-        ClientAuth::Required => builder,
-        ClientAuth::Optional => builder.allow_unauthenticated(),
+    let builder = if config.client_cert_required {
+        builder
+    } else {
+        builder.allow_unauthenticated()
     };
     builder
         .build()
@@ -301,8 +316,8 @@ fn root_store(path: &Path) -> Result<RootCertStore, String> {
     Ok(roots)
 }
 
-/// Compiles a listener's `[listeners.tls]`; relative paths resolve against `base`.
-pub fn server_tls(config: &ListenerTlsConfig, base: &Path) -> Result<ServerTls, Vec<TlsProblem>> {
+/// Builds a TLS listener's server config; relative paths resolve against `base`.
+pub fn server_tls(config: &ServerTlsSettings, base: &Path) -> Result<ServerTls, Vec<TlsProblem>> {
     let provider = provider();
     let mut problems = Vec::new();
     let resolver = sni_resolver(config, base, &provider, &mut problems);
@@ -321,9 +336,10 @@ pub fn server_tls(config: &ListenerTlsConfig, base: &Path) -> Result<ServerTls, 
     let (Some(resolver), true) = (resolver, problems.is_empty()) else {
         return Err(problems);
     };
-    let versions: &[&rustls::SupportedProtocolVersion] = match config.min_version {
-        TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
-        TlsVersion::V1_3 => &[&rustls::version::TLS13],
+    let versions: &[&rustls::SupportedProtocolVersion] = if config.allow_tls12 {
+        &[&rustls::version::TLS13, &rustls::version::TLS12]
+    } else {
+        &[&rustls::version::TLS13]
     };
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
@@ -339,7 +355,7 @@ pub fn server_tls(config: &ListenerTlsConfig, base: &Path) -> Result<ServerTls, 
         .map_err(|e| vec![TlsProblem::new("", format!("session tickets: {e}"))])?;
     Ok(ServerTls {
         config: Arc::new(server),
-        handshake_timeout: config.handshake_timeout.0,
+        handshake_timeout: config.handshake_timeout,
         mtls,
     })
 }

@@ -12,7 +12,7 @@
 mod certs;
 mod stream;
 
-pub use certs::{ClientTls, ServerTls, TlsProblem, client_tls, server_tls};
+pub use certs::{ClientTls, ServerTls, ServerTlsSettings, TlsProblem, client_tls, server_tls};
 pub use stream::{HandshakeError, TlsReadHalf, TlsWriteHalf, handshake};
 
 use crate::http::io::BufPool;
