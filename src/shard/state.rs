@@ -1,0 +1,361 @@
+//! A shard's state, apart from the threads that run it: the pinned config ([`Active`]),
+//! listener and connection bookkeeping, the command inbox. The request path reads it; only
+//! [`super::run`] (the shard's own thread) changes the config.
+
+use crate::config::Snapshot;
+use crate::http::RequestIds;
+use crate::http::io::BufPool;
+use crate::upstream::{Cluster, ShardUpstreams};
+use monoio::time::Instant;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+
+/// Set once by the control thread on SIGTERM/SIGINT; shards poll it on their tick.
+pub static DRAIN: AtomicBool = AtomicBool::new(false);
+
+/// Everything one shard owns. Lives in an `Rc`: never crosses threads.
+pub struct Shard {
+    pub id: usize,
+    /// The config new exchanges start with (see [`Shard::config`]).
+    pub(super) active: RefCell<Rc<Active>>,
+    pub bufs: Rc<BufPool>,
+    /// Larger buffers lent to a connection while it streams a large request body.
+    pub body_bufs: BufPool,
+    pub ids: RequestIds,
+    pub draining: Cell<bool>,
+    pub(super) cluster: Arc<Cluster>,
+    pub(super) mailboxes: Arc<Mailboxes>,
+    /// The epoll driver needs non-blocking listener sockets; io_uring must not get them.
+    pub(super) legacy_driver: bool,
+    pub(super) registry: RefCell<Registry>,
+    pub(super) open_total: Cell<usize>,
+}
+
+/// One config as this shard runs it: the snapshot, and this shard's state for its names
+/// (upstream pools and counters, listener counters), indexed like the snapshot. An exchange
+/// pins the one it starts with; a reload installs the next one, built from this one.
+pub struct Active {
+    pub snapshot: Arc<Snapshot>,
+    pub upstreams: ShardUpstreams,
+    pub generation: u64,
+    pub(super) listener_states: Vec<Rc<ListenerState>>,
+    /// Set when a newer config replaces this one: its probes stop.
+    pub(super) retired: Rc<Cell<bool>>,
+}
+
+impl std::ops::Deref for Active {
+    type Target = Snapshot;
+
+    fn deref(&self) -> &Snapshot {
+        &self.snapshot
+    }
+}
+
+/// One listener on this shard, kept across reloads while its name and address stay.
+pub struct ListenerState {
+    pub name: std::rc::Rc<str>,
+    pub(super) addr: std::net::SocketAddr,
+    /// Where its spec is in the current snapshot.
+    pub(super) index: Cell<usize>,
+    /// The listening socket (-1 once its accept loop ended), for drain and retirement.
+    pub(super) fd: Cell<RawFd>,
+    /// Removed (or moved) by a reload: its connections close after their current request.
+    pub(super) retired: Cell<bool>,
+    /// Open client connections (for `max_connections`).
+    pub(super) open: Cell<usize>,
+    /// Open client connections per client address (for `max_connections_per_ip`).
+    pub(super) open_per_ip: RefCell<HashMap<IpAddr, usize>>,
+}
+
+impl ListenerState {
+    pub fn is_retired(&self) -> bool {
+        self.retired.get()
+    }
+
+    /// Ends its accept loop: the pending accept fails and the loop sees the flag.
+    pub(super) fn stop_accepting(&self) {
+        let fd = self.fd.replace(-1);
+        if fd >= 0 {
+            // SAFETY: the fd is this shard's open listening socket (its accept loop, which
+            // owns it, resets `fd` to -1 before closing it).
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        }
+    }
+}
+
+/// A new config for a shard: the snapshot, its generation, and the listening sockets the
+/// control thread bound for it (listener index, socket) for listeners that are new or moved.
+pub struct Reconfigure {
+    pub snapshot: Arc<Snapshot>,
+    pub generation: u64,
+    pub sockets: Vec<(usize, std::net::TcpListener)>,
+}
+
+/// What the control thread asks of a shard; drained on the shard's tick.
+pub enum Command {
+    Apply(Box<Reconfigure>),
+}
+
+/// One bounded lock-free inbox per shard (the control thread is the only sender).
+pub struct Mailboxes {
+    pub(super) inboxes: Vec<crossbeam_queue::ArrayQueue<Command>>,
+}
+
+impl Mailboxes {
+    pub fn new(shards: usize) -> Mailboxes {
+        Mailboxes {
+            inboxes: (0..shards)
+                .map(|_| crossbeam_queue::ArrayQueue::new(16))
+                .collect(),
+        }
+    }
+
+    /// Queues `command` for `shard`; gives it back when the inbox is full.
+    pub fn send(&self, shard: usize, command: Command) -> Result<(), Command> {
+        self.inboxes[shard].push(command)
+    }
+
+    pub fn depth(&self, shard: usize) -> usize {
+        self.inboxes[shard].len()
+    }
+
+    pub(super) fn take(&self, shard: usize) -> Option<Command> {
+        self.inboxes[shard].pop()
+    }
+}
+
+/// Open client connections, so drain can wake the idle ones.
+#[derive(Default)]
+pub(super) struct Registry {
+    pub(super) slots: Vec<Slot>,
+    pub(super) free: Vec<usize>,
+}
+
+#[derive(Clone, Copy)]
+pub(super) struct Slot {
+    pub(super) fd: RawFd,
+    /// Set while the connection waits for its next request: when it must be closed.
+    pub(super) idle_until: Option<Instant>,
+    pub(super) live: bool,
+    /// The request id of the connection's current request, for a panic report.
+    pub(super) request_id: [u8; REQUEST_ID_SHOWN],
+    pub(super) request_id_len: u8,
+}
+
+/// How much of a request id a panic report shows.
+pub(super) const REQUEST_ID_SHOWN: usize = 64;
+
+/// Connection tasks that panicked, all shards together (the task is dropped, the shard and
+/// every other connection on it go on).
+pub static CONNECTION_PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// Shards that are serving (started and not stopped or dead): `/readyz` compares it with
+/// `workers`.
+pub static SHARDS_ALIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// A connection's place in the registry; unregisters itself when dropped.
+pub struct ConnGuard {
+    pub(super) shard: Rc<Shard>,
+    pub(super) slot: usize,
+    pub(super) listener: Rc<ListenerState>,
+    pub(super) peer: IpAddr,
+}
+
+impl ConnGuard {
+    /// Marks the connection as waiting for its next request until `deadline`. Idle
+    /// connections hold no timer: the shard's reaper (and drain) end them by shutting down
+    /// their read side, which wakes the wait with EOF.
+    pub fn park(&self, deadline: Instant) {
+        self.shard.registry.borrow_mut().slots[self.slot].idle_until = Some(deadline);
+    }
+
+    pub fn unpark(&self) {
+        self.shard.registry.borrow_mut().slots[self.slot].idle_until = None;
+    }
+
+    /// The listener the connection came in on (retired when a reload removed it).
+    pub fn listener(&self) -> &ListenerState {
+        &self.listener
+    }
+
+    /// Remembers the current request's id, so a panic can be reported with it.
+    pub fn set_request_id(&self, id: &[u8]) {
+        let n = id.len().min(REQUEST_ID_SHOWN);
+        let mut reg = self.shard.registry.borrow_mut();
+        let slot = &mut reg.slots[self.slot];
+        slot.request_id[..n].copy_from_slice(&id[..n]);
+        slot.request_id_len = n as u8;
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut reg = self.shard.registry.borrow_mut();
+        reg.slots[self.slot].live = false;
+        reg.free.push(self.slot);
+        drop(reg);
+        let open = &self.listener.open;
+        open.set(open.get() - 1);
+        let total = &self.shard.open_total;
+        total.set(total.get() - 1);
+        self.shard
+            .stats()
+            .set_open_connections(self.shard.open_connections());
+        let mut per_ip = self.listener.open_per_ip.borrow_mut();
+        if let Some(n) = per_ip.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.peer);
+            }
+        }
+    }
+}
+
+impl Shard {
+    pub(super) fn new(
+        id: usize,
+        first: &Arc<Snapshot>,
+        cluster: Arc<Cluster>,
+        mailboxes: Arc<Mailboxes>,
+        legacy_driver: bool,
+    ) -> Self {
+        let bufs = Rc::new(BufPool::new(1024));
+        let upstreams = ShardUpstreams::new(
+            first.clone(),
+            bufs.clone(),
+            cluster.clone(),
+            id,
+            crate::http::random_seed(),
+        );
+        // Nothing runs on this until the first `apply` replaces it.
+        let empty = Active {
+            snapshot: first.clone(),
+            upstreams,
+            generation: 0,
+            listener_states: Vec::new(),
+            retired: Rc::new(Cell::new(false)),
+        };
+        Shard {
+            id,
+            active: RefCell::new(Rc::new(empty)),
+            bufs,
+            body_bufs: BufPool::new(64),
+            ids: RequestIds::new(crate::http::random_seed()),
+            draining: Cell::new(false),
+            cluster,
+            mailboxes,
+            legacy_driver,
+            registry: RefCell::new(Registry::default()),
+            open_total: Cell::new(0),
+        }
+    }
+
+    /// The config to run an exchange with: pinned (an `Rc`, shard-local) until the caller
+    /// drops it, whatever reloads happen meanwhile.
+    pub fn config(&self) -> Rc<Active> {
+        self.active.borrow().clone()
+    }
+
+    /// Registers a new connection, or `None` when the listener is at `max_connections` or
+    /// the client's address at `max_connections_per_ip`.
+    pub(super) fn admit(
+        self: &Rc<Self>,
+        listener: &Rc<ListenerState>,
+        limits: &crate::config::EffectiveLimits,
+        fd: RawFd,
+        peer: IpAddr,
+    ) -> Option<ConnGuard> {
+        let open = &listener.open;
+        if open.get() >= limits.max_connections {
+            return None;
+        }
+        {
+            let mut per_ip = listener.open_per_ip.borrow_mut();
+            let from_peer = per_ip.entry(peer).or_insert(0);
+            if *from_peer >= limits.max_connections_per_ip {
+                return None;
+            }
+            *from_peer += 1;
+        }
+        open.set(open.get() + 1);
+        self.open_total.set(self.open_total.get() + 1);
+        self.stats().set_open_connections(self.open_connections());
+        let mut reg = self.registry.borrow_mut();
+        let slot_value = Slot {
+            fd,
+            idle_until: None,
+            live: true,
+            request_id: [0; REQUEST_ID_SHOWN],
+            request_id_len: 0,
+        };
+        let slot = match reg.free.pop() {
+            Some(i) => {
+                reg.slots[i] = slot_value;
+                i
+            }
+            None => {
+                reg.slots.push(slot_value);
+                reg.slots.len() - 1
+            }
+        };
+        Some(ConnGuard {
+            shard: self.clone(),
+            slot,
+            listener: listener.clone(),
+            peer,
+        })
+    }
+
+    /// The request id a connection last recorded (empty before its first request).
+    pub(super) fn request_id_in(&self, slot: usize) -> String {
+        let reg = self.registry.borrow();
+        let slot = &reg.slots[slot];
+        String::from_utf8_lossy(&slot.request_id[..usize::from(slot.request_id_len)]).into_owned()
+    }
+
+    /// This shard's counters (shared with the admin thread).
+    pub fn stats(&self) -> &crate::observe::ShardStats {
+        &self.cluster.shard_stats[self.id]
+    }
+
+    /// Open client connections on every listener, current or retired.
+    pub(super) fn open_connections(&self) -> usize {
+        self.open_total.get()
+    }
+
+    /// Ends the read side of idle connections parked past `now` (all of them when `now` is
+    /// `None`): the wait sees EOF and the connection closes itself.
+    pub(super) fn close_idle_connections(&self, now: Option<Instant>) {
+        let mut registry = self.registry.borrow_mut();
+        for slot in registry.slots.iter_mut() {
+            let expired = match (slot.idle_until, now) {
+                (Some(deadline), Some(now)) => deadline <= now,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if slot.live && expired {
+                slot.idle_until = None;
+                // SAFETY: the fd belongs to a live connection owned by this shard.
+                unsafe { libc::shutdown(slot.fd, libc::SHUT_RD) };
+            }
+        }
+    }
+}
+
+/// What `max_connections_per_ip` counts: an IPv4 address, or an IPv6 /64 (one subscriber
+/// usually holds a whole /64, so counting single v6 addresses would be no limit at all).
+pub(super) fn per_ip_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let mut octets = v6.octets();
+            octets[8..].fill(0);
+            IpAddr::V6(octets.into())
+        }
+        v4 => v4,
+    }
+}
