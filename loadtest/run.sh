@@ -2,7 +2,7 @@
 # Bounded soak and fault runs. Each scenario stops by itself and ends with a line saying what
 # was lost ("LOST 0" is the goal). Only 127.0.0.1 is used; only processes started here are
 # stopped (by PID).
-#   loadtest/run.sh [--quick] [soak|idle|slow|kill|all]
+#   loadtest/run.sh [--quick] [soak|idle|slow|kill|reload|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,8 +11,8 @@ scenario=all
 for arg in "$@"; do
   case "$arg" in
     --quick) quick=1 ;;
-    soak|idle|slow|kill|all) scenario="$arg" ;;
-    *) echo "usage: $0 [--quick] [soak|idle|slow|kill|all]" >&2; exit 2 ;;
+    soak|idle|slow|kill|reload|all) scenario="$arg" ;;
+    *) echo "usage: $0 [--quick] [soak|idle|slow|kill|reload|all]" >&2; exit 2 ;;
   esac
 done
 if [ "$quick" = 1 ]; then soak_s=20; load_s=10; idle_n=2000; else soak_s=300; load_s=30; idle_n=10000; fi
@@ -25,17 +25,23 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+command -v curl >/dev/null || { echo "curl is required (apt-get install curl)" >&2; exit 1; }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 start() { "$@" >>"$work/servers.log" 2>&1 & pids+=($!); echo $!; }
 
-origin_a=$(free_port); origin_b=$(free_port); gw=$(free_port)
+origin_a=$(free_port); origin_b=$(free_port); gw=$(free_port); admin=$(free_port)
 pid_a=$(start "$bin" echo --bind "127.0.0.1:$origin_a" --workers 1)
 pid_b=$(start "$bin" echo --bind "127.0.0.1:$origin_b" --workers 1)
+admin_token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+printf '%s' "$admin_token" >"$work/admin.token"
 cat >"$work/ringgate.toml" <<TOML
 [server]
 workers = 2
+[admin]
+bind = "127.0.0.1:$admin"
+token = "file:admin.token"
 [limits]
 header_read_timeout = "5s"
 max_connections = 100000
@@ -110,5 +116,42 @@ if [ "$scenario" = kill ] || [ "$scenario" = all ]; then
   "$driver" soak --target "127.0.0.1:$gw" --rate 1000 --duration "$load_s" --label kill || status=1
   wait "$killer" 2>/dev/null || true
   [ -f "$work/restarted.pid" ] && kill -9 "$(cat "$work/restarted.pid")" 2>/dev/null || true
+fi
+if [ "$scenario" = reload ] || [ "$scenario" = all ]; then
+  reloads=$((load_s * 2))
+  echo "## reload: $reloads reloads over admin (every 0.5 s), alternating the config with and without an extra listener, upstream and route, during ${load_s}s at 2000 req/s"
+  cp "$work/ringgate.toml" "$work/base.toml"
+  extra=$(free_port)
+  { cat "$work/base.toml"; cat <<TOML
+[[listeners]]
+name = "extra"
+bind = "127.0.0.1:$extra"
+[[upstreams]]
+name = "b"
+targets = ["127.0.0.1:$origin_b"]
+[[routes]]
+name = "b"
+path_prefix = "/b"
+upstream = "b"
+TOML
+  } >"$work/extended.toml"
+  (
+    applied=0; refused=0
+    for i in $(seq 1 "$reloads"); do
+      if [ $((i % 2)) = 1 ]; then src=extended; else src=base; fi
+      cp "$work/$src.toml" "$work/next.toml" && mv "$work/next.toml" "$work/ringgate.toml"
+      code=$(curl -s -o "$work/reload.json" -w '%{http_code}' --max-time 20 -X POST \
+        -H "Authorization: Bearer $admin_token" "http://127.0.0.1:$admin/reload" || echo 000)
+      if [ "$code" = 200 ]; then applied=$((applied + 1)); else refused=$((refused + 1)); cat "$work/reload.json" >&2; fi
+      sleep 0.5
+    done
+    echo "reload: $applied reloads applied, $refused refused" >"$work/reloads.txt"
+  ) &
+  reloader=$!
+  "$driver" soak --target "127.0.0.1:$gw" --rate 2000 --duration "$load_s" --label reload || status=1
+  wait "$reloader" 2>/dev/null || true
+  cat "$work/reloads.txt"
+  grep -q ' 0 refused' "$work/reloads.txt" || status=1
+  cp "$work/base.toml" "$work/ringgate.toml"
 fi
 exit "$status"

@@ -1,16 +1,20 @@
 //! ringgate: a thread-per-core API gateway and reverse proxy on monoio/io_uring.
 //!
-//! Start at [`request_path`]: it composes the stages every request goes through. The
-//! concerns live in their own modules:
-//! - [`config`]: the TOML contract, validation with file/line/key, the compiled [`config::Snapshot`]
-//! - [`shard`]: threads, runtimes, listeners, accept loops, drain
+//! Start at [`request_path`] (`request_path/mod.rs`): it composes the stages every request
+//! goes through, in order. The concerns live in their own modules:
+//! - [`config`]: the TOML contract, validation with file/line/key, the compiled
+//!   [`config::Snapshot`], what a reload keeps
+//! - [`shard`]: per-shard state (the pinned config, listeners, connections, inbox) and the
+//!   threads that run it (runtimes, accept loops, the tick, drain)
 //! - [`http`]: strict HTTP/1.1 parsing, chunked coding, buffered I/O
 //! - [`route`]: host/path/method lookup tables
 //! - [`tls`]: TLS termination and origination (rustls), certificates, SNI, mTLS
 //! - [`gossip`]: the lock-free cross-shard channel (backend state now, global quotas next)
-//! - [`upstream`]: target choice and per-shard keep-alive pools
-//! - [`admin`]: the admin listener (`/healthz`, `/upstreams`) on its own thread
-//! - [`control`]: the control thread (start-up reports, signals)
+//! - [`upstream`]: target choice, per-shard keep-alive pools, health, the retry policy
+//! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/upstreams`, `/shards`, `/config`,
+//!   `POST /reload`) on its own thread
+//! - [`control`]: the control thread (binding listeners, start-up reports, signals, hot reload)
+//! - [`observe`]: the one exit of every exchange, per-shard counters, logging
 //! - [`echo`]: the built-in origin used by `demo`, tests and benchmarks
 
 pub mod admin;

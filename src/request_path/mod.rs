@@ -1,13 +1,20 @@
-//! The request path, stage by stage (DESIGN.md §3). Reading this file top to bottom shows
-//! everything that happens to a request:
+//! The request path, stage by stage (DESIGN.md §3). This file is the order; each stage lives
+//! in its own file:
 //!
-//! read + strictly parse the head -> route (host, path, method) -> direct response, or:
-//! transform (forwarding headers, request id, strip prefix, header edits) -> pick a target ->
-//! pooled upstream connection -> send head and stream the body -> read the response head
-//! (retrying once on a fresh connection if a reused one was dead) -> transform the response ->
-//! stream the body back -> keep-alive or close.
+//! 1. [`conn`]: read and strictly parse the request head (limits, smuggling rules), then pin
+//!    the config this exchange runs on ([`Shard::config`]) and normalise the path.
+//! 2. [`admit`]: the policy stages, synchronous, over a [`admit::RequestView`] (no socket):
+//!    HTTPS redirect, route (host, path, method); each refusal is a [`Reject`].
+//! 3. a direct response ([`respond`]), or [`proxy`]: transform the head ([`transform`]),
+//!    pick a target and a pooled connection and retry per the route
+//!    ([`crate::upstream::attempt`]), send the head and stream the body, read the response
+//!    head ([`origin`]), transform and stream the response back; an upgrade becomes a
+//!    [`tunnel`].
+//! 4. one exit: [`record_exchange`] hands the exchange's record to `observe`, once, whatever
+//!    happened; then keep-alive or close.
 //!
-//! Each stage that can fail maps to one status with the JSON error body of DESIGN.md §6.
+//! Every refusal is one [`Reject`] (status, JSON error, `kind`, header lines) written by one
+//! writer ([`respond::reject`]).
 
 mod admit;
 mod conn;
