@@ -161,33 +161,21 @@ async fn write_within(
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
-/// `POST /reload`: runs on its own thread (it reads files and waits for the shards), so
+/// `POST /reload`: runs on the reloader thread (it reads files and waits for the shards), so
 /// this loop keeps answering `/healthz` meanwhile. 200 with the new generation, or 400 with
 /// every problem (file, line, key, message) while the old config keeps serving.
 async fn reload(plane: &Arc<ControlPlane>, peer: SocketAddr) -> (u16, String) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let plane = plane.clone();
-    let spawned = std::thread::Builder::new()
-        .name("reload".into())
-        .spawn(move || {
-            let _ = tx.send(plane.reload(Trigger::Admin(peer)));
-        });
-    if spawned.is_err() {
-        return (
-            503,
-            r#"{"error":"cannot start the reload","status":503}"#.to_string(),
-        );
-    }
+    let answer = plane.request_reload(Trigger::Admin(peer));
     let result = loop {
-        match rx.try_recv() {
+        match answer.try_recv() {
             Ok(result) => break result,
             Err(std::sync::mpsc::TryRecvError::Empty) => {
                 monoio::time::sleep(Duration::from_millis(2)).await
             }
             Err(std::sync::mpsc::TryRecvError::Disconnected) => {
                 return (
-                    500,
-                    r#"{"error":"the reload failed","status":500}"#.to_string(),
+                    503,
+                    r#"{"error":"the reloader is not running","status":503}"#.to_string(),
                 );
             }
         }

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 /// seen before gets its old slot back; a new one gets a never-used slot, so no target ever
 /// inherits another's health. Slots are not recycled: a process that meets more distinct
 /// targets than its capacity refuses the reload and asks for a restart.
+#[derive(Clone)]
 pub struct SlotMap {
     by_name: HashMap<(String, String), usize>,
     next: usize,

@@ -43,7 +43,8 @@ pub struct Running {
 /// Binds every listener for every shard, starts the shards and waits until each runs.
 pub fn start(snapshot: &Arc<Snapshot>) -> Result<Running, StartError> {
     let plane = Arc::new(ControlPlane::new(snapshot));
-    let sockets = reload::bind_all(snapshot).map_err(|p| StartError::Bind {
+    plane.start_reloader().map_err(StartError::Signals)?;
+    let listeners = reload::bind_all(snapshot).map_err(|p| StartError::Bind {
         file: snapshot.file.display().to_string(),
         line: p.line.map(|l| format!(":{l}")).unwrap_or_default(),
         key: p.key,
@@ -56,12 +57,12 @@ pub fn start(snapshot: &Arc<Snapshot>) -> Result<Running, StartError> {
             error,
         })?;
     }
-    let first = sockets
+    let first = listeners
         .into_iter()
-        .map(|sockets| Reconfigure {
+        .map(|listeners| Reconfigure {
             snapshot: snapshot.clone(),
             generation: 1,
-            sockets,
+            listeners,
         })
         .collect();
     let (tx, rx) = mpsc::channel();
@@ -102,7 +103,8 @@ impl Running {
                 for signal in signals.forever() {
                     if signal == SIGHUP {
                         if !DRAIN.load(Ordering::Acquire) {
-                            let _ = plane.reload(Trigger::Signal);
+                            // On the reloader thread: this one must stay free for SIGTERM.
+                            drop(plane.request_reload(Trigger::Signal));
                         }
                         continue;
                     }

@@ -6,7 +6,7 @@
 use crate::config::reload::{SlotMap, carry_sticky_keys, restart_only_changes};
 use crate::config::{self, ConfigError, Problem, Snapshot};
 use crate::observe;
-use crate::shard::{Command, Mailboxes, Reconfigure};
+use crate::shard::{Command, ListenerPlan, Mailboxes, Reconfigure};
 use crate::upstream::Cluster;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,19 +37,24 @@ impl std::fmt::Display for Trigger {
 pub struct ControlPlane {
     pub cluster: Arc<Cluster>,
     pub mailboxes: Arc<Mailboxes>,
-    loaded: Mutex<Loaded>,
+    /// The running config: held only to read or replace it, never across a reload, so
+    /// admin endpoints answer while a slow reload runs.
+    loaded: Mutex<Current>,
+    /// Serialises reloads; holds what only a reload touches.
+    reloading: Mutex<SlotMap>,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
+    reloader: std::sync::OnceLock<Mutex<std::sync::mpsc::Sender<ReloadRequest>>>,
+    signal_pending: std::sync::atomic::AtomicBool,
 }
 
-struct Loaded {
-    snapshot: Arc<Snapshot>,
-    generation: u64,
-    loaded_unix_ms: u64,
-    slots: SlotMap,
-}
+type ReloadRequest = (
+    Trigger,
+    Option<std::sync::mpsc::Sender<Result<Reloaded, ConfigError>>>,
+);
 
 /// The running config as admin shows it.
+#[derive(Clone)]
 pub struct Current {
     pub snapshot: Arc<Snapshot>,
     pub generation: u64,
@@ -80,29 +85,64 @@ impl ControlPlane {
         ControlPlane {
             cluster: Arc::new(Cluster::new(slots.capacity(), first.workers)),
             mailboxes: Arc::new(Mailboxes::new(first.workers)),
-            loaded: Mutex::new(Loaded {
+            loaded: Mutex::new(Current {
                 snapshot: first.clone(),
                 generation: 1,
                 loaded_unix_ms: unix_ms(),
-                slots,
             }),
+            reloading: Mutex::new(slots),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            reloader: std::sync::OnceLock::new(),
+            signal_pending: std::sync::atomic::AtomicBool::new(false),
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Loaded> {
-        // A panic while holding it left `Loaded` whole (it is replaced in one assignment).
-        self.loaded.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn current(&self) -> Current {
-        let loaded = self.lock();
-        Current {
-            snapshot: loaded.snapshot.clone(),
-            generation: loaded.generation,
-            loaded_unix_ms: loaded.loaded_unix_ms,
+        // A panic while holding it left it whole (it is replaced in one assignment).
+        self.loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Starts the reloader thread: reloads run there, one at a time, never on the signal
+    /// thread (a slow file read must not delay SIGTERM) nor on the admin event loop.
+    pub fn start_reloader(self: &Arc<Self>) -> std::io::Result<()> {
+        let (tx, rx) = std::sync::mpsc::channel::<ReloadRequest>();
+        let plane = self.clone();
+        std::thread::Builder::new()
+            .name("reload".into())
+            .spawn(move || {
+                for (trigger, reply) in rx {
+                    if matches!(trigger, Trigger::Signal) {
+                        plane.signal_pending.store(false, Ordering::Release);
+                    }
+                    let result = plane.reload(trigger);
+                    if let Some(reply) = reply {
+                        let _ = reply.send(result);
+                    }
+                }
+            })?;
+        let _ = self.reloader.set(Mutex::new(tx));
+        Ok(())
+    }
+
+    /// Asks the reloader thread for a reload; the answer comes on the returned channel. A
+    /// SIGHUP while another waits is folded into it (both would read the same file).
+    pub fn request_reload(
+        &self,
+        trigger: Trigger,
+    ) -> std::sync::mpsc::Receiver<Result<Reloaded, ConfigError>> {
+        let (reply, answer) = std::sync::mpsc::channel();
+        if matches!(trigger, Trigger::Signal) && self.signal_pending.swap(true, Ordering::AcqRel) {
+            return answer;
         }
+        if let Some(tx) = self.reloader.get() {
+            let tx = tx.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = tx.send((trigger, Some(reply)));
+        }
+        answer
     }
 
     /// Reloads the config file: every problem is returned (and logged) and nothing changes,
@@ -132,8 +172,9 @@ impl ControlPlane {
     }
 
     fn try_reload(&self) -> Result<Reloaded, ConfigError> {
-        let mut loaded = self.lock();
-        let old = loaded.snapshot.clone();
+        let mut slots = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.current();
+        let old = &current.snapshot;
         let refuse = |problems: Vec<Problem>| ConfigError {
             file: old.file.clone(),
             problems,
@@ -146,34 +187,40 @@ impl ControlPlane {
             }]));
         }
         let mut new = config::load(&old.file)?;
-        let problems = restart_only_changes(&old, &new);
+        let problems = restart_only_changes(old, &new);
         if !problems.is_empty() {
             return Err(refuse(problems));
         }
-        carry_sticky_keys(&old, &mut new);
-        let entering = loaded
-            .slots
-            .assign(&old, &mut new)
-            .map_err(|p| refuse(vec![p]))?;
-        let mut sockets = bind_moved_listeners(&old, &new).map_err(refuse)?;
+        carry_sticky_keys(old, &mut new);
+        // Slots are committed only when the reload goes through: a refused one takes none.
+        let mut planned = slots.clone();
+        let entering = planned.assign(old, &mut new).map_err(|p| refuse(vec![p]))?;
+        let plans = plan_listeners(old, &new).map_err(refuse)?;
+        *slots = planned;
         for slot in entering {
             self.cluster.reset_slot(slot);
         }
+        for slot in unprobed_slots(&new) {
+            // Health checks were removed: nothing would ever mark the target healthy again.
+            self.cluster.clear_unhealthy(slot);
+        }
         let snapshot = Arc::new(new);
-        let generation = loaded.generation + 1;
-        for (shard, sockets) in sockets.drain(..).enumerate() {
+        let generation = current.generation + 1;
+        for (shard, listeners) in plans.into_iter().enumerate() {
             let command = Command::Apply(Box::new(Reconfigure {
                 snapshot: snapshot.clone(),
                 generation,
-                sockets,
+                listeners,
             }));
             self.send(shard, command);
         }
-        loaded.snapshot = snapshot;
-        loaded.generation = generation;
-        loaded.loaded_unix_ms = unix_ms();
-        let workers = loaded.snapshot.workers;
-        drop(loaded);
+        let workers = snapshot.workers;
+        *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = Current {
+            snapshot,
+            generation,
+            loaded_unix_ms: unix_ms(),
+        };
+        drop(slots);
         Ok(Reloaded {
             generation,
             shards_applied: self.wait_applied(generation),
@@ -181,16 +228,20 @@ impl ControlPlane {
         })
     }
 
-    /// Queues a command, waiting while the shard's inbox is full (it drains every tick).
+    /// Queues a command, waiting while the shard's inbox is full (it drains every tick): a
+    /// shard never skips a config, or it would run one the others have left behind. Only a
+    /// drain (the shard stops ticking) ends the wait.
     fn send(&self, shard: usize, mut command: Command) {
-        let deadline = Instant::now() + APPLY_DEADLINE;
+        let mut warned = false;
         while let Err(back) = self.mailboxes.send(shard, command) {
-            if Instant::now() >= deadline {
-                observe::warn(&format!(
-                    "shard {shard}: inbox full for {} s; this reload skips it",
-                    APPLY_DEADLINE.as_secs()
-                ));
+            if crate::shard::DRAIN.load(Ordering::Acquire) {
                 return;
+            }
+            if !warned {
+                observe::warn(&format!(
+                    "shard {shard}: its inbox is full (the shard is not ticking); the reload waits"
+                ));
+                warned = true;
             }
             command = back;
             std::thread::sleep(Duration::from_millis(5));
@@ -215,50 +266,72 @@ impl ControlPlane {
     }
 }
 
-/// The first config's sockets: every listener, for every shard (`result[shard]`).
-pub fn bind_all(snapshot: &Snapshot) -> Result<Vec<Vec<(usize, std::net::TcpListener)>>, Problem> {
-    let indexes: Vec<usize> = (0..snapshot.listeners.len()).collect();
-    bind_listeners(snapshot, &indexes)
+/// The first config's listeners: a fresh socket for each, for every shard (`result[shard]`).
+pub fn bind_all(snapshot: &Snapshot) -> Result<Vec<Vec<ListenerPlan>>, Problem> {
+    let mut per_shard: Vec<Vec<ListenerPlan>> = (0..snapshot.workers).map(|_| Vec::new()).collect();
+    for (i, spec) in snapshot.listeners.iter().enumerate() {
+        bind_for_every_shard(i, spec, &mut per_shard)?;
+    }
+    Ok(per_shard)
 }
 
-/// Sockets for the listeners of `new` that `old` does not have under the same name and
-/// address, for every shard (`result[shard]`).
-fn bind_moved_listeners(
-    old: &Snapshot,
-    new: &Snapshot,
-) -> Result<Vec<Vec<(usize, std::net::TcpListener)>>, Vec<Problem>> {
-    let moved: Vec<usize> = new
-        .listeners
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| {
-            !old.listeners
-                .iter()
-                .any(|o| o.name == l.name && o.addr == l.addr)
-        })
-        .map(|(i, _)| i)
-        .collect();
-    bind_listeners(new, &moved).map_err(|p| vec![p])
-}
-
-fn bind_listeners(
-    snapshot: &Snapshot,
-    indexes: &[usize],
-) -> Result<Vec<Vec<(usize, std::net::TcpListener)>>, Problem> {
-    let mut per_shard: Vec<Vec<(usize, std::net::TcpListener)>> =
-        (0..snapshot.workers).map(|_| Vec::new()).collect();
-    for &i in indexes {
-        let spec = &snapshot.listeners[i];
-        for sockets in per_shard.iter_mut() {
-            let socket = bind_reuseport(spec.addr).map_err(|e| Problem {
-                key: format!("listeners[{i}].bind"),
-                line: spec.bind_line,
-                message: format!("cannot bind {}: {e}", spec.addr),
-            })?;
-            sockets.push((i, socket));
+/// What each listener of `new` becomes on every shard (`result[shard]`): the running listener
+/// on the same address when there is one under the same name, or under a name `new` no longer
+/// has (a rename keeps the socket, so no queued connection is reset); else a fresh socket.
+fn plan_listeners(old: &Snapshot, new: &Snapshot) -> Result<Vec<Vec<ListenerPlan>>, Vec<Problem>> {
+    let mut per_shard: Vec<Vec<ListenerPlan>> = (0..new.workers).map(|_| Vec::new()).collect();
+    let mut claimed: Vec<&str> = Vec::new();
+    for (i, spec) in new.listeners.iter().enumerate() {
+        let same_name = old
+            .listeners
+            .iter()
+            .find(|o| o.addr == spec.addr && o.name == spec.name);
+        let renamed = || {
+            old.listeners.iter().find(|o| {
+                o.addr == spec.addr
+                    && !new.listeners.iter().any(|n| n.name == o.name)
+                    && !claimed.contains(&o.name.as_str())
+            })
+        };
+        match same_name.or_else(renamed) {
+            Some(kept) => {
+                claimed.push(&kept.name);
+                for plans in per_shard.iter_mut() {
+                    plans.push(ListenerPlan::Keep {
+                        index: i,
+                        running_name: kept.name.clone(),
+                    });
+                }
+            }
+            None => bind_for_every_shard(i, spec, &mut per_shard).map_err(|p| vec![p])?,
         }
     }
     Ok(per_shard)
+}
+
+fn bind_for_every_shard(
+    i: usize,
+    spec: &crate::config::ListenerSpec,
+    per_shard: &mut [Vec<ListenerPlan>],
+) -> Result<(), Problem> {
+    for plans in per_shard.iter_mut() {
+        let socket = bind_reuseport(spec.addr).map_err(|e| Problem {
+            key: format!("listeners[{i}].bind"),
+            line: spec.bind_line,
+            message: format!("cannot bind {}: {e}", spec.addr),
+        })?;
+        plans.push(ListenerPlan::Bind { index: i, socket });
+    }
+    Ok(())
+}
+
+/// Slots of targets without active health checks.
+fn unprobed_slots(snapshot: &Snapshot) -> impl Iterator<Item = usize> + '_ {
+    snapshot
+        .upstreams
+        .iter()
+        .filter(|u| u.health.is_none())
+        .flat_map(|u| u.targets.iter().map(|t| t.slot))
 }
 
 /// A listening socket in the address's `SO_REUSEPORT` group: each shard has its own, and

@@ -81,7 +81,7 @@ pub async fn serve_connection(
             out: shard.bufs.take(OUT_BUF),
             scratch: state.down_scratch,
             extra: Vec::new(),
-            record: ExchangeRecord::new(guard.listener().name.clone(), peer.ip(), tls),
+            record: ExchangeRecord::new(guard.listener().name.borrow().clone(), peer.ip(), tls),
         },
         up_scratch: state.up_scratch,
         peer_ip: PeerIp::new(peer.ip()),

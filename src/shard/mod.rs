@@ -11,6 +11,6 @@ mod state;
 
 pub use run::{Started, spawn_shards};
 pub use state::{
-    Active, CONNECTION_PANICS, Command, ConnGuard, DRAIN, ListenerState, Mailboxes, Reconfigure,
-    SHARDS_ALIVE, Shard,
+    Active, CONNECTION_PANICS, Command, ConnGuard, DRAIN, ListenerPlan, ListenerState, Mailboxes,
+    Reconfigure, SHARDS_ALIVE, Shard,
 };

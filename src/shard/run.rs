@@ -6,6 +6,7 @@ use super::state::*;
 use crate::config::IoDriver;
 use crate::observe;
 use crate::upstream::Cluster;
+use crate::upstream::probe::{ProbeCounts, judge, probe_once};
 use monoio::net::TcpListener;
 use monoio::time::{Duration, Instant};
 use std::cell::{Cell, RefCell};
@@ -178,51 +179,49 @@ impl Shard {
         let Reconfigure {
             snapshot,
             generation,
-            mut sockets,
+            listeners: plans,
         } = next;
-        let mut listeners = Vec::with_capacity(snapshot.listeners.len());
-        for (index, spec) in snapshot.listeners.iter().enumerate() {
-            let kept = old
-                .listener_states
-                .iter()
-                .find(|l| *l.name == *spec.name && l.addr == spec.addr && !l.retired.get());
-            let bound = sockets.iter().position(|(i, _)| *i == index);
-            let state = match (bound, kept) {
-                (Some(at), _) => {
-                    let (_, socket) = sockets.swap_remove(at);
-                    match self.start_listener(index, spec, socket) {
-                        Some(state) => state,
-                        None => continue,
-                    }
-                }
-                (None, Some(kept)) => kept.clone(),
-                (None, None) => {
-                    observe::warn(&format!(
-                        "shard {}: listener {:?} has no socket (not bound by the control thread)",
-                        self.id, spec.name
-                    ));
-                    continue;
-                }
+        let mut listeners = Vec::with_capacity(plans.len());
+        for plan in plans {
+            let (index, state) = match plan {
+                ListenerPlan::Bind { index, socket } => (
+                    index,
+                    self.start_listener(index, &snapshot.listeners[index], socket),
+                ),
+                ListenerPlan::Keep {
+                    index,
+                    running_name,
+                } => (index, old.listener_named(&running_name)),
+            };
+            let Some(state) = state else {
+                observe::warn(&format!(
+                    "shard {}: listener {:?} has no socket on this shard",
+                    self.id, snapshot.listeners[index].name
+                ));
+                continue;
             };
             state.index.set(index);
+            *state.name.borrow_mut() = snapshot.listeners[index].name.as_str().into();
             listeners.push(state);
         }
+        let mut retired = Vec::new();
         for gone in old.listener_states.iter() {
             if !listeners.iter().any(|l| Rc::ptr_eq(l, gone)) {
                 gone.retired.set(true);
                 gone.stop_accepting();
+                retired.push(gone.id);
             }
         }
-        old.retired.set(true);
+        self.close_idle_connections_of(&retired);
         let active = Rc::new(Active {
             upstreams: old.upstreams.rebuild(snapshot.clone()),
             snapshot,
             generation,
             listener_states: listeners,
-            retired: Rc::new(Cell::new(false)),
         });
-        *self.active.borrow_mut() = active.clone();
-        start_probes(self, &active);
+        *self.active.borrow_mut() = active;
+        drop(old);
+        start_probes(self);
         self.stats()
             .config_generation
             .store(generation, Ordering::Relaxed);
@@ -248,9 +247,11 @@ impl Shard {
                 return None;
             }
         };
+        let id = self.next_listener_id.get();
+        self.next_listener_id.set(id.wrapping_add(1));
         let state = Rc::new(ListenerState {
-            name: spec.name.as_str().into(),
-            addr: spec.addr,
+            name: RefCell::new(spec.name.as_str().into()),
+            id,
             index: Cell::new(index),
             fd: Cell::new(listener.as_raw_fd()),
             retired: Cell::new(false),
@@ -353,24 +354,74 @@ impl<F: std::future::Future + Unpin> std::future::Future for CatchUnwind<F> {
     }
 }
 
-/// Starts the active probes of `active`'s targets that this shard owns (one shard per
-/// target); they stop when a newer config replaces `active` (or on drain).
-pub(super) fn start_probes(shard: &Rc<Shard>, active: &Rc<Active>) {
-    let cluster = shard.cluster.clone();
-    for (u, spec) in active.upstreams.snapshot().upstreams.iter().enumerate() {
-        if spec.health.is_none() {
+/// Starts a probe loop for every target of the current config that has active health
+/// checks, is probed by this shard, and has no loop yet. Loops are keyed by the target's slot
+/// and outlive reloads.
+pub(super) fn start_probes(shard: &Rc<Shard>) {
+    let config = shard.config();
+    for u in &config.snapshot.upstreams {
+        if u.health.is_none() {
             continue;
         }
-        for (t, target) in spec.targets.iter().enumerate() {
-            if cluster.prober_of(target.slot) == shard.id {
-                let active = active.clone();
-                let shard = shard.clone();
-                monoio::spawn(async move {
-                    let stop = || shard.draining.get() || active.retired.get();
-                    crate::upstream::probe::probe_loop(&active.upstreams, u, t, &stop).await;
-                });
+        for target in &u.targets {
+            let owned = shard.cluster.prober_of(target.slot) == shard.id;
+            if owned && shard.probing.borrow_mut().insert(target.slot) {
+                monoio::spawn(probe_loop(shard.clone(), target.slot));
             }
         }
+    }
+}
+
+/// Probes the target in `slot` every `interval` (plus jitter) while the current config
+/// gives it active health checks; the config is looked up afresh for each probe, so none is
+/// kept alive in between, and a changed interval or threshold applies at the next probe.
+async fn probe_loop(shard: Rc<Shard>, slot: usize) {
+    let mut counts = ProbeCounts::default();
+    while let Some(wait) = shard.next_probe_in(slot) {
+        monoio::time::sleep(wait).await;
+        let Some((config, u, t)) = shard.probed_target(slot) else {
+            break;
+        };
+        let Some(health) = config.snapshot.upstreams[u].health.clone() else {
+            break;
+        };
+        let passed = probe_once(&config.upstreams, u, t, &health).await;
+        drop(config);
+        // A reload may have removed the check while the probe ran: then no verdict.
+        let Some((config, _, _)) = shard.probed_target(slot) else {
+            break;
+        };
+        judge(&config.upstreams, slot, &health, &mut counts, passed);
+    }
+    shard.probing.borrow_mut().remove(&slot);
+}
+
+impl Shard {
+    /// The current config, and where in it the target of `slot` is, while it has active
+    /// health checks and the shard is not draining.
+    fn probed_target(&self, slot: usize) -> Option<(Rc<Active>, usize, usize)> {
+        if self.draining.get() {
+            return None;
+        }
+        let config = self.config();
+        let (u, t) = config
+            .snapshot
+            .upstreams
+            .iter()
+            .enumerate()
+            .find_map(|(u, spec)| {
+                spec.health.as_ref()?;
+                let t = spec.targets.iter().position(|t| t.slot == slot)?;
+                Some((u, t))
+            })?;
+        Some((config, u, t))
+    }
+
+    fn next_probe_in(&self, slot: usize) -> Option<Duration> {
+        let (config, u, _) = self.probed_target(slot)?;
+        let health = config.snapshot.upstreams[u].health.as_ref()?;
+        let jitter = config.upstreams.jitter_ms(health.jitter.as_millis() as u64);
+        Some(health.interval + Duration::from_millis(jitter))
     }
 }
 
@@ -417,8 +468,8 @@ pub(super) async fn tick_loop(shard: &Rc<Shard>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::IpAddr;
     use std::future::Future;
+    use std::net::IpAddr;
     use std::task::{Context, Poll, Waker};
 
     fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {

@@ -34,6 +34,10 @@ pub struct Shard {
     pub(super) legacy_driver: bool,
     pub(super) registry: RefCell<Registry>,
     pub(super) open_total: Cell<usize>,
+    /// Slots of the targets this shard runs a probe loop for.
+    pub(super) probing: RefCell<std::collections::HashSet<usize>>,
+    /// The next [`ListenerState::id`].
+    pub(super) next_listener_id: Cell<u32>,
 }
 
 /// One config as this shard runs it: the snapshot, and this shard's state for its names
@@ -44,8 +48,16 @@ pub struct Active {
     pub upstreams: ShardUpstreams,
     pub generation: u64,
     pub(super) listener_states: Vec<Rc<ListenerState>>,
-    /// Set when a newer config replaces this one: its probes stop.
-    pub(super) retired: Rc<Cell<bool>>,
+}
+
+impl Active {
+    /// The running listener called `name`, if this config has it.
+    pub(super) fn listener_named(&self, name: &str) -> Option<Rc<ListenerState>> {
+        self.listener_states
+            .iter()
+            .find(|l| &**l.name.borrow() == name)
+            .cloned()
+    }
 }
 
 impl std::ops::Deref for Active {
@@ -56,10 +68,13 @@ impl std::ops::Deref for Active {
     }
 }
 
-/// One listener on this shard, kept across reloads while its name and address stay.
+/// One listener on this shard, kept across reloads while its address stays (and its name,
+/// or it was renamed).
 pub struct ListenerState {
-    pub name: std::rc::Rc<str>,
-    pub(super) addr: std::net::SocketAddr,
+    /// Its current name (a reload may rename it).
+    pub name: RefCell<std::rc::Rc<str>>,
+    /// Tells its connections apart in the registry (per shard, never reused).
+    pub(super) id: u32,
     /// Where its spec is in the current snapshot.
     pub(super) index: Cell<usize>,
     /// The listening socket (-1 once its accept loop ended), for drain and retirement.
@@ -88,12 +103,24 @@ impl ListenerState {
     }
 }
 
-/// A new config for a shard: the snapshot, its generation, and the listening sockets the
-/// control thread bound for it (listener index, socket) for listeners that are new or moved.
+/// A new config for a shard: the snapshot, its generation, and what each of its listeners
+/// is on this shard.
 pub struct Reconfigure {
     pub snapshot: Arc<Snapshot>,
     pub generation: u64,
-    pub sockets: Vec<(usize, std::net::TcpListener)>,
+    pub listeners: Vec<ListenerPlan>,
+}
+
+/// A listener of a new config, as the control thread planned it for one shard.
+pub enum ListenerPlan {
+    /// The running listener called `running_name` goes on (same address), as listener
+    /// `index` of the new snapshot.
+    Keep { index: usize, running_name: String },
+    /// A socket the control thread bound for this shard (a new or moved listener).
+    Bind {
+        index: usize,
+        socket: std::net::TcpListener,
+    },
 }
 
 /// What the control thread asks of a shard; drained on the shard's tick.
@@ -139,6 +166,8 @@ pub(super) struct Registry {
 #[derive(Clone, Copy)]
 pub(super) struct Slot {
     pub(super) fd: RawFd,
+    /// The [`ListenerState::id`] of the listener it came in on.
+    pub(super) listener: u32,
     /// Set while the connection waits for its next request: when it must be closed.
     pub(super) idle_until: Option<Instant>,
     pub(super) live: bool,
@@ -238,7 +267,6 @@ impl Shard {
             upstreams,
             generation: 0,
             listener_states: Vec::new(),
-            retired: Rc::new(Cell::new(false)),
         };
         Shard {
             id,
@@ -252,6 +280,8 @@ impl Shard {
             legacy_driver,
             registry: RefCell::new(Registry::default()),
             open_total: Cell::new(0),
+            probing: RefCell::new(std::collections::HashSet::new()),
+            next_listener_id: Cell::new(0),
         }
     }
 
@@ -288,6 +318,7 @@ impl Shard {
         let mut reg = self.registry.borrow_mut();
         let slot_value = Slot {
             fd,
+            listener: listener.id,
             idle_until: None,
             live: true,
             request_id: [0; REQUEST_ID_SHOWN],
@@ -331,13 +362,27 @@ impl Shard {
     /// Ends the read side of idle connections parked past `now` (all of them when `now` is
     /// `None`): the wait sees EOF and the connection closes itself.
     pub(super) fn close_idle_connections(&self, now: Option<Instant>) {
+        self.close_idle_where(|slot| match (slot.idle_until, now) {
+            (Some(deadline), Some(now)) => deadline <= now,
+            (Some(_), None) => true,
+            (None, _) => false,
+        });
+    }
+
+    /// Ends the idle connections of the listeners in `retired` (a reload removed them): they
+    /// would otherwise wait out their idle timeout on a listener that no longer exists.
+    pub(super) fn close_idle_connections_of(&self, retired: &[u32]) {
+        if !retired.is_empty() {
+            self.close_idle_where(|slot| {
+                slot.idle_until.is_some() && retired.contains(&slot.listener)
+            });
+        }
+    }
+
+    fn close_idle_where(&self, expired: impl Fn(&Slot) -> bool) {
         let mut registry = self.registry.borrow_mut();
         for slot in registry.slots.iter_mut() {
-            let expired = match (slot.idle_until, now) {
-                (Some(deadline), Some(now)) => deadline <= now,
-                (Some(_), None) => true,
-                (None, _) => false,
-            };
+            let expired = expired(slot);
             if slot.live && expired {
                 slot.idle_until = None;
                 // SAFETY: the fd belongs to a live connection owned by this shard.

@@ -136,6 +136,18 @@ impl Cluster {
         });
     }
 
+    /// A target that no longer has active health checks cannot be found healthy by one:
+    /// an `unhealthy` mark from the last check goes (an ejection runs out by itself).
+    pub fn clear_unhealthy(&self, slot: usize) {
+        self.gossip.update(usize::MAX, slot, |s| {
+            s.unhealthy.then_some(TargetState {
+                unhealthy: false,
+                reason: Reason::Initial,
+                ..*s
+            })
+        });
+    }
+
     /// The shard that actively probes `slot`: exactly one per target.
     pub fn prober_of(&self, slot: usize) -> usize {
         slot % self.views.len().max(1)
