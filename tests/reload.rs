@@ -3,112 +3,13 @@
 //! pool, a removed listener).
 
 mod common;
+use common::reloadable::*;
 use common::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-const TOKEN: &str = "rld-5e1f0c77aa";
-
-/// A gateway whose config file the test rewrites between reloads.
-struct Reloadable {
-    proc: Proc,
-    listen: SocketAddr,
-    admin: SocketAddr,
-    path: PathBuf,
-}
-
-impl Reloadable {
-    /// Starts `ringgate run` on `config` (with `{listen}` and `{admin}` filled in and an
-    /// admin token in a file beside it).
-    fn start(config: &str) -> Reloadable {
-        Reloadable::start_with(config, &[])
-    }
-
-    /// The same, with more `(name, contents)` files beside the config.
-    fn start_with(config: &str, files: &[(&str, &str)]) -> Reloadable {
-        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let dir = temp_dir("reload");
-        std::fs::write(dir.join("admin.token"), TOKEN).unwrap();
-        for (name, contents) in files {
-            std::fs::write(dir.join(name), contents).unwrap();
-        }
-        let path = dir.join("ringgate.toml");
-        let text = config
-            .replace("{listen}", &listen.to_string())
-            .replace("{admin}", &admin.to_string());
-        std::fs::write(&path, text).unwrap();
-        let proc = spawn_bin(&dir, &["run", "--config", path.to_str().unwrap()]);
-        let gw = Reloadable {
-            proc,
-            listen,
-            admin,
-            path,
-        };
-        assert!(
-            wait_for_port(listen, Duration::from_secs(15))
-                && wait_for_port(admin, Duration::from_secs(15)),
-            "gateway did not start: {}",
-            gw.proc.stderr()
-        );
-        gw
-    }
-
-    fn write(&self, config: &str) {
-        let text = config
-            .replace("{listen}", &self.listen.to_string())
-            .replace("{admin}", &self.admin.to_string());
-        // Written whole and renamed, as an operator's tooling would: a reload never reads
-        // half a file.
-        let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, &self.path).unwrap();
-    }
-
-    fn admin(&self, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
-        let mut s = TcpStream::connect(self.admin).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Length: 0\r\n\r\n"
-        )
-        .unwrap();
-        let mut all = String::new();
-        let _ = s.read_to_string(&mut all);
-        let (head, body) = all.split_once("\r\n\r\n").unwrap_or((&all, ""));
-        (status_of(head), body.to_string())
-    }
-
-    fn reload(&self) -> serde_json::Value {
-        let (status, body) = self.admin("POST", "/reload", Some(TOKEN));
-        assert_eq!(status, 200, "{body}\n{}", self.proc.stderr());
-        serde_json::from_str(&body).unwrap()
-    }
-
-    fn json(&self, path: &str) -> serde_json::Value {
-        let (status, body) = self.admin("GET", path, None);
-        assert_eq!(status, 200, "{path}: {body}");
-        serde_json::from_str(&body).unwrap()
-    }
-
-    fn get(&self, path: &str) -> Response {
-        let mut s = TcpStream::connect(self.listen).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        ResponseReader::default().read(&mut s, false)
-    }
-}
 
 fn header() -> String {
     "[server]\nworkers = 2\ndrain_timeout = \"10s\"\n\n[admin]\nbind = \"{admin}\"\ntoken = \"file:admin.token\"\n\n[[listeners]]\nname = \"main\"\nbind = \"{listen}\"\n\n".to_string()
@@ -378,7 +279,14 @@ fn settings_only_a_restart_can_change_are_refused_by_name() {
 
 #[test]
 fn listeners_are_added_and_removed_by_a_reload() {
-    let a = Origin::echo_path();
+    // `/a/slow` answers after 1.5 s: a request in flight while its listener goes away.
+    let a = Origin::start(|r| {
+        let path = r.request_line().split(' ').nth(1).unwrap_or("").to_string();
+        if path == "/a/slow" {
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+        ok(format!("path={path}").as_bytes())
+    });
     let good = format!("{}{}", header(), upstream("a", a.addr));
     let gw = Reloadable::start(&good);
     let extra: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -401,13 +309,22 @@ fn listeners_are_added_and_removed_by_a_reload() {
     for _ in 0..4 {
         assert_eq!(get_extra().map(|r| r.text()).as_deref(), Some("path=/a/e"));
     }
-    // An open keep-alive connection on the listener about to go away.
-    let mut kept = TcpStream::connect(extra).unwrap();
-    kept.set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut reader = ResponseReader::default();
-    write!(kept, "GET /a/k HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
-    assert_eq!(reader.read(&mut kept, false).status, 200);
+    // On the listener about to go away: an idle keep-alive connection, and one whose
+    // request is in flight at the origin.
+    let connect_extra = || {
+        let s = TcpStream::connect(extra).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s
+    };
+    let (mut idle, mut busy) = (connect_extra(), connect_extra());
+    let (mut idle_reader, mut busy_reader) = (ResponseReader::default(), ResponseReader::default());
+    write!(idle, "GET /a/k HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    assert_eq!(idle_reader.read(&mut idle, false).status, 200);
+    write!(busy, "GET /a/slow HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    assert!(wait_until(Duration::from_secs(10), || a
+        .received()
+        .iter()
+        .any(|r| r.request_line().contains("/a/slow"))));
 
     gw.write(&good);
     gw.reload();
@@ -416,12 +333,18 @@ fn listeners_are_added_and_removed_by_a_reload() {
             .is_err()),
         "the removed listener still accepts"
     );
-    // Its open connection gets one more answer, marked as the last, then closes.
-    write!(kept, "GET /a/last HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
-    let last = reader.read(&mut kept, false);
+    // The idle connection is closed at once (no waiting out its idle timeout) ...
+    let mut byte = [0u8; 1];
     assert_eq!(
-        (last.status, last.header("connection")),
-        (200, Some("close"))
+        idle.read(&mut byte).ok(),
+        Some(0),
+        "the idle connection was not closed"
+    );
+    // ... and the request in flight gets its answer, marked as the last.
+    let last = busy_reader.read(&mut busy, false);
+    assert_eq!(
+        (last.status, last.text(), last.header("connection")),
+        (200, "path=/a/slow".to_string(), Some("close"))
     );
     assert_eq!(gw.get("/a/main").status, 200, "the main listener goes on");
 }
@@ -439,7 +362,8 @@ fn admin_reload_needs_the_token_and_config_never_shows_a_secret() {
         )
     );
     let gw = Reloadable::start_with(&good, &[("sticky.key", sticky_secret)]);
-    for token in [None, Some("wrong"), Some("rld-5e1f0c77ab")] {
+    let wrong_by_one_char = format!("{}b", &TOKEN[..TOKEN.len() - 1]);
+    for token in [None, Some("wrong"), Some(wrong_by_one_char.as_str())] {
         let (status, body) = gw.admin("POST", "/reload", token);
         assert_eq!(status, 401, "{token:?}: {body}");
     }

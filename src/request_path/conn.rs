@@ -10,12 +10,13 @@ use crate::http::head::HeadScan;
 use crate::http::io::{BufConn, Counted, ReadError};
 use crate::http::{Framing, HeadLimits, RequestHead, ResponseHead, Version};
 use crate::observe::ExchangeRecord;
-use crate::shard::{ConnGuard, Shard};
+use crate::shard::{ConnGuard, ListenerState, Shard};
 use crate::tls::{ConnRead, ConnWrite};
 use crate::upstream::UpstreamConn;
 use monoio::io::AsyncWriteRent;
 use monoio::net::TcpStream;
 use monoio::time::Instant;
+use std::rc::Rc;
 use std::time::Duration;
 
 /// Initial capacity of a connection's output buffer (heads; it grows for inline bodies).
@@ -59,6 +60,9 @@ pub(super) struct Downstream {
     pub(super) extra: Vec<u8>,
     /// What this exchange did, for the one exit ([`crate::observe::ShardStats::record`]).
     pub(super) record: ExchangeRecord,
+    /// The listener the connection came in on: once a reload removes it, the connection
+    /// ends after the response in progress.
+    pub(super) listener: Rc<ListenerState>,
 }
 
 /// Facts about the current request that outlive its head bytes in the read buffer.
@@ -298,7 +302,7 @@ pub(super) async fn wait_for_next_request(
     guard: &ConnGuard,
     c: &mut Client,
 ) -> Result<(), HeadStop> {
-    if shard.draining.get() {
+    if shard.draining.get() || guard.listener().is_retired() {
         return Err(HeadStop::Quiet);
     }
     // The configured size, not the current one: a buffer that grew (or was swapped in) for

@@ -82,6 +82,7 @@ pub async fn serve_connection(
             scratch: state.down_scratch,
             extra: Vec::new(),
             record: ExchangeRecord::new(guard.listener().name.borrow().clone(), peer.ip(), tls),
+            listener: guard.listener_rc(),
         },
         up_scratch: state.up_scratch,
         peer_ip: PeerIp::new(peer.ip()),

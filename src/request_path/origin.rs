@@ -286,7 +286,8 @@ pub(super) async fn relay_response(
     let open_ended = matches!(framing, Framing::Chunked | Framing::UntilClose);
     // HTTP/1.0 clients cannot receive chunked bodies: they get the bytes, then a close.
     let rechunk = open_ended && ex.version == Version::Http11;
-    let close = !ex.keep_alive || shard.draining.get() || (open_ended && !rechunk);
+    let retired = down.listener.is_retired();
+    let close = !ex.keep_alive || shard.draining.get() || retired || (open_ended && !rechunk);
     let mut out = std::mem::take(&mut down.out);
     out.clear();
     write_client_head(

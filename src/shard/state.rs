@@ -212,6 +212,10 @@ impl ConnGuard {
         &self.listener
     }
 
+    pub fn listener_rc(&self) -> Rc<ListenerState> {
+        self.listener.clone()
+    }
+
     /// Remembers the current request's id, so a panic can be reported with it.
     pub fn set_request_id(&self, id: &[u8]) {
         let n = id.len().min(REQUEST_ID_SHOWN);

@@ -4,6 +4,7 @@
 
 pub mod hostile;
 pub mod pki;
+pub mod reloadable;
 
 use ringgate::http::chunked::ChunkedDecoder;
 use std::io::{Read, Write};
