@@ -125,6 +125,10 @@ async fn serve(
         (b"GET", b"/upstreams") => (200, upstreams_json(snapshot, cluster, epoch_ms)),
         (b"GET", b"/shards") => (200, shards_json(plane)),
         (b"GET", b"/config") => (200, config_json(plane, &current)),
+        (b"GET", b"/metrics") => {
+            let body = metrics_text(plane, snapshot);
+            return write_within(respond_as(&mut stream, 200, PROMETHEUS, "", &body)).await;
+        }
         (b"POST", b"/reload") => reload(plane, peer).await,
         (b"GET", _) | (b"POST", _) => (404, r#"{"error":"not found","status":404}"#.to_string()),
         _ => (
@@ -282,13 +286,52 @@ async fn respond(
     extra_headers: &str,
     body: &str,
 ) -> std::io::Result<()> {
+    respond_as(stream, status, "application/json", extra_headers, body).await
+}
+
+/// An answer of `content_type` with `extra_headers` (lines ending in CRLF), then close.
+async fn respond_as(
+    stream: &mut TcpStream,
+    status: u16,
+    content_type: &str,
+    extra_headers: &str,
+    body: &str,
+) -> std::io::Result<()> {
     let mut message = format!(
-        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra_headers}connection: close\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\n{extra_headers}content-length: {}\r\nconnection: close\r\n\r\n",
         crate::http::reason_phrase(status),
         body.len()
     );
     message.push_str(body);
     stream.write_all(message.into_bytes()).await.0.map(|_| ())
+}
+
+const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Every shard's series merged, plus target health from shard 0's view (all shards converge
+/// within a gossip tick) and process metrics.
+fn metrics_text(plane: &ControlPlane, snapshot: &Snapshot) -> String {
+    let now = now_ms();
+    let views = &plane.cluster.views[0];
+    let targets_up = snapshot
+        .upstreams
+        .iter()
+        .flat_map(|u| {
+            u.targets
+                .iter()
+                .map(|t| (u.name.clone(), t.label.clone(), views[t.slot].usable(now)))
+        })
+        .collect();
+    crate::observe::metrics::render(
+        &plane.cluster.shard_metrics,
+        &crate::observe::metrics::Extra {
+            version: env!("CARGO_PKG_VERSION"),
+            reloads_ok: plane.reloads_ok.load(Relaxed),
+            reloads_failed: plane.reloads_failed.load(Relaxed),
+            targets_up,
+            start_time_unix_s: plane.started_unix_ms as f64 / 1000.0,
+        },
+    )
 }
 
 /// `{"shards":[{"shard":0,"driver":"io_uring","open_connections":…,"exchanges":…,…}]}`

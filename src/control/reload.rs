@@ -44,6 +44,8 @@ pub struct ControlPlane {
     reloading: Mutex<SlotMap>,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
+    /// When the process started (Unix ms), for `process_start_time_seconds`.
+    pub started_unix_ms: u64,
     reloader: std::sync::OnceLock<Mutex<std::sync::mpsc::Sender<ReloadRequest>>>,
     signal_pending: std::sync::atomic::AtomicBool,
 }
@@ -93,6 +95,7 @@ impl ControlPlane {
             reloading: Mutex::new(slots),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            started_unix_ms: unix_ms(),
             reloader: std::sync::OnceLock::new(),
             signal_pending: std::sync::atomic::AtomicBool::new(false),
         }

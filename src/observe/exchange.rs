@@ -45,6 +45,8 @@ pub struct ExchangeRecord {
     pub consumer: Option<Rc<str>>,
     /// Room for the cache stage: `HIT`, `MISS`, `BYPASS`.
     pub cache: Option<&'static str>,
+    /// The route's metric series (`None`: no route matched).
+    pub route_metrics: Option<std::sync::Arc<super::metrics::RouteMetrics>>,
     /// The client connection's byte counters when the exchange began.
     pub counters_at_start: (u64, u64),
 }
@@ -70,6 +72,7 @@ impl ExchangeRecord {
             end: None,
             consumer: None,
             cache: None,
+            route_metrics: None,
             counters_at_start: (0, 0),
         }
     }
@@ -91,6 +94,7 @@ impl ExchangeRecord {
         self.end = None;
         self.consumer = None;
         self.cache = None;
+        self.route_metrics = None;
         self.counters_at_start = counters;
     }
 

@@ -1,9 +1,10 @@
 //! Operator-facing output. For now: start-up and shutdown lines on stderr, written only from
 //! the control thread or at shard start/stop, never per request (a full pipe must not stall a
-//! shard). Per-exchange records and per-shard counters in [`exchange`]; access logs and
-//! metrics will live here.
+//! shard). Per-exchange records and per-shard counters in [`exchange`]; Prometheus metrics in
+//! [`metrics`].
 
 pub mod exchange;
+pub mod metrics;
 
 pub use exchange::{ExchangeRecord, ShardStats};
 

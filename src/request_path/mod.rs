@@ -63,7 +63,10 @@ pub async fn serve_connection(
             (ConnRead::Plain(r), ConnWrite::Plain(w), None)
         }
         Some(tls) => match accept_tls(tls, stream).await {
-            Some(halves) => halves,
+            Some(halves) => {
+                guard.listener().metrics.tls_handshakes.add(1);
+                halves
+            }
             None => return,
         },
     };
@@ -135,6 +138,11 @@ fn record_exchange(shard: &Shard, c: &mut Client) {
     if record.started {
         record.finish((c.reader.consumed(), c.down.writer.written()));
         shard.stats().record(record);
+        let route = record.route_metrics.take();
+        route
+            .as_deref()
+            .unwrap_or(shard.unrouted_metrics())
+            .count(record.status, record.duration());
         record.idle();
     }
 }
@@ -186,6 +194,7 @@ async fn exchange(shard: &Shard, guard: &ConnGuard, c: &mut Client) -> Next {
     };
     let route = &cfg.routes[route_index];
     c.down.record.route = Some(route_index);
+    c.down.record.route_metrics = Some(cfg.route_metrics[route_index].clone());
     ex.upgrade = c
         .head
         .upgrade_offer(c.reader.buffered())

@@ -213,7 +213,13 @@ impl Shard {
             }
         }
         self.close_idle_connections_of(&retired);
+        let metrics = self.metrics();
         let active = Rc::new(Active {
+            route_metrics: snapshot
+                .routes
+                .iter()
+                .map(|r| metrics.route(&r.name))
+                .collect(),
             upstreams: old.upstreams.rebuild(snapshot.clone()),
             snapshot,
             generation,
@@ -257,6 +263,7 @@ impl Shard {
             retired: Cell::new(false),
             open: Cell::new(0),
             open_per_ip: RefCell::new(HashMap::new()),
+            metrics: self.metrics().listener(&spec.name),
         });
         monoio::spawn(accept_loop(self.clone(), state.clone(), listener));
         Some(state)

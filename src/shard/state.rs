@@ -5,6 +5,7 @@
 use crate::config::Snapshot;
 use crate::http::RequestIds;
 use crate::http::io::BufPool;
+use crate::observe::metrics::{ListenerMetrics, RouteMetrics};
 use crate::upstream::{Cluster, ShardUpstreams};
 use monoio::time::Instant;
 use std::cell::{Cell, RefCell};
@@ -38,6 +39,8 @@ pub struct Shard {
     pub(super) probing: RefCell<std::collections::HashSet<usize>>,
     /// The next [`ListenerState::id`].
     pub(super) next_listener_id: Cell<u32>,
+    /// The metric series of requests that matched no route.
+    pub(super) unrouted: Arc<RouteMetrics>,
 }
 
 /// One config as this shard runs it: the snapshot, and this shard's state for its names
@@ -46,6 +49,8 @@ pub struct Shard {
 pub struct Active {
     pub snapshot: Arc<Snapshot>,
     pub upstreams: ShardUpstreams,
+    /// Each route's metric series, by route index.
+    pub route_metrics: Vec<Arc<RouteMetrics>>,
     pub generation: u64,
     pub(super) listener_states: Vec<Rc<ListenerState>>,
 }
@@ -85,6 +90,7 @@ pub struct ListenerState {
     pub(super) open: Cell<usize>,
     /// Open client connections per client address (for `max_connections_per_ip`).
     pub(super) open_per_ip: RefCell<HashMap<IpAddr, usize>>,
+    pub metrics: Arc<ListenerMetrics>,
 }
 
 impl ListenerState {
@@ -234,6 +240,10 @@ impl Drop for ConnGuard {
         drop(reg);
         let open = &self.listener.open;
         open.set(open.get() - 1);
+        self.listener
+            .metrics
+            .connections_active
+            .set(open.get() as u64);
         let total = &self.shard.open_total;
         total.set(total.get() - 1);
         self.shard
@@ -265,10 +275,12 @@ impl Shard {
             id,
             crate::http::random_seed(),
         );
+        let unrouted = cluster.shard_metrics[id].route("");
         // Nothing runs on this until the first `apply` replaces it.
         let empty = Active {
             snapshot: first.clone(),
             upstreams,
+            route_metrics: Vec::new(),
             generation: 0,
             listener_states: Vec::new(),
         };
@@ -286,6 +298,7 @@ impl Shard {
             open_total: Cell::new(0),
             probing: RefCell::new(std::collections::HashSet::new()),
             next_listener_id: Cell::new(0),
+            unrouted,
         }
     }
 
@@ -317,6 +330,7 @@ impl Shard {
             *from_peer += 1;
         }
         open.set(open.get() + 1);
+        listener.metrics.connections_active.set(open.get() as u64);
         self.open_total.set(self.open_total.get() + 1);
         self.stats().set_open_connections(self.open_connections());
         let mut reg = self.registry.borrow_mut();
@@ -351,6 +365,15 @@ impl Shard {
         let reg = self.registry.borrow();
         let slot = &reg.slots[slot];
         String::from_utf8_lossy(&slot.request_id[..usize::from(slot.request_id_len)]).into_owned()
+    }
+
+    pub fn unrouted_metrics(&self) -> &RouteMetrics {
+        &self.unrouted
+    }
+
+    /// This shard's metric series (shared with the admin thread).
+    pub fn metrics(&self) -> &crate::observe::metrics::ShardMetrics {
+        &self.cluster.shard_metrics[self.id]
     }
 
     /// This shard's counters (shared with the admin thread).

@@ -104,6 +104,8 @@ pub struct Cluster {
     pub views: Vec<Vec<TargetView>>,
     /// Each shard's counters (written by it, read by admin `/shards`).
     pub shard_stats: Vec<crate::observe::ShardStats>,
+    /// Each shard's metric series (written by it, merged by admin `/metrics`).
+    pub shard_metrics: Vec<crate::observe::metrics::ShardMetrics>,
 }
 
 impl Cluster {
@@ -118,6 +120,7 @@ impl Cluster {
             shard_stats: (0..workers)
                 .map(|_| crate::observe::ShardStats::default())
                 .collect(),
+            shard_metrics: (0..workers).map(|_| Default::default()).collect(),
         }
     }
 

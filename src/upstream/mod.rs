@@ -17,6 +17,7 @@ pub use health::{Cluster, Outcome, ShardHealth, TargetView};
 use crate::config::{Balance, Snapshot, UpstreamSpec};
 use crate::gossip::now_ms;
 use crate::http::io::{BufConn, BufPool};
+use crate::observe::metrics::TargetMetrics;
 use crate::tls::{ConnRead, ConnWrite};
 use monoio::io::Splitable;
 use monoio::net::TcpStream;
@@ -52,6 +53,8 @@ struct Idle {
 struct Group {
     shared: Rc<GroupState>,
     targets: Vec<Rc<TargetLocal>>,
+    /// Each target's metric series (by upstream and target name, across reloads).
+    metrics: Vec<Arc<TargetMetrics>>,
 }
 
 /// What survives a reload for an unchanged upstream name.
@@ -221,7 +224,13 @@ impl ShardUpstreams {
                     .zip(&self.groups)
                     .find(|(o, _)| o.name == spec.name);
                 let same_connections = old.filter(|(o, _)| o.connection_key == spec.connection_key);
+                let series = &self.parts.cluster.shard_metrics[self.parts.shard];
                 Group {
+                    metrics: spec
+                        .targets
+                        .iter()
+                        .map(|t| series.target(&spec.name, &t.label))
+                        .collect(),
                     shared: old.map_or_else(Rc::default, |(_, g)| g.shared.clone()),
                     targets: spec
                         .targets
@@ -486,8 +495,14 @@ impl Drop for InFlight<'_> {
         let view = u.view(self.upstream, self.target);
         view.in_flight
             .store(view.in_flight.load(Relaxed).saturating_sub(1), Relaxed);
-        let group = &u.groups[self.upstream].shared;
-        group.in_flight.set(group.in_flight.get().saturating_sub(1));
+        let group = &u.groups[self.upstream];
+        let shared = &group.shared;
+        shared
+            .in_flight
+            .set(shared.in_flight.get().saturating_sub(1));
+        if let Outcome::Answered { status, .. } = self.outcome {
+            group.metrics[self.target].responses.count(status);
+        }
         u.health()
             .record(u.spec(self.upstream), self.target, self.outcome);
     }
