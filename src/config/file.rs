@@ -25,8 +25,32 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
-    /// The admin listener (`/healthz`, `/upstreams`); off unless `bind` is set.
+    /// The admin listener (`/healthz`, `/metrics`, `/reload`, ...); off unless given.
     pub admin: Option<AdminConfig>,
+    /// One line per exchange; off unless given.
+    pub access_log: Option<AccessLogConfig>,
+}
+
+/// `[access_log]`: one line per exchange, written off the shards (a shard never waits on the
+/// disk: when the writer falls behind, lines are dropped and counted, never requests).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    /// A file (relative to this config's folder; reopened on SIGUSR1 and on reload), or
+    /// `"stdout"`.
+    pub path: String,
+    #[serde(default)]
+    pub format: AccessLogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    /// One JSON object a line (DESIGN.md §4b fields).
+    #[default]
+    Json,
+    /// nginx's `combined` (referer and user agent are not recorded: `"-"`).
+    Combined,
 }
 
 /// `[admin]`: a small HTTP listener for operators, on its own thread (never on a shard).

@@ -26,12 +26,21 @@ pub struct Snapshot {
     pub admin: Option<SocketAddr>,
     /// `[admin] token`: the bearer token admin requests must carry (see `admin`).
     pub admin_token: Option<super::Secret>,
+    /// `[access_log]`: where and how.
+    pub access_log: Option<AccessLogSpec>,
     /// `[server] path_escaped_slashes = "keep"`: `%2F`, `%5C` and `;` pass through.
     pub keep_escaped_slashes: bool,
     /// Targets of all upstreams together.
     pub total_targets: usize,
     /// The file as parsed, defaults filled in: what admin `/config` shows (secrets redacted).
     pub source: Config,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogSpec {
+    /// A file path (resolved against the config's folder), or `None` for stdout.
+    pub file: Option<PathBuf>,
+    pub format: super::file::AccessLogFormat,
 }
 
 #[derive(Debug, Clone)]

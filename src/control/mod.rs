@@ -44,6 +44,9 @@ pub struct Running {
 pub fn start(snapshot: &Arc<Snapshot>) -> Result<Running, StartError> {
     let plane = Arc::new(ControlPlane::new(snapshot));
     plane.start_reloader().map_err(StartError::Signals)?;
+    let access_log = &plane.cluster.access_log;
+    access_log.retarget(snapshot.access_log.clone());
+    access_log.start_writer().map_err(StartError::Signals)?;
     let listeners = reload::bind_all(snapshot).map_err(|p| StartError::Bind {
         file: snapshot.file.display().to_string(),
         line: p.line.map(|l| format!(":{l}")).unwrap_or_default(),
@@ -92,8 +95,8 @@ impl Running {
     /// Serves until SIGTERM/SIGINT, drains, and returns when every shard has stopped. A
     /// second signal exits the process at once. SIGHUP reloads the config file.
     pub fn serve_until_signalled(self) -> Result<(), StartError> {
-        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1])
             .map_err(StartError::Signals)?;
         let plane = self.plane.clone();
         std::thread::Builder::new()
@@ -101,6 +104,11 @@ impl Running {
             .spawn(move || {
                 let mut seen = 0;
                 for signal in signals.forever() {
+                    if signal == SIGUSR1 {
+                        // logrotate moved the file away: write to a new one.
+                        plane.cluster.access_log.reopen();
+                        continue;
+                    }
                     if signal == SIGHUP {
                         if !DRAIN.load(Ordering::Acquire) {
                             // On the reloader thread: this one must stay free for SIGTERM.
@@ -121,7 +129,12 @@ impl Running {
                 }
             })
             .map_err(StartError::Signals)?;
+        let plane = self.plane.clone();
         self.wait();
+        plane
+            .cluster
+            .access_log
+            .close(std::time::Duration::from_secs(2));
         observe::info("stopped");
         Ok(())
     }

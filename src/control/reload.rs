@@ -207,6 +207,8 @@ impl ControlPlane {
             // Health checks were removed: nothing would ever mark the target healthy again.
             self.cluster.clear_unhealthy(slot);
         }
+        // Reopened on every reload (a moved file is picked up; a new path applies).
+        self.cluster.access_log.retarget(new.access_log.clone());
         let snapshot = Arc::new(new);
         let generation = current.generation + 1;
         for (shard, listeners) in plans.into_iter().enumerate() {

@@ -45,6 +45,11 @@ pub struct ExchangeRecord {
     pub consumer: Option<Rc<str>>,
     /// Room for the cache stage: `HIT`, `MISS`, `BYPASS`.
     pub cache: Option<&'static str>,
+    /// Method, host and path as the request sent them (after normalisation), kept for the
+    /// access log only when it is on: one buffer per connection, reused.
+    request_text: Vec<u8>,
+    method_len: usize,
+    host_len: usize,
     /// The route's metric series (`None`: no route matched).
     pub route_metrics: Option<std::sync::Arc<super::metrics::RouteMetrics>>,
     /// The client connection's byte counters when the exchange began.
@@ -73,6 +78,9 @@ impl ExchangeRecord {
             consumer: None,
             cache: None,
             route_metrics: None,
+            request_text: Vec::new(),
+            method_len: 0,
+            host_len: 0,
             counters_at_start: (0, 0),
         }
     }
@@ -95,12 +103,36 @@ impl ExchangeRecord {
         self.consumer = None;
         self.cache = None;
         self.route_metrics = None;
+        self.request_text.clear();
+        self.method_len = 0;
+        self.host_len = 0;
         self.counters_at_start = counters;
     }
 
     /// No exchange in progress (the connection waits for, or never sent, a request).
     pub fn idle(&mut self) {
         self.started = false;
+    }
+
+    /// Keeps method, host and path for the access log (the head's bytes do not outlive the
+    /// exchange). A path longer than 2 KiB is cut there.
+    pub fn capture_request(&mut self, method: &[u8], host: &[u8], path: &[u8]) {
+        const MAX_PATH: usize = 2048;
+        self.request_text.clear();
+        self.request_text.extend_from_slice(method);
+        self.request_text.extend_from_slice(host);
+        self.request_text
+            .extend_from_slice(&path[..path.len().min(MAX_PATH)]);
+        self.method_len = method.len();
+        self.host_len = host.len();
+    }
+
+    /// (method, host, path) as captured (empty when not).
+    pub fn request_parts(&self) -> (&[u8], &[u8], &[u8]) {
+        let t = &self.request_text;
+        let (method, rest) = t.split_at(self.method_len.min(t.len()));
+        let (host, path) = rest.split_at(self.host_len.min(rest.len()));
+        (method, host, path)
     }
 
     pub fn set_request_id(&mut self, id: &[u8]) {

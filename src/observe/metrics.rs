@@ -162,6 +162,8 @@ pub struct ListenerMetrics {
 /// One shard's series, by name.
 #[derive(Debug, Default)]
 pub struct ShardMetrics {
+    /// Access-log lines dropped because the writer fell behind.
+    pub access_log_dropped: Counter,
     routes: Mutex<BTreeMap<String, Arc<RouteMetrics>>>,
     targets: Mutex<BTreeMap<(String, String), Arc<TargetMetrics>>>,
     listeners: Mutex<BTreeMap<String, Arc<ListenerMetrics>>>,
@@ -344,6 +346,14 @@ pub fn render(shards: &[ShardMetrics], extra: &Extra) -> String {
             escape(l)
         );
     }
+    family(
+        &mut out,
+        "ringgate_access_log_dropped_total",
+        "counter",
+        "Access-log lines dropped because the log writer fell behind (requests never wait).",
+    );
+    let dropped: u64 = shards.iter().map(|s| s.access_log_dropped.get()).sum();
+    let _ = writeln!(out, "ringgate_access_log_dropped_total {dropped}");
     family(
         &mut out,
         "ringgate_config_reloads_total",

@@ -3,6 +3,7 @@
 //! shard). Per-exchange records and per-shard counters in [`exchange`]; Prometheus metrics in
 //! [`metrics`].
 
+pub mod access_log;
 pub mod exchange;
 pub mod metrics;
 

@@ -10,7 +10,7 @@ use crate::http::head::HeadScan;
 use crate::http::io::{BufConn, Counted, ReadError};
 use crate::http::{Framing, HeadLimits, RequestHead, ResponseHead, Version};
 use crate::observe::ExchangeRecord;
-use crate::shard::{ConnGuard, ListenerState, Shard};
+use crate::shard::{Active, ConnGuard, ListenerState, Shard};
 use crate::tls::{ConnRead, ConnWrite};
 use crate::upstream::UpstreamConn;
 use monoio::io::AsyncWriteRent;
@@ -63,6 +63,9 @@ pub(super) struct Downstream {
     /// The listener the connection came in on: once a reload removes it, the connection
     /// ends after the response in progress.
     pub(super) listener: Rc<ListenerState>,
+    /// The config the current exchange runs on, until its record is made (the record's
+    /// indices are into it).
+    pub(super) pinned: Option<Rc<Active>>,
 }
 
 /// Facts about the current request that outlive its head bytes in the read buffer.

@@ -30,6 +30,7 @@ pub use reject::Reject;
 use crate::config::RouteAction;
 use crate::http::io::{BufConn, Counted};
 use crate::observe::ExchangeRecord;
+use crate::observe::access_log::Line;
 use crate::shard::{Active, ConnGuard, Shard};
 use crate::tls::{ConnRead, ConnWrite};
 use admit::*;
@@ -86,6 +87,7 @@ pub async fn serve_connection(
             extra: Vec::new(),
             record: ExchangeRecord::new(guard.listener().name.borrow().clone(), peer.ip(), tls),
             listener: guard.listener_rc(),
+            pinned: None,
         },
         up_scratch: state.up_scratch,
         peer_ip: PeerIp::new(peer.ip()),
@@ -143,7 +145,40 @@ fn record_exchange(shard: &Shard, c: &mut Client) {
             .as_deref()
             .unwrap_or(shard.unrouted_metrics())
             .count(record.status, record.duration());
+        let config = c.down.pinned.take().unwrap_or_else(|| shard.config());
+        if let Some(log) = &config.access_log {
+            shard.log(log.format, &access_line(&config, record));
+        }
         record.idle();
+    }
+}
+
+/// The access-log line of a finished record; names come from the config the exchange ran on.
+fn access_line<'a>(cfg: &'a Active, record: &'a ExchangeRecord) -> Line<'a> {
+    let (method, host, path) = record.request_parts();
+    let upstream = record.upstream.map(|u| &cfg.snapshot.upstreams[u]);
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Line {
+        unix_ms,
+        request_id: record.request_id(),
+        client_ip: record.client_ip,
+        method,
+        host,
+        path,
+        status: record.status,
+        bytes_in: record.bytes_in,
+        bytes_out: record.bytes_out,
+        duration: record.duration(),
+        route: record.route.map(|r| cfg.snapshot.routes[r].name.as_str()),
+        upstream: upstream.map(|u| u.name.as_str()),
+        target: upstream
+            .zip(record.target)
+            .map(|(u, t)| u.targets[t].label.as_str()),
+        consumer: record.consumer.as_deref(),
+        tls: record.tls,
+        cache: record.cache,
     }
 }
 
@@ -175,6 +210,16 @@ async fn exchange(shard: &Shard, guard: &ConnGuard, c: &mut Client) -> Next {
     if let Err(e) = normalize_request_path(cfg, c) {
         return reject(c, &e, ex.request_id(), true).await;
     }
+    if cfg.access_log.is_some() {
+        let (buf, head) = (c.reader.buffered(), &c.head);
+        let host = head.target_authority.clone().or_else(|| head.host.clone());
+        c.down.record.capture_request(
+            head.method(buf),
+            host.map_or(&b""[..], |r| &buf[r]),
+            &buf[head.path.clone()],
+        );
+    }
+    c.down.pinned = Some(pinned.clone());
 
     // Stage 2: the policy stages, over the parsed head (no socket): HTTPS redirect, route.
     let view = RequestView {

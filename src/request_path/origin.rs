@@ -132,6 +132,8 @@ pub(super) async fn send_replayable<'s>(
     let spec = &cfg.snapshot.upstreams[upstream];
     let try_timeout = route.per_try_timeout.unwrap_or(spec.response_timeout);
     loop {
+        // The target tried last is the one the record names, answered or not.
+        c.down.record.target = Some(target);
         let mut flight = cfg.upstreams.begin(upstream, target);
         let started = Instant::now();
         let attempt = try_once(attempts, c, ex, route, target, &mut out, try_timeout);

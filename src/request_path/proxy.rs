@@ -130,6 +130,7 @@ pub(super) async fn streamed_exchange(
     let response_timeout = cfg.snapshot.upstreams[upstream].response_timeout;
     // The body has not been read yet, so a failed connect can move to another target.
     let mut up = loop {
+        c.down.record.target = Some(target);
         match attempts.connect(target).await {
             Ok(up) => break up,
             Err(e) => {

@@ -440,6 +440,7 @@ pub(super) async fn tick_loop(shard: &Rc<Shard>) {
     let mut last_reap = Instant::now();
     while !DRAIN.load(Ordering::Acquire) {
         shard.take_commands();
+        shard.flush_log();
         let config = shard.config();
         config.upstreams.health().drain_gossip();
         let now = Instant::now();
@@ -464,6 +465,7 @@ pub(super) async fn tick_loop(shard: &Rc<Shard>) {
         shard.close_idle_connections(None);
         monoio::time::sleep(TICK).await;
     }
+    shard.flush_log();
     SHARDS_ALIVE.fetch_sub(1, Ordering::AcqRel);
     observe::info(&format!(
         "shard {}: drained ({} connections still open)",

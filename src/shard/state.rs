@@ -41,6 +41,9 @@ pub struct Shard {
     pub(super) next_listener_id: Cell<u32>,
     /// The metric series of requests that matched no route.
     pub(super) unrouted: Arc<RouteMetrics>,
+    /// Access-log lines not yet handed to the writer, and how many.
+    log_chunk: RefCell<Vec<u8>>,
+    log_lines: Cell<u64>,
 }
 
 /// One config as this shard runs it: the snapshot, and this shard's state for its names
@@ -299,6 +302,8 @@ impl Shard {
             probing: RefCell::new(std::collections::HashSet::new()),
             next_listener_id: Cell::new(0),
             unrouted,
+            log_chunk: RefCell::new(Vec::new()),
+            log_lines: Cell::new(0),
         }
     }
 
@@ -365,6 +370,37 @@ impl Shard {
         let reg = self.registry.borrow();
         let slot = &reg.slots[slot];
         String::from_utf8_lossy(&slot.request_id[..usize::from(slot.request_id_len)]).into_owned()
+    }
+
+    /// Appends one access-log line; a full chunk goes to the writer at once.
+    pub fn log(
+        &self,
+        format: crate::config::AccessLogFormat,
+        line: &crate::observe::access_log::Line,
+    ) {
+        let mut chunk = self.log_chunk.borrow_mut();
+        if chunk.capacity() == 0 {
+            chunk.reserve(crate::observe::access_log::CHUNK_BYTES + 1024);
+        }
+        line.push(format, &mut chunk);
+        self.log_lines.set(self.log_lines.get() + 1);
+        if chunk.len() >= crate::observe::access_log::CHUNK_BYTES {
+            drop(chunk);
+            self.flush_log();
+        }
+    }
+
+    /// Hands the lines gathered so far to the writer; when it is behind, they are dropped
+    /// and counted (the shard never waits).
+    pub(super) fn flush_log(&self) {
+        let lines = self.log_lines.replace(0);
+        if lines == 0 {
+            return;
+        }
+        let chunk = std::mem::take(&mut *self.log_chunk.borrow_mut());
+        if self.cluster.access_log.send(self.id, chunk, lines).is_err() {
+            self.metrics().access_log_dropped.add(lines);
+        }
     }
 
     pub fn unrouted_metrics(&self) -> &RouteMetrics {

@@ -106,6 +106,8 @@ pub struct Cluster {
     pub shard_stats: Vec<crate::observe::ShardStats>,
     /// Each shard's metric series (written by it, merged by admin `/metrics`).
     pub shard_metrics: Vec<crate::observe::metrics::ShardMetrics>,
+    /// Access-log chunks from every shard to the writer thread.
+    pub access_log: std::sync::Arc<crate::observe::access_log::LogPipe>,
 }
 
 impl Cluster {
@@ -121,6 +123,9 @@ impl Cluster {
                 .map(|_| crate::observe::ShardStats::default())
                 .collect(),
             shard_metrics: (0..workers).map(|_| Default::default()).collect(),
+            access_log: std::sync::Arc::new(crate::observe::access_log::LogPipe::new(
+                workers, None,
+            )),
         }
     }
 

@@ -160,6 +160,10 @@ pub fn compile(file: &Path, config: &Config, lines: &KeyLines) -> Result<Snapsho
             gossip_interval: config.server.gossip_interval.0,
             admin,
             admin_token,
+            access_log: config.access_log.as_ref().map(|a| AccessLogSpec {
+                file: (a.path != "stdout").then(|| base.join(&a.path)),
+                format: a.format,
+            }),
             keep_escaped_slashes: config.server.path_escaped_slashes == super::EscapedSlashes::Keep,
             total_targets: upstreams.iter().map(|u| u.targets.len()).sum(),
             source: config.clone(),

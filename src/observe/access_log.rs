@@ -1,0 +1,394 @@
+//! The access log: one line per exchange, formatted on the shard into a shard-local buffer
+//! and handed in chunks to a writer thread through a bounded lock-free queue per shard. A
+//! shard never waits on the disk: when the writer falls behind (a slow disk, a pipe nobody
+//! reads) the queue is full, the chunk is dropped and its lines are counted
+//! (`ringgate_access_log_dropped_total`), never a request. The writer reopens the file on
+//! SIGUSR1 (logrotate's `postrotate`) and on every reload.
+//!
+//! What a line may hold is fixed (DESIGN.md §4b): never a header value, never the query
+//! string; every byte a peer sent is JSON-escaped.
+
+use crate::config::{AccessLogFormat, AccessLogSpec};
+use crossbeam_queue::ArrayQueue;
+use std::io::Write;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A chunk is handed over once it holds this much (or on the shard's next tick).
+pub const CHUNK_BYTES: usize = 32 * 1024;
+/// Chunks waiting per shard: at most 2 MiB of lines per shard are in flight.
+const QUEUED_CHUNKS: usize = 64;
+/// How often the writer looks for chunks when it found none.
+const WRITER_IDLE: Duration = Duration::from_millis(5);
+
+/// What one exchange's line says.
+pub struct Line<'a> {
+    pub unix_ms: u64,
+    pub request_id: &'a [u8],
+    pub client_ip: IpAddr,
+    pub method: &'a [u8],
+    pub host: &'a [u8],
+    pub path: &'a [u8],
+    /// 0: the client got nothing (logged as 499, as nginx does).
+    pub status: u16,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub duration: Option<Duration>,
+    pub route: Option<&'a str>,
+    pub upstream: Option<&'a str>,
+    pub target: Option<&'a str>,
+    pub consumer: Option<&'a str>,
+    pub tls: bool,
+    pub cache: Option<&'a str>,
+}
+
+impl Line<'_> {
+    pub fn push(&self, format: AccessLogFormat, out: &mut Vec<u8>) {
+        match format {
+            AccessLogFormat::Json => self.push_json(out),
+            AccessLogFormat::Combined => self.push_combined(out),
+        }
+    }
+
+    fn status(&self) -> u16 {
+        if self.status == 0 { 499 } else { self.status }
+    }
+
+    fn push_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"ts\":\"");
+        push_rfc3339(out, self.unix_ms);
+        out.extend_from_slice(b"\",\"request_id\":");
+        push_json_string(out, self.request_id);
+        let _ = write!(out, ",\"client_ip\":\"{}\"", self.client_ip.to_canonical());
+        out.extend_from_slice(b",\"method\":");
+        push_json_string(out, self.method);
+        out.extend_from_slice(b",\"host\":");
+        push_json_string(out, self.host);
+        out.extend_from_slice(b",\"path\":");
+        push_json_string(out, self.path);
+        let duration_ms = self.duration.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+        let _ = write!(
+            out,
+            ",\"status\":{},\"bytes_in\":{},\"bytes_out\":{},\"duration_ms\":{duration_ms:.3}",
+            self.status(),
+            self.bytes_in,
+            self.bytes_out
+        );
+        for (name, value) in [
+            ("route", self.route),
+            ("upstream", self.upstream),
+            ("target", self.target),
+            ("consumer", self.consumer),
+        ] {
+            let _ = write!(out, ",\"{name}\":");
+            match value {
+                Some(v) => push_json_string(out, v.as_bytes()),
+                None => out.extend_from_slice(b"null"),
+            }
+        }
+        let _ = write!(out, ",\"tls\":{},\"cache\":", self.tls);
+        match self.cache {
+            Some(c) => push_json_string(out, c.as_bytes()),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b"}\n");
+    }
+
+    /// nginx's `combined`: `ip - - [time] "METHOD path HTTP/1.1" status bytes "-" "-"`.
+    fn push_combined(&self, out: &mut Vec<u8>) {
+        let _ = write!(out, "{} - - [", self.client_ip.to_canonical());
+        push_clf_time(out, self.unix_ms);
+        out.extend_from_slice(b"] \"");
+        push_escaped(
+            out,
+            if self.method.is_empty() {
+                b"-"
+            } else {
+                self.method
+            },
+        );
+        out.push(b' ');
+        push_escaped(
+            out,
+            if self.path.is_empty() {
+                b"-"
+            } else {
+                self.path
+            },
+        );
+        let _ = writeln!(
+            out,
+            " HTTP/1.1\" {} {} \"-\" \"-\"",
+            self.status(),
+            self.bytes_out
+        );
+    }
+}
+
+/// A JSON string of peer bytes: `"` `\` and every control or non-ASCII byte escaped, so the
+/// line is valid UTF-8 and one line whatever the bytes were.
+fn push_json_string(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.push(b'"');
+    for &b in bytes {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            0x20..=0x7e => out.push(b),
+            _ => {
+                let _ = write!(out, "\\u{:04x}", b);
+            }
+        }
+    }
+    out.push(b'"');
+}
+
+/// Peer bytes in a `combined` line: `"`, `\` and non-printable bytes as `\xHH`, as nginx does.
+fn push_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
+    for &b in bytes {
+        match b {
+            b'"' | b'\\' => {
+                let _ = write!(out, "\\x{b:02X}");
+            }
+            0x21..=0x7e => out.push(b),
+            _ => {
+                let _ = write!(out, "\\x{b:02X}");
+            }
+        }
+    }
+}
+
+/// (year, month, day, hour, minute, second, millisecond) of a Unix time in milliseconds.
+fn civil(unix_ms: u64) -> (i64, u64, u64, u64, u64, u64, u64) {
+    let secs = unix_ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u64;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u64;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (
+        year,
+        month,
+        day,
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        unix_ms % 1000,
+    )
+}
+
+/// `2026-12-01T04:52:00.123Z`
+pub fn push_rfc3339(out: &mut Vec<u8>, unix_ms: u64) {
+    let (y, mo, d, h, mi, s, ms) = civil(unix_ms);
+    let _ = write!(out, "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z");
+}
+
+/// `01/Dec/2026:04:52:00 +0000`
+fn push_clf_time(out: &mut Vec<u8>, unix_ms: u64) {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let (y, mo, d, h, mi, s, _) = civil(unix_ms);
+    let month = MONTHS[(mo as usize).clamp(1, 12) - 1];
+    let _ = write!(out, "{d:02}/{month}/{y:04}:{h:02}:{mi:02}:{s:02} +0000");
+}
+
+/// Chunks of lines from every shard to the writer thread.
+pub struct LogPipe {
+    queues: Vec<ArrayQueue<(Vec<u8>, u64)>>,
+    /// The file (or stdout) to write to; replaced on reload.
+    target: Mutex<Option<AccessLogSpec>>,
+    /// Set to make the writer reopen its file (SIGUSR1, reload).
+    reopen: AtomicBool,
+    /// Lines written, for tests and `/metrics`.
+    pub written: AtomicU64,
+    /// Set at exit: the writer writes what is queued, flushes, and says so in `closed`.
+    closing: AtomicBool,
+    closed: AtomicBool,
+}
+
+impl LogPipe {
+    pub fn new(shards: usize, target: Option<AccessLogSpec>) -> LogPipe {
+        LogPipe {
+            queues: (0..shards)
+                .map(|_| ArrayQueue::new(QUEUED_CHUNKS))
+                .collect(),
+            target: Mutex::new(target),
+            reopen: AtomicBool::new(true),
+            written: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Hands a chunk of `lines` lines to the writer; gives it back when the queue is full.
+    pub fn send(&self, shard: usize, chunk: Vec<u8>, lines: u64) -> Result<(), (Vec<u8>, u64)> {
+        self.queues[shard].push((chunk, lines))
+    }
+
+    /// Points the writer at `target` (reopening it, also when it is the same file).
+    pub fn retarget(&self, target: Option<AccessLogSpec>) {
+        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = target;
+        self.reopen.store(true, Ordering::Release);
+    }
+
+    /// Reopens the file (after logrotate moved it away).
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Release);
+    }
+
+    /// At exit (the shards have stopped and handed over their last lines): waits up to
+    /// `timeout` for the writer to write everything queued.
+    pub fn close(&self, timeout: Duration) {
+        self.closing.store(true, Ordering::Release);
+        let deadline = std::time::Instant::now() + timeout;
+        while !self.closed.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Starts the writer thread. Errors opening the file are reported on stderr (once per
+    /// open attempt); lines that cannot be written are dropped.
+    pub fn start_writer(self: &Arc<Self>) -> std::io::Result<()> {
+        let pipe = self.clone();
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || pipe.write_forever())
+            .map(|_| ())
+    }
+
+    fn write_forever(&self) {
+        let mut sink: Option<Box<dyn Write + Send>> = None;
+        loop {
+            if self.reopen.swap(false, Ordering::AcqRel) {
+                if let Some(mut old) = sink.take() {
+                    let _ = old.flush();
+                }
+                sink = self.open();
+            }
+            let mut wrote = false;
+            for queue in &self.queues {
+                while let Some((chunk, lines)) = queue.pop() {
+                    wrote = true;
+                    if let Some(out) = sink.as_mut()
+                        && out.write_all(&chunk).is_ok()
+                    {
+                        self.written.fetch_add(lines, Ordering::Relaxed);
+                    }
+                }
+            }
+            if wrote {
+                if let Some(out) = sink.as_mut() {
+                    let _ = out.flush();
+                }
+            } else if self.closing.load(Ordering::Acquire) {
+                self.closed.store(true, Ordering::Release);
+                return;
+            } else {
+                std::thread::sleep(WRITER_IDLE);
+            }
+        }
+    }
+
+    fn open(&self) -> Option<Box<dyn Write + Send>> {
+        let target = self
+            .target
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        match &target.file {
+            None => Some(Box::new(std::io::stdout())),
+            Some(path) => match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
+                Ok(f) => Some(Box::new(std::io::BufWriter::with_capacity(64 * 1024, f))),
+                Err(e) => {
+                    super::warn(&format!(
+                        "access_log.path: cannot open {}: {e}; lines are dropped until it can be opened (SIGUSR1 or a reload retries)",
+                        path.display()
+                    ));
+                    None
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line<'a>(path: &'a [u8], status: u16) -> Line<'a> {
+        Line {
+            unix_ms: 1_764_564_720_123,
+            request_id: b"rid\"1",
+            client_ip: "::ffff:10.0.0.9".parse().unwrap(),
+            method: b"GET",
+            host: b"api.example.com",
+            path,
+            status,
+            bytes_in: 70,
+            bytes_out: 512,
+            duration: Some(Duration::from_micros(1500)),
+            route: Some("api"),
+            upstream: Some("u"),
+            target: Some("127.0.0.1:9001"),
+            consumer: None,
+            tls: true,
+            cache: None,
+        }
+    }
+
+    #[test]
+    fn a_json_line_is_one_valid_object_with_the_design_fields() {
+        let mut out = Vec::new();
+        line(b"/a\n\"b\xff", 0).push(AccessLogFormat::Json, &mut out);
+        assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["ts"], "2025-12-01T04:52:00.123Z");
+        assert_eq!(v["status"], 499, "a client that got nothing is 499");
+        assert_eq!(v["path"], "/a\n\"b\u{ff}");
+        assert_eq!(v["client_ip"], "10.0.0.9");
+        assert_eq!(v["request_id"], "rid\"1");
+        assert_eq!(v["duration_ms"], 1.5);
+        assert_eq!(v["consumer"], serde_json::Value::Null);
+        for field in [
+            "ts",
+            "request_id",
+            "client_ip",
+            "method",
+            "host",
+            "path",
+            "status",
+            "bytes_in",
+            "bytes_out",
+            "duration_ms",
+            "route",
+            "upstream",
+            "target",
+            "consumer",
+            "tls",
+            "cache",
+        ] {
+            assert!(v.get(field).is_some(), "{field} missing");
+        }
+    }
+
+    #[test]
+    fn a_combined_line_is_nginx_shaped() {
+        let mut out = Vec::new();
+        line(b"/x y", 200).push(AccessLogFormat::Combined, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "10.0.0.9 - - [01/Dec/2025:04:52:00 +0000] \"GET /x\\x20y HTTP/1.1\" 200 512 \"-\" \"-\"\n"
+        );
+    }
+}
