@@ -57,6 +57,9 @@ BALANCE_TARGETS = {"rg-round_robin": "round_robin", "rg-least_conn": "least_conn
 # Opt-in: RINGGATE_BEFORE=/path/to/older/ringgate adds target "rg-before" (same config as
 # "ringgate", plain HTTP only) to measure a change before/after in one run.
 RINGGATE_BEFORE = os.environ.get("RINGGATE_BEFORE")
+# Opt-in: ringgate and nginx with their access log on (JSON lines / nginx's combined, to a
+# file in the work directory), to show what logging costs each.
+LOG_TARGETS = ["rg-log", "nginx-log"]
 
 
 def free_port():
@@ -143,16 +146,18 @@ def make_certificate(workdir):
     return cert, key, combined
 
 
-def nginx_conf(workdir, port, origin_port, workers, tls_port, cert, key):
+def nginx_conf(workdir, port, origin_port, workers, tls_port, cert, key, log=False,
+               name="nginx"):
+    access_log = f"{workdir}/{name}-access.log combined" if log else "off"
     return f"""
 daemon off;
 master_process on;
 worker_processes {workers};
-pid {workdir}/nginx.pid;
-error_log {workdir}/nginx-error.log warn;
+pid {workdir}/{name}.pid;
+error_log {workdir}/{name}-error.log warn;
 events {{ worker_connections 16384; }}
 http {{
-  access_log off;
+  access_log {access_log};
   client_body_temp_path {workdir}/nginx-body;
   proxy_temp_path {workdir}/nginx-proxy;
   fastcgi_temp_path {workdir}/nginx-fcgi;
@@ -238,7 +243,7 @@ def start_all(workdir, workers, wanted):
 
 
 def start_each(workdir, workers, servers, wanted):
-    ports = {t: free_port() for t in TARGETS + list(BALANCE_TARGETS) + ["rg-before"]}
+    ports = {t: free_port() for t in TARGETS + list(BALANCE_TARGETS) + ["rg-before"] + LOG_TARGETS}
     tls_ports = {t: free_port() for t in ports if t != "direct"}
     cert, key, combined = make_certificate(workdir)
     origin_port = ports["direct"]
@@ -250,6 +255,20 @@ def start_each(workdir, workers, servers, wanted):
                               (tls_ports["ringgate"], cert, key)))
     servers["ringgate"] = Server("ringgate", [RINGGATE, "run", "--config", rg_conf],
                                  ports["ringgate"], workdir, tls_ports["ringgate"])
+    if "rg-log" in wanted:
+        conf = os.path.join(workdir, "rg-log.toml")
+        with open(conf, "w") as f:
+            f.write(ringgate_conf(ports["rg-log"], origin_port, workers)
+                    + f'[access_log]\npath = "{workdir}/rg-access.log"\nformat = "json"\n')
+        servers["rg-log"] = Server("rg-log", [RINGGATE, "run", "--config", conf],
+                                   ports["rg-log"], workdir)
+    if "nginx-log" in wanted and shutil.which("nginx"):
+        conf = os.path.join(workdir, "nginx-log.conf")
+        with open(conf, "w") as f:
+            f.write(nginx_conf(workdir, ports["nginx-log"], origin_port, workers,
+                               tls_ports["nginx-log"], cert, key, log=True, name="nginx-log"))
+        servers["nginx-log"] = Server("nginx-log", ["nginx", "-c", conf, "-p", workdir],
+                                      ports["nginx-log"], workdir, tls_ports["nginx-log"])
     if RINGGATE_BEFORE and "rg-before" in wanted:
         conf = os.path.join(workdir, "rg-before.toml")
         with open(conf, "w") as f:
@@ -347,7 +366,7 @@ def print_table(table, scenarios, out):
         cells = table.get(scenario, {})
         nginx = cells.get("nginx", {}).get("rps")
         direct = cells.get("direct", {}).get("rps")
-        for target in TARGETS + list(BALANCE_TARGETS) + ["rg-before"]:
+        for target in TARGETS + list(BALANCE_TARGETS) + ["rg-before"] + LOG_TARGETS:
             c = cells.get(target)
             if not c:
                 continue
@@ -375,7 +394,8 @@ def main():
     wanted = set(args.targets.split(","))
     workdir = tempfile.mkdtemp(prefix="ringgate-bench-")
     servers = start_all(workdir, args.workers, wanted)
-    targets = [t for t in TARGETS + list(BALANCE_TARGETS) + ["rg-before"] if t in servers and t in wanted]
+    targets = [t for t in TARGETS + list(BALANCE_TARGETS) + ["rg-before"] + LOG_TARGETS
+               if t in servers and t in wanted]
     print(f"# {time.strftime('%Y-%m-%d %H:%M:%S')}  nproc={os.cpu_count()}  "
           f"duration={duration}s rounds={args.rounds} workers={args.workers} targets={','.join(targets)}",
           flush=True)
