@@ -113,7 +113,11 @@ async fn serve(
     let mut parts = line.split(|&b| b == b' ');
     let (method, path) = (parts.next().unwrap_or(b""), parts.next().unwrap_or(b""));
     let current = plane.current();
-    if !authorized(&current.snapshot, method, &buf) {
+    let accepted = authorized(&current.snapshot, method, &buf);
+    if method == b"POST" {
+        audit_admin(plane, peer, path, accepted, &current.snapshot);
+    }
+    if !accepted {
         let body = r#"{"error":"admin token required","status":401}"#;
         return write_within(respond(&mut stream, 401, UNAUTHORIZED_HEADER, body)).await;
     }
@@ -304,6 +308,27 @@ async fn respond_as(
     );
     message.push_str(body);
     stream.write_all(message.into_bytes()).await.0.map(|_| ())
+}
+
+/// Every POST, with the peer and whether its token was accepted (never the token).
+fn audit_admin(
+    plane: &ControlPlane,
+    peer: SocketAddr,
+    path: &[u8],
+    accepted: bool,
+    snapshot: &Snapshot,
+) {
+    let verdict = if accepted { "accepted" } else { "refused" };
+    let path = String::from_utf8_lossy(&path[..path.len().min(256)]);
+    let reason = format!("POST {path}: {verdict}");
+    crate::observe::audit::Event {
+        event: "admin",
+        client_ip: Some(peer.ip()),
+        reason: &reason,
+        secret: snapshot.admin_token.as_ref().map(|t| t.reference()),
+        ..Default::default()
+    }
+    .record_off_shard(&plane.cluster.audit_log);
 }
 
 const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";

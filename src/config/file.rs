@@ -29,6 +29,18 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// One line per exchange; off unless given.
     pub access_log: Option<AccessLogConfig>,
+    /// Security events (reloads, admin actions; auth denials and credential injections
+    /// later); off unless given.
+    pub audit_log: Option<AuditLogConfig>,
+}
+
+/// `[audit_log]`: JSON lines, written off the shards like the access log.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditLogConfig {
+    /// A file (relative to this config's folder; reopened on SIGUSR1 and on reload), or
+    /// `"stdout"`.
+    pub path: String,
 }
 
 /// `[access_log]`: one line per exchange, written off the shards (a shard never waits on the

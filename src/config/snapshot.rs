@@ -28,6 +28,8 @@ pub struct Snapshot {
     pub admin_token: Option<super::Secret>,
     /// `[access_log]`: where and how.
     pub access_log: Option<AccessLogSpec>,
+    /// `[audit_log]`: where (always JSON lines).
+    pub audit_log: Option<AccessLogSpec>,
     /// `[server] path_escaped_slashes = "keep"`: `%2F`, `%5C` and `;` pass through.
     pub keep_escaped_slashes: bool,
     /// Targets of all upstreams together.

@@ -47,6 +47,9 @@ pub fn start(snapshot: &Arc<Snapshot>) -> Result<Running, StartError> {
     let access_log = &plane.cluster.access_log;
     access_log.retarget(snapshot.access_log.clone());
     access_log.start_writer().map_err(StartError::Signals)?;
+    let audit_log = &plane.cluster.audit_log;
+    audit_log.retarget(snapshot.audit_log.clone());
+    audit_log.start_writer().map_err(StartError::Signals)?;
     let listeners = reload::bind_all(snapshot).map_err(|p| StartError::Bind {
         file: snapshot.file.display().to_string(),
         line: p.line.map(|l| format!(":{l}")).unwrap_or_default(),
@@ -107,6 +110,7 @@ impl Running {
                     if signal == SIGUSR1 {
                         // logrotate moved the file away: write to a new one.
                         plane.cluster.access_log.reopen();
+                        plane.cluster.audit_log.reopen();
                         continue;
                     }
                     if signal == SIGHUP {
@@ -131,10 +135,9 @@ impl Running {
             .map_err(StartError::Signals)?;
         let plane = self.plane.clone();
         self.wait();
-        plane
-            .cluster
-            .access_log
-            .close(std::time::Duration::from_secs(2));
+        for log in [&plane.cluster.access_log, &plane.cluster.audit_log] {
+            log.close(std::time::Duration::from_secs(2));
+        }
         observe::info("stopped");
         Ok(())
     }

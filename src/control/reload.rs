@@ -153,6 +153,21 @@ impl ControlPlane {
     pub fn reload(&self, trigger: Trigger) -> Result<Reloaded, ConfigError> {
         let started = Instant::now();
         let result = self.try_reload();
+        let peer = match trigger {
+            Trigger::Admin(peer) => Some(peer.ip()),
+            Trigger::Signal => None,
+        };
+        let reason = match &result {
+            Ok(r) => format!("applied generation {} ({trigger})", r.generation),
+            Err(e) => format!("refused ({trigger}): {e}"),
+        };
+        crate::observe::audit::Event {
+            event: "reload",
+            client_ip: peer,
+            reason: &reason,
+            ..Default::default()
+        }
+        .record_off_shard(&self.cluster.audit_log);
         match &result {
             Ok(r) => {
                 self.reloads_ok.fetch_add(1, Ordering::Relaxed);
@@ -209,6 +224,7 @@ impl ControlPlane {
         }
         // Reopened on every reload (a moved file is picked up; a new path applies).
         self.cluster.access_log.retarget(new.access_log.clone());
+        self.cluster.audit_log.retarget(new.audit_log.clone());
         let snapshot = Arc::new(new);
         let generation = current.generation + 1;
         for (shard, listeners) in plans.into_iter().enumerate() {

@@ -129,7 +129,7 @@ impl Line<'_> {
 
 /// A JSON string of peer bytes: `"` `\` and every control or non-ASCII byte escaped, so the
 /// line is valid UTF-8 and one line whatever the bytes were.
-fn push_json_string(out: &mut Vec<u8>, bytes: &[u8]) {
+pub fn push_json_string(out: &mut Vec<u8>, bytes: &[u8]) {
     out.push(b'"');
     for &b in bytes {
         match b {
@@ -225,6 +225,11 @@ impl LogPipe {
             closing: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         }
+    }
+
+    /// The queue of the threads that are not shards (control, admin).
+    pub fn control_queue(&self) -> usize {
+        self.queues.len() - 1
     }
 
     /// Hands a chunk of `lines` lines to the writer; gives it back when the queue is full.

@@ -4,6 +4,7 @@
 //! [`metrics`].
 
 pub mod access_log;
+pub mod audit;
 pub mod exchange;
 pub mod metrics;
 

@@ -108,6 +108,8 @@ pub struct Cluster {
     pub shard_metrics: Vec<crate::observe::metrics::ShardMetrics>,
     /// Access-log chunks from every shard to the writer thread.
     pub access_log: std::sync::Arc<crate::observe::access_log::LogPipe>,
+    /// Audit events to their own writer thread and file.
+    pub audit_log: std::sync::Arc<crate::observe::access_log::LogPipe>,
 }
 
 impl Cluster {
@@ -126,6 +128,7 @@ impl Cluster {
             access_log: std::sync::Arc::new(crate::observe::access_log::LogPipe::new(
                 workers, None,
             )),
+            audit_log: std::sync::Arc::new(crate::observe::access_log::LogPipe::new(workers, None)),
         }
     }
 

@@ -164,6 +164,10 @@ pub fn compile(file: &Path, config: &Config, lines: &KeyLines) -> Result<Snapsho
                 file: (a.path != "stdout").then(|| base.join(&a.path)),
                 format: a.format,
             }),
+            audit_log: config.audit_log.as_ref().map(|a| AccessLogSpec {
+                file: (a.path != "stdout").then(|| base.join(&a.path)),
+                format: AccessLogFormat::Json,
+            }),
             keep_escaped_slashes: config.server.path_escaped_slashes == super::EscapedSlashes::Keep,
             total_targets: upstreams.iter().map(|u| u.targets.len()).sum(),
             source: config.clone(),

@@ -1,0 +1,98 @@
+//! The audit log: one JSON line per security-relevant event (DESIGN.md §4b: `ts`, `event`,
+//! `request_id`, `client_ip`, `route`, `consumer`, `reason`, `secret`), through the same
+//! off-shard writer as the access log, to its own file. Events so far: `reload` (its outcome,
+//! trigger and problems) and `admin` (every POST, with the peer and whether its token was
+//! accepted). A secret appears only by its name (`env:NAME`), never its value.
+
+use super::access_log::{LogPipe, push_json_string, push_rfc3339};
+use std::net::IpAddr;
+
+/// One audit event.
+#[derive(Debug, Default)]
+pub struct Event<'a> {
+    pub event: &'a str,
+    pub request_id: Option<&'a [u8]>,
+    pub client_ip: Option<IpAddr>,
+    pub route: Option<&'a str>,
+    pub consumer: Option<&'a str>,
+    pub reason: &'a str,
+    /// A secret's name (`env:OPENAI_API_KEY`), never its value.
+    pub secret: Option<&'a str>,
+}
+
+impl Event<'_> {
+    pub fn push_json(&self, unix_ms: u64, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"ts\":\"");
+        push_rfc3339(out, unix_ms);
+        out.extend_from_slice(b"\",\"event\":");
+        push_json_string(out, self.event.as_bytes());
+        out.extend_from_slice(b",\"request_id\":");
+        push_opt(out, self.request_id);
+        out.extend_from_slice(b",\"client_ip\":");
+        match self.client_ip {
+            Some(ip) => push_json_string(out, ip.to_canonical().to_string().as_bytes()),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"route\":");
+        push_opt(out, self.route.map(str::as_bytes));
+        out.extend_from_slice(b",\"consumer\":");
+        push_opt(out, self.consumer.map(str::as_bytes));
+        out.extend_from_slice(b",\"reason\":");
+        push_json_string(out, self.reason.as_bytes());
+        out.extend_from_slice(b",\"secret\":");
+        push_opt(out, self.secret.map(str::as_bytes));
+        out.extend_from_slice(b"}\n");
+    }
+
+    /// Writes the event from a thread that is not a shard (control, admin): the pipe's last
+    /// queue is theirs. Dropped (and counted) when the writer is behind.
+    pub fn record_off_shard(&self, pipe: &LogPipe) {
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut line = Vec::with_capacity(256);
+        self.push_json(unix_ms, &mut line);
+        let _ = pipe.send(pipe.control_queue(), line, 1);
+    }
+}
+
+fn push_opt(out: &mut Vec<u8>, value: Option<&[u8]>) {
+    match value {
+        Some(v) => push_json_string(out, v),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_is_one_json_line_with_the_design_fields() {
+        let mut out = Vec::new();
+        Event {
+            event: "admin",
+            client_ip: Some("127.0.0.1".parse().unwrap()),
+            reason: "POST /reload: token refused",
+            secret: Some("env:RINGGATE_ADMIN_TOKEN"),
+            ..Event::default()
+        }
+        .push_json(0, &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["ts"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["event"], "admin");
+        assert_eq!(v["secret"], "env:RINGGATE_ADMIN_TOKEN");
+        for field in [
+            "ts",
+            "event",
+            "request_id",
+            "client_ip",
+            "route",
+            "consumer",
+            "reason",
+            "secret",
+        ] {
+            assert!(v.get(field).is_some(), "{field}");
+        }
+    }
+}
