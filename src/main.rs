@@ -37,6 +37,19 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// A terminal view of a running gateway (requests/s, 5xx rate, p50/p99 per route, target
+    /// health), read from its admin `/metrics`. Uses $RINGGATE_ADMIN_TOKEN when set.
+    Top {
+        /// The gateway's admin address, e.g. 127.0.0.1:9901.
+        #[arg(long)]
+        admin: SocketAddr,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Stop after this many refreshes (printed one after another, without clearing).
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Run a tiny fast origin: echoes bodies, `/bytes/N`, `/headers`, `/delay/MS`.
     Echo {
         /// Address to listen on, e.g. 127.0.0.1:9001.
@@ -59,6 +72,18 @@ fn main() -> ExitCode {
         },
         Command::Check { config } => check(&config),
         Command::Demo { config } => demo(config),
+        Command::Top {
+            admin,
+            interval,
+            count,
+        } => {
+            let token = std::env::var("RINGGATE_ADMIN_TOKEN").ok();
+            let interval = std::time::Duration::from_secs_f64(interval.clamp(0.05, 3600.0));
+            match ringgate::admin::top::run(admin, token.as_deref(), interval, count) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(format!("top: {e}")),
+            }
+        }
         Command::Echo { bind, workers } => match echo::spawn(bind, workers) {
             Ok(threads) => {
                 println!("ringgate echo listening on http://{bind}");

@@ -257,3 +257,69 @@ fn every_exchange_is_counted_once_by_route_and_code_and_the_output_parses() {
     assert!(sum(&samples, "process_open_fds", &[]) > 3.0);
     assert!(sum(&samples, "process_start_time_seconds", &[]) > 1.7e9);
 }
+
+#[test]
+fn top_shows_each_routes_rate_and_the_targets_health() {
+    let origin = Origin::echo_path();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let gw = Gateway::start(&format!(
+        "{}[admin]\nbind = \"{admin}\"\n\n[[upstreams]]\nname = \"u\"\ntargets = [\"{}\"]\n\n[[routes]]\nname = \"api\"\npath_prefix = \"/api\"\nupstream = \"u\"\n",
+        base_config(),
+        origin.addr
+    ));
+    assert!(wait_for_port(admin, Duration::from_secs(10)));
+    // Load that runs while top takes its two scrapes (bounded in count and time).
+    let listen = gw.listen;
+    let load = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut s = TcpStream::connect(listen).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut reader = ResponseReader::default();
+        for _ in 0..2_000 {
+            if std::time::Instant::now() > deadline {
+                break;
+            }
+            s.write_all(b"GET /api/x HTTP/1.1\r\nHost: t\r\n\r\n")
+                .unwrap();
+            assert_eq!(reader.read(&mut s, false).status, 200);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    let out = std::process::Command::new(BIN)
+        .args([
+            "top",
+            "--admin",
+            &admin.to_string(),
+            "--interval",
+            "0.5",
+            "--count",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    load.join().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("api "))
+        .unwrap_or_else(|| panic!("no api row in\n{text}"));
+    let rate: f64 = row.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(rate > 0.0, "{text}");
+    assert!(
+        text.contains(&origin.addr.to_string()) && text.contains(" up"),
+        "{text}"
+    );
+    // An admin address with nothing listening is a clear error, not a hang.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let out = std::process::Command::new(BIN)
+        .args(["top", "--admin", &dead, "--count", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("top: admin"));
+}

@@ -8,6 +8,8 @@
 //! endpoint when it listens beyond loopback) need `Authorization: Bearer`, compared in
 //! constant time; keep it on loopback or a private network all the same.
 
+pub mod top;
+
 use crate::config::Snapshot;
 use crate::control::reload::Current;
 use crate::control::{ControlPlane, Trigger};
