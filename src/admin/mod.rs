@@ -441,26 +441,11 @@ fn json_string(s: &str) -> String {
     out
 }
 
-/// Unix milliseconds as `2026-01-01T00:00:00.000Z` (civil-from-days, no time crate).
+/// `2026-12-01T04:52:00.123Z`
 fn rfc3339(unix_ms: u64) -> String {
-    let secs = unix_ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        unix_ms % 1000
-    )
+    let mut out = Vec::with_capacity(24);
+    crate::observe::access_log::push_rfc3339(&mut out, unix_ms);
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
