@@ -56,105 +56,167 @@ impl Line<'_> {
         if self.status == 0 { 499 } else { self.status }
     }
 
+    // Formatting is written by hand (no `fmt` machinery): it runs once per exchange on the
+    // shard, and `write!` with padding and floats cost most of the log's CPU (PERF.md).
     fn push_json(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"ts\":\"");
         push_rfc3339(out, self.unix_ms);
         out.extend_from_slice(b"\",\"request_id\":");
         push_json_string(out, self.request_id);
-        let _ = write!(out, ",\"client_ip\":\"{}\"", self.client_ip.to_canonical());
-        out.extend_from_slice(b",\"method\":");
+        out.extend_from_slice(b",\"client_ip\":\"");
+        push_ip(out, self.client_ip);
+        out.extend_from_slice(b"\",\"method\":");
         push_json_string(out, self.method);
         out.extend_from_slice(b",\"host\":");
         push_json_string(out, self.host);
         out.extend_from_slice(b",\"path\":");
         push_json_string(out, self.path);
-        let duration_ms = self.duration.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
-        let _ = write!(
-            out,
-            ",\"status\":{},\"bytes_in\":{},\"bytes_out\":{},\"duration_ms\":{duration_ms:.3}",
-            self.status(),
-            self.bytes_in,
-            self.bytes_out
-        );
+        out.extend_from_slice(b",\"status\":");
+        push_u64(out, u64::from(self.status()));
+        out.extend_from_slice(b",\"bytes_in\":");
+        push_u64(out, self.bytes_in);
+        out.extend_from_slice(b",\"bytes_out\":");
+        push_u64(out, self.bytes_out);
+        out.extend_from_slice(b",\"duration_ms\":");
+        push_millis(out, self.duration.unwrap_or_default());
         for (name, value) in [
-            ("route", self.route),
-            ("upstream", self.upstream),
-            ("target", self.target),
-            ("consumer", self.consumer),
+            (&b",\"route\":"[..], self.route),
+            (b",\"upstream\":", self.upstream),
+            (b",\"target\":", self.target),
+            (b",\"consumer\":", self.consumer),
         ] {
-            let _ = write!(out, ",\"{name}\":");
-            match value {
-                Some(v) => push_json_string(out, v.as_bytes()),
-                None => out.extend_from_slice(b"null"),
-            }
+            out.extend_from_slice(name);
+            push_json_string_or_null(out, value);
         }
-        let _ = write!(out, ",\"tls\":{},\"cache\":", self.tls);
-        match self.cache {
-            Some(c) => push_json_string(out, c.as_bytes()),
-            None => out.extend_from_slice(b"null"),
-        }
+        out.extend_from_slice(if self.tls {
+            b",\"tls\":true,\"cache\":"
+        } else {
+            b",\"tls\":false,\"cache\":"
+        });
+        push_json_string_or_null(out, self.cache);
         out.extend_from_slice(b"}\n");
     }
 
     /// nginx's `combined`: `ip - - [time] "METHOD path HTTP/1.1" status bytes "-" "-"`.
     fn push_combined(&self, out: &mut Vec<u8>) {
-        let _ = write!(out, "{} - - [", self.client_ip.to_canonical());
+        push_ip(out, self.client_ip);
+        out.extend_from_slice(b" - - [");
         push_clf_time(out, self.unix_ms);
         out.extend_from_slice(b"] \"");
-        push_escaped(
-            out,
-            if self.method.is_empty() {
-                b"-"
-            } else {
-                self.method
-            },
-        );
+        push_escaped(out, or_dash(self.method));
         out.push(b' ');
-        push_escaped(
-            out,
-            if self.path.is_empty() {
-                b"-"
-            } else {
-                self.path
-            },
-        );
-        let _ = writeln!(
-            out,
-            " HTTP/1.1\" {} {} \"-\" \"-\"",
-            self.status(),
-            self.bytes_out
-        );
+        push_escaped(out, or_dash(self.path));
+        out.extend_from_slice(b" HTTP/1.1\" ");
+        push_u64(out, u64::from(self.status()));
+        out.push(b' ');
+        push_u64(out, self.bytes_out);
+        out.extend_from_slice(b" \"-\" \"-\"\n");
     }
 }
+
+fn or_dash(bytes: &[u8]) -> &[u8] {
+    if bytes.is_empty() { b"-" } else { bytes }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// A JSON string of peer bytes: `"` `\` and every control or non-ASCII byte escaped, so the
 /// line is valid UTF-8 and one line whatever the bytes were.
 pub fn push_json_string(out: &mut Vec<u8>, bytes: &[u8]) {
     out.push(b'"');
-    for &b in bytes {
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            0x20..=0x7e => out.push(b),
-            _ => {
-                let _ = write!(out, "\\u{:04x}", b);
-            }
-        }
+    let mut clean = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            0x20..=0x7e => continue,
+            _ => &[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 15)],
+            ],
+        };
+        out.extend_from_slice(&bytes[clean..i]);
+        out.extend_from_slice(escape);
+        clean = i + 1;
     }
+    out.extend_from_slice(&bytes[clean..]);
     out.push(b'"');
+}
+
+fn push_json_string_or_null(out: &mut Vec<u8>, value: Option<&str>) {
+    match value {
+        Some(v) => push_json_string(out, v.as_bytes()),
+        None => out.extend_from_slice(b"null"),
+    }
 }
 
 /// Peer bytes in a `combined` line: `"`, `\` and non-printable bytes as `\xHH`, as nginx does.
 fn push_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
+    const UPPER: &[u8; 16] = b"0123456789ABCDEF";
     for &b in bytes {
         match b {
-            b'"' | b'\\' => {
-                let _ = write!(out, "\\x{b:02X}");
+            0x21..=0x7e if b != b'"' && b != b'\\' => out.push(b),
+            _ => out.extend_from_slice(&[
+                b'\\',
+                b'x',
+                UPPER[usize::from(b >> 4)],
+                UPPER[usize::from(b & 15)],
+            ]),
+        }
+    }
+}
+
+/// A decimal number.
+pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// `n` as exactly `width` digits (`n` is below 10^width).
+fn push_padded(out: &mut Vec<u8>, n: u64, width: usize) {
+    let mut digits = [b'0'; 4];
+    let mut n = n;
+    for slot in digits[..width].iter_mut().rev() {
+        *slot = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out.extend_from_slice(&digits[..width]);
+}
+
+/// Milliseconds with three decimals (`1.500`), from the duration's microseconds.
+fn push_millis(out: &mut Vec<u8>, d: Duration) {
+    let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    push_u64(out, micros / 1000);
+    out.push(b'.');
+    push_padded(out, micros % 1000, 3);
+}
+
+/// An address as `Display` writes it, IPv4-mapped IPv6 as plain IPv4.
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_u64(out, u64::from(octet));
             }
-            0x21..=0x7e => out.push(b),
-            _ => {
-                let _ = write!(out, "\\x{b:02X}");
-            }
+        }
+        v6 => {
+            let _ = write!(out, "{v6}");
         }
     }
 }
@@ -186,17 +248,33 @@ fn civil(unix_ms: u64) -> (i64, u64, u64, u64, u64, u64, u64) {
 /// `2026-12-01T04:52:00.123Z`
 pub fn push_rfc3339(out: &mut Vec<u8>, unix_ms: u64) {
     let (y, mo, d, h, mi, s, ms) = civil(unix_ms);
-    let _ = write!(out, "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z");
+    push_padded(out, y.clamp(0, 9999) as u64, 4);
+    for (sep, n) in [(b'-', mo), (b'-', d), (b'T', h), (b':', mi), (b':', s)] {
+        out.push(sep);
+        push_padded(out, n, 2);
+    }
+    out.push(b'.');
+    push_padded(out, ms, 3);
+    out.push(b'Z');
 }
 
 /// `01/Dec/2026:04:52:00 +0000`
 fn push_clf_time(out: &mut Vec<u8>, unix_ms: u64) {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    const MONTHS: [&[u8]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
     ];
     let (y, mo, d, h, mi, s, _) = civil(unix_ms);
-    let month = MONTHS[(mo as usize).clamp(1, 12) - 1];
-    let _ = write!(out, "{d:02}/{month}/{y:04}:{h:02}:{mi:02}:{s:02} +0000");
+    push_padded(out, d, 2);
+    out.push(b'/');
+    out.extend_from_slice(MONTHS[(mo as usize).clamp(1, 12) - 1]);
+    out.push(b'/');
+    push_padded(out, y.clamp(0, 9999) as u64, 4);
+    for n in [h, mi, s] {
+        out.push(b':');
+        push_padded(out, n, 2);
+    }
+    out.extend_from_slice(b" +0000");
 }
 
 /// Chunks of lines from every shard to the writer thread.
@@ -395,5 +473,50 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "10.0.0.9 - - [01/Dec/2025:04:52:00 +0000] \"GET /x\\x20y HTTP/1.1\" 200 512 \"-\" \"-\"\n"
         );
+    }
+
+    #[test]
+    fn hand_written_numbers_and_addresses_match_display() {
+        for n in [0u64, 7, 10, 99, 1000, 65_535, u64::MAX] {
+            let mut out = Vec::new();
+            push_u64(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
+        }
+        for ip in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.20.3.4",
+            "::1",
+            "2001:db8::7:0:1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut out = Vec::new();
+            push_ip(&mut out, ip);
+            assert_eq!(out, ip.to_string().into_bytes());
+        }
+        for (micros, text) in [
+            (0, "0.000"),
+            (7, "0.007"),
+            (1_500, "1.500"),
+            (12_345_678, "12345.678"),
+        ] {
+            let mut out = Vec::new();
+            push_millis(&mut out, Duration::from_micros(micros));
+            assert_eq!(out, text.as_bytes());
+        }
+    }
+
+    #[test]
+    fn every_byte_survives_a_json_string() {
+        let all: Vec<u8> = (0..=255u8).chain(*b"plain tail").collect();
+        let mut out = Vec::new();
+        push_json_string(&mut out, &all);
+        assert!(
+            out.iter().all(|b| (0x20..0x7f).contains(b)),
+            "printable ASCII only"
+        );
+        let back: String = serde_json::from_slice(&out).unwrap();
+        let expected: String = all.iter().map(|&b| char::from(b)).collect();
+        assert_eq!(back, expected);
     }
 }
