@@ -131,6 +131,14 @@ pub fn compile(file: &Path, config: &Config, lines: &KeyLines) -> Result<Snapsho
         }
         token
     });
+    let access_log = config.access_log.as_ref().map(|a| AccessLogSpec {
+        file: log_file(&mut c, "access_log.path", &a.path, base),
+        format: a.format,
+    });
+    let audit_log = config.audit_log.as_ref().map(|a| AccessLogSpec {
+        file: log_file(&mut c, "audit_log.path", &a.path, base),
+        format: AccessLogFormat::Json,
+    });
     let listeners = compile_listeners(&mut c, config, base);
     let upstreams = compile_upstreams(&mut c, config, base);
     let (routes, keys) = compile_routes(&mut c, config, &upstreams);
@@ -160,14 +168,8 @@ pub fn compile(file: &Path, config: &Config, lines: &KeyLines) -> Result<Snapsho
             gossip_interval: config.server.gossip_interval.0,
             admin,
             admin_token,
-            access_log: config.access_log.as_ref().map(|a| AccessLogSpec {
-                file: (a.path != "stdout").then(|| base.join(&a.path)),
-                format: a.format,
-            }),
-            audit_log: config.audit_log.as_ref().map(|a| AccessLogSpec {
-                file: (a.path != "stdout").then(|| base.join(&a.path)),
-                format: AccessLogFormat::Json,
-            }),
+            access_log,
+            audit_log,
             keep_escaped_slashes: config.server.path_escaped_slashes == super::EscapedSlashes::Keep,
             total_targets: upstreams.iter().map(|u| u.targets.len()).sum(),
             source: config.clone(),
@@ -178,6 +180,28 @@ pub fn compile(file: &Path, config: &Config, lines: &KeyLines) -> Result<Snapsho
         }),
         _ => Err(c.problems),
     }
+}
+
+/// A log's file (`None`: stdout). Its folder must exist: the file is created on first open,
+/// but a typo in the folder would otherwise only show as dropped lines at run time.
+fn log_file(c: &mut Checker, key: &str, path: &str, base: &Path) -> Option<std::path::PathBuf> {
+    if path == "stdout" {
+        return None;
+    }
+    let file = base.join(path);
+    let folder = file.parent().unwrap_or(Path::new("."));
+    if path.is_empty() || path.ends_with('/') || file.is_dir() {
+        c.problem(key, format!("{path:?} is not a file name"));
+    } else if !folder.as_os_str().is_empty() && !folder.is_dir() {
+        c.problem(
+            key,
+            format!(
+                "folder {} does not exist (the file is created, its folder is not)",
+                folder.display()
+            ),
+        );
+    }
+    Some(file)
 }
 
 fn check_limits(c: &mut Checker, key: &str, limits: &Limits) {
@@ -282,6 +306,16 @@ mod tests {
                 format!("[admin]\nbind = \"0.0.0.0:9901\"\n{LISTENER}"),
                 "admin.token",
                 "not a loopback",
+            ),
+            (
+                format!("[access_log]\npath = \"no-such-folder/a.log\"\n{LISTENER}"),
+                "access_log.path",
+                "does not exist",
+            ),
+            (
+                format!("[audit_log]\npath = \"logs/\"\n{LISTENER}"),
+                "audit_log.path",
+                "not a file name",
             ),
             (
                 format!("[limits]\nmax_headers = 0\n{LISTENER}"),
