@@ -209,3 +209,80 @@ fn a_log_sink_that_never_drains_costs_requests_nothing_and_drops_are_counted() {
     );
     assert!(dropped() < n, "only what did not fit was dropped");
 }
+
+fn metric(admin: SocketAddr, name: &str) -> u64 {
+    let mut m = TcpStream::connect(admin).unwrap();
+    m.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(m, "GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let mut all = String::new();
+    let _ = m.read_to_string(&mut all);
+    all.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn an_answer_the_client_never_got_is_499_and_names_keep_their_characters() {
+    let stall = Origin::start(|_| {
+        std::thread::sleep(Duration::from_secs(4));
+        ok(b"late")
+    });
+    let gw = Gateway::start(&config(
+        &format!(
+            "[[upstreams]]\nname = \"stall\"\ntargets = [\"{}\"]\nresponse_timeout = \"1s\"\n\n[[routes]]\nname = \"café\"\npath = \"/stall\"\nupstream = \"stall\"\nretries = 0\n",
+            stall.addr
+        ),
+        "access.log",
+    ));
+    let log = gw.dir.join("access.log");
+    // The client resets its connection before the gateway's 504 is due: that 504 never
+    // reaches anyone, so it is a 499.
+    let s = gw.connect();
+    (&s).write_all(b"GET /stall HTTP/1.1\r\nHost: h\r\n\r\n")
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || !stall
+        .received()
+        .is_empty()));
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(s);
+    let mut found = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            found = lines(&log);
+            !found.is_empty()
+        }),
+        "{}",
+        gw.proc.stderr()
+    );
+    let v: serde_json::Value = serde_json::from_str(&found[0]).unwrap();
+    assert_eq!(v["status"], 499, "{v}");
+    assert_eq!(
+        v["route"], "café",
+        "UTF-8 names are characters, not bytes: {v}"
+    );
+}
+
+#[test]
+fn lines_the_file_cannot_take_are_counted_as_dropped() {
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    // Every write to /dev/full fails with ENOSPC: a full disk.
+    let gw = Gateway::start(&format!(
+        "[admin]\nbind = \"{admin}\"\n\n{}",
+        config("", "/dev/full")
+    ));
+    for _ in 0..20 {
+        assert_eq!(gw.get("/hello").status, 200);
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || metric(
+            admin,
+            "ringgate_access_log_dropped_total"
+        ) >= 20),
+        "lost lines not counted; stderr: {}",
+        gw.proc.stderr()
+    );
+    assert!(gw.proc.stderr().contains("access_log.path: write failed"));
+}

@@ -21,6 +21,10 @@ fn admin_posts_and_reloads_are_audited_without_the_token() {
     let gw = Reloadable::start(good);
     let log = gw.path.with_file_name("audit.log");
     assert_eq!(gw.admin("POST", "/reload", Some("wrong")).0, 401);
+    // A method no endpoint takes is refused before any token check: the answer cannot tell
+    // a right token from a wrong one.
+    assert_eq!(gw.admin("PUT", "/reload", Some("wrong")).0, 405);
+    assert_eq!(gw.admin("PUT", "/reload", Some(TOKEN)).0, 405);
     gw.reload();
     gw.write(&format!("{good}bogus = 1\n"));
     assert_eq!(gw.admin("POST", "/reload", Some(TOKEN)).0, 400);

@@ -114,10 +114,16 @@ async fn serve(
     let line = buf.split(|&b| b == b'\r').next().unwrap_or(b"");
     let mut parts = line.split(|&b| b == b' ');
     let (method, path) = (parts.next().unwrap_or(b""), parts.next().unwrap_or(b""));
+    if method != b"GET" && method != b"POST" {
+        // Before any token check: a method no endpoint takes must not tell a right token
+        // from a wrong one.
+        let body = r#"{"error":"method not allowed","status":405}"#;
+        return write_within(respond(&mut stream, 405, "allow: GET, POST\r\n", body)).await;
+    }
     let current = plane.current();
     let accepted = authorized(&current.snapshot, method, &buf);
-    if method == b"POST" {
-        audit_admin(plane, peer, path, accepted, &current.snapshot);
+    if method == b"POST" || !accepted {
+        audit_admin(plane, peer, method, path, accepted, &current.snapshot);
     }
     if !accepted {
         let body = r#"{"error":"admin token required","status":401}"#;
@@ -136,11 +142,7 @@ async fn serve(
             return write_within(respond_as(&mut stream, 200, PROMETHEUS, "", &body)).await;
         }
         (b"POST", b"/reload") => reload(plane, peer).await,
-        (b"GET", _) | (b"POST", _) => (404, r#"{"error":"not found","status":404}"#.to_string()),
-        _ => (
-            405,
-            r#"{"error":"method not allowed","status":405}"#.to_string(),
-        ),
+        _ => (404, r#"{"error":"not found","status":404}"#.to_string()),
     };
     write_within(respond(&mut stream, status, "", &body)).await
 }
@@ -312,17 +314,21 @@ async fn respond_as(
     stream.write_all(message.into_bytes()).await.0.map(|_| ())
 }
 
-/// Every POST, with the peer and whether its token was accepted (never the token).
+/// Every POST and every refused token, with the peer and the verdict (never the token, nor
+/// the query string, where a client may have put one).
 fn audit_admin(
     plane: &ControlPlane,
     peer: SocketAddr,
+    method: &[u8],
     path: &[u8],
     accepted: bool,
     snapshot: &Snapshot,
 ) {
     let verdict = if accepted { "accepted" } else { "refused" };
+    let path = path.split(|&b| b == b'?').next().unwrap_or(b"");
     let path = String::from_utf8_lossy(&path[..path.len().min(256)]);
-    let reason = format!("POST {path}: {verdict}");
+    let method = String::from_utf8_lossy(method);
+    let reason = format!("{method} {path}: {verdict}");
     crate::observe::audit::Event {
         event: "admin",
         client_ip: Some(peer.ip()),
@@ -357,6 +363,8 @@ fn metrics_text(plane: &ControlPlane, snapshot: &Snapshot) -> String {
             reloads_failed: plane.reloads_failed.load(Relaxed),
             targets_up,
             start_time_unix_s: plane.started_unix_ms as f64 / 1000.0,
+            access_log_lost: plane.cluster.access_log.lost.load(Relaxed),
+            audit_log_lost: plane.cluster.audit_log.lost.load(Relaxed),
         },
     )
 }

@@ -87,10 +87,10 @@ pub fn resolve(reference: &str, base: &Path) -> Result<Vec<u8>, String> {
         }
         bytes
     } else {
-        return Err(format!(
-            "a secret must be \"env:NAME\" or \"file:PATH\", not written inline (got a value starting with {:?})",
-            reference.chars().take(4).collect::<String>()
-        ));
+        return Err(
+            "a secret must be \"env:NAME\" or \"file:PATH\", not written inline (the value is not shown)"
+                .to_string(),
+        );
     };
     if value.is_empty() {
         return Err(format!("secret {reference} is empty"));

@@ -20,6 +20,8 @@ use std::time::Duration;
 pub const CHUNK_BYTES: usize = 32 * 1024;
 /// Chunks waiting per shard: at most 2 MiB of lines per shard are in flight.
 const QUEUED_CHUNKS: usize = 64;
+/// Lines waiting from the threads that are not shards (one line each: audit events).
+const OFF_SHARD_LINES: usize = 4096;
 /// How often the writer looks for chunks when it found none.
 const WRITER_IDLE: Duration = Duration::from_millis(5);
 
@@ -86,14 +88,14 @@ impl Line<'_> {
             (b",\"consumer\":", self.consumer),
         ] {
             out.extend_from_slice(name);
-            push_json_string_or_null(out, value);
+            push_json_text_or_null(out, value);
         }
         out.extend_from_slice(if self.tls {
             b",\"tls\":true,\"cache\":"
         } else {
             b",\"tls\":false,\"cache\":"
         });
-        push_json_string_or_null(out, self.cache);
+        push_json_text_or_null(out, self.cache);
         out.extend_from_slice(b"}\n");
     }
 
@@ -147,9 +149,37 @@ pub fn push_json_string(out: &mut Vec<u8>, bytes: &[u8]) {
     out.push(b'"');
 }
 
-fn push_json_string_or_null(out: &mut Vec<u8>, value: Option<&str>) {
+/// A JSON string of text that is already UTF-8 (names from the config, claims): quotes,
+/// backslashes and control characters escaped, other characters kept as they are.
+pub fn push_json_text(out: &mut Vec<u8>, text: &str) {
+    out.push(b'"');
+    let bytes = text.as_bytes();
+    let mut clean = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            0x00..=0x1f | 0x7f => &[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 15)],
+            ],
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[clean..i]);
+        out.extend_from_slice(escape);
+        clean = i + 1;
+    }
+    out.extend_from_slice(&bytes[clean..]);
+    out.push(b'"');
+}
+
+pub fn push_json_text_or_null(out: &mut Vec<u8>, value: Option<&str>) {
     match value {
-        Some(v) => push_json_string(out, v.as_bytes()),
+        Some(v) => push_json_text(out, v),
         None => out.extend_from_slice(b"null"),
     }
 }
@@ -205,7 +235,7 @@ fn push_millis(out: &mut Vec<u8>, d: Duration) {
 }
 
 /// An address as `Display` writes it, IPv4-mapped IPv6 as plain IPv4.
-fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip.to_canonical() {
         IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
@@ -279,7 +309,14 @@ fn push_clf_time(out: &mut Vec<u8>, unix_ms: u64) {
 
 /// Chunks of lines from every shard to the writer thread.
 pub struct LogPipe {
+    /// The config key, for warnings (`access_log`, `audit_log`).
+    key: &'static str,
     queues: Vec<ArrayQueue<(Vec<u8>, u64)>>,
+    /// Lines lost off the shards: the file could not be opened or written, or a non-shard
+    /// thread found its queue full. (Shards count their own drops.)
+    pub lost: AtomicU64,
+    /// A write error was reported (once until the next successful write).
+    write_error_reported: AtomicBool,
     /// The file (or stdout) to write to; replaced on reload.
     target: Mutex<Option<AccessLogSpec>>,
     /// Set to make the writer reopen its file (SIGUSR1, reload).
@@ -292,11 +329,21 @@ pub struct LogPipe {
 }
 
 impl LogPipe {
-    pub fn new(shards: usize, target: Option<AccessLogSpec>) -> LogPipe {
+    /// A pipe with one queue per shard plus one for the other threads.
+    pub fn new(key: &'static str, shards: usize, target: Option<AccessLogSpec>) -> LogPipe {
         LogPipe {
-            queues: (0..shards)
-                .map(|_| ArrayQueue::new(QUEUED_CHUNKS))
+            key,
+            queues: (0..=shards)
+                .map(|i| {
+                    ArrayQueue::new(if i == shards {
+                        OFF_SHARD_LINES
+                    } else {
+                        QUEUED_CHUNKS
+                    })
+                })
                 .collect(),
+            lost: AtomicU64::new(0),
+            write_error_reported: AtomicBool::new(false),
             target: Mutex::new(target),
             reopen: AtomicBool::new(true),
             written: AtomicU64::new(0),
@@ -313,6 +360,13 @@ impl LogPipe {
     /// Hands a chunk of `lines` lines to the writer; gives it back when the queue is full.
     pub fn send(&self, shard: usize, chunk: Vec<u8>, lines: u64) -> Result<(), (Vec<u8>, u64)> {
         self.queues[shard].push((chunk, lines))
+    }
+
+    /// Sends from a thread that is not a shard; a full queue loses the lines, counted.
+    pub fn send_off_shard(&self, chunk: Vec<u8>, lines: u64) {
+        if self.send(self.control_queue(), chunk, lines).is_err() {
+            self.lost.fetch_add(lines, Ordering::Relaxed);
+        }
     }
 
     /// Points the writer at `target` (reopening it, also when it is the same file).
@@ -359,11 +413,7 @@ impl LogPipe {
             for queue in &self.queues {
                 while let Some((chunk, lines)) = queue.pop() {
                     wrote = true;
-                    if let Some(out) = sink.as_mut()
-                        && out.write_all(&chunk).is_ok()
-                    {
-                        self.written.fetch_add(lines, Ordering::Relaxed);
-                    }
+                    self.write_chunk(sink.as_mut(), &chunk, lines);
                 }
             }
             if wrote {
@@ -375,6 +425,28 @@ impl LogPipe {
                 return;
             } else {
                 std::thread::sleep(WRITER_IDLE);
+            }
+        }
+    }
+
+    fn write_chunk(&self, sink: Option<&mut Box<dyn Write + Send>>, chunk: &[u8], lines: u64) {
+        let Some(out) = sink else {
+            self.lost.fetch_add(lines, Ordering::Relaxed);
+            return;
+        };
+        match out.write_all(chunk) {
+            Ok(()) => {
+                self.written.fetch_add(lines, Ordering::Relaxed);
+                self.write_error_reported.store(false, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.lost.fetch_add(lines, Ordering::Relaxed);
+                if !self.write_error_reported.swap(true, Ordering::Relaxed) {
+                    super::warn(&format!(
+                        "{}.path: write failed: {e}; lines are dropped and counted",
+                        self.key
+                    ));
+                }
             }
         }
     }
@@ -392,10 +464,13 @@ impl LogPipe {
                 .append(true)
                 .open(path)
             {
-                Ok(f) => Some(Box::new(std::io::BufWriter::with_capacity(64 * 1024, f))),
+                // Unbuffered: chunks are already batches, and a failed write must be seen (and
+                // its lines counted) at once, not at a later flush.
+                Ok(f) => Some(Box::new(f)),
                 Err(e) => {
                     super::warn(&format!(
-                        "access_log.path: cannot open {}: {e}; lines are dropped until it can be opened (SIGUSR1 or a reload retries)",
+                        "{}.path: cannot open {}: {e}; lines are dropped (and counted) until it can be opened (SIGUSR1 or a reload retries)",
+                        self.key,
                         path.display()
                     ));
                     None
@@ -518,5 +593,13 @@ mod tests {
         let back: String = serde_json::from_slice(&out).unwrap();
         let expected: String = all.iter().map(|&b| char::from(b)).collect();
         assert_eq!(back, expected);
+    }
+
+    #[test]
+    fn names_from_the_config_keep_their_characters() {
+        let mut out = Vec::new();
+        push_json_text(&mut out, "café \"x\"\n");
+        let back: String = serde_json::from_slice(&out).unwrap();
+        assert_eq!(back, "café \"x\"\n");
     }
 }

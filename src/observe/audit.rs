@@ -4,7 +4,9 @@
 //! trigger and problems) and `admin` (every POST, with the peer and whether its token was
 //! accepted). A secret appears only by its name (`env:NAME`), never its value.
 
-use super::access_log::{LogPipe, push_json_string, push_rfc3339};
+use super::access_log::{
+    LogPipe, push_ip, push_json_string, push_json_text, push_json_text_or_null, push_rfc3339,
+};
 use std::net::IpAddr;
 
 /// One audit event.
@@ -25,22 +27,26 @@ impl Event<'_> {
         out.extend_from_slice(b"{\"ts\":\"");
         push_rfc3339(out, unix_ms);
         out.extend_from_slice(b"\",\"event\":");
-        push_json_string(out, self.event.as_bytes());
+        push_json_text(out, self.event);
         out.extend_from_slice(b",\"request_id\":");
         push_opt(out, self.request_id);
         out.extend_from_slice(b",\"client_ip\":");
         match self.client_ip {
-            Some(ip) => push_json_string(out, ip.to_canonical().to_string().as_bytes()),
+            Some(ip) => {
+                out.push(b'"');
+                push_ip(out, ip);
+                out.push(b'"');
+            }
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"route\":");
-        push_opt(out, self.route.map(str::as_bytes));
+        push_json_text_or_null(out, self.route);
         out.extend_from_slice(b",\"consumer\":");
-        push_opt(out, self.consumer.map(str::as_bytes));
+        push_json_text_or_null(out, self.consumer);
         out.extend_from_slice(b",\"reason\":");
-        push_json_string(out, self.reason.as_bytes());
+        push_json_text(out, self.reason);
         out.extend_from_slice(b",\"secret\":");
-        push_opt(out, self.secret.map(str::as_bytes));
+        push_json_text_or_null(out, self.secret);
         out.extend_from_slice(b"}\n");
     }
 
@@ -52,7 +58,7 @@ impl Event<'_> {
             .map_or(0, |d| d.as_millis() as u64);
         let mut line = Vec::with_capacity(256);
         self.push_json(unix_ms, &mut line);
-        let _ = pipe.send(pipe.control_queue(), line, 1);
+        pipe.send_off_shard(line, 1);
     }
 }
 

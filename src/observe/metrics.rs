@@ -200,6 +200,9 @@ pub struct Extra<'a> {
     /// (upstream, target, up) for every target of the running config.
     pub targets_up: Vec<(String, String, bool)>,
     pub start_time_unix_s: f64,
+    /// Lines the log writers lost off the shards (file not writable, queue full).
+    pub access_log_lost: u64,
+    pub audit_log_lost: u64,
 }
 
 /// The whole exposition: every shard's series merged, plus process metrics.
@@ -350,10 +353,25 @@ pub fn render(shards: &[ShardMetrics], extra: &Extra) -> String {
         &mut out,
         "ringgate_access_log_dropped_total",
         "counter",
-        "Access-log lines dropped because the log writer fell behind (requests never wait).",
+        "Access-log lines dropped: the writer fell behind or the file was not writable (requests never wait).",
     );
     let dropped: u64 = shards.iter().map(|s| s.access_log_dropped.get()).sum();
-    let _ = writeln!(out, "ringgate_access_log_dropped_total {dropped}");
+    let _ = writeln!(
+        out,
+        "ringgate_access_log_dropped_total {}",
+        dropped + extra.access_log_lost
+    );
+    family(
+        &mut out,
+        "ringgate_audit_log_dropped_total",
+        "counter",
+        "Audit-log lines dropped (writer behind, file not writable).",
+    );
+    let _ = writeln!(
+        out,
+        "ringgate_audit_log_dropped_total {}",
+        extra.audit_log_lost
+    );
     family(
         &mut out,
         "ringgate_config_reloads_total",
@@ -462,6 +480,8 @@ mod tests {
                 reloads_failed: 0,
                 targets_up: Vec::new(),
                 start_time_unix_s: 1.0,
+                access_log_lost: 0,
+                audit_log_lost: 0,
             },
         );
         assert!(

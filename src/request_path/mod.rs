@@ -207,9 +207,7 @@ async fn exchange(shard: &Shard, guard: &ConnGuard, c: &mut Client) -> Next {
     guard.set_request_id(ex.request_id());
     c.down.record.set_request_id(ex.request_id());
     c.down.extra.clear();
-    if let Err(e) = normalize_request_path(cfg, c) {
-        return reject(c, &e, ex.request_id(), true).await;
-    }
+    // Captured as sent (before normalization), so a path refused below is still logged.
     if cfg.access_log.is_some() {
         let (buf, head) = (c.reader.buffered(), &c.head);
         let host = head.target_authority.clone().or_else(|| head.host.clone());
@@ -220,6 +218,9 @@ async fn exchange(shard: &Shard, guard: &ConnGuard, c: &mut Client) -> Next {
         );
     }
     c.down.pinned = Some(pinned.clone());
+    if let Err(e) = normalize_request_path(cfg, c) {
+        return reject(c, &e, ex.request_id(), true).await;
+    }
 
     // Stage 2: the policy stages, over the parsed head (no socket): HTTPS redirect, route.
     let view = RequestView {

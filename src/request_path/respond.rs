@@ -29,6 +29,10 @@ pub(super) async fn reject(
     let out = std::mem::take(&mut down.out);
     let (result, out) = write_all_within(&mut down.writer, out, c.limits.send_timeout).await;
     down.out = out;
+    if result.is_err() {
+        // The client got nothing whole: logged and counted as 499, not as the answer.
+        down.record.status = 0;
+    }
     c.linger = close && result.is_ok();
     if close || result.is_err() {
         Next::Close
@@ -79,6 +83,9 @@ pub(super) async fn direct_response(
     let out = std::mem::take(&mut c.down.out);
     let (result, out) = write_all_within(&mut c.down.writer, out, c.limits.send_timeout).await;
     c.down.out = out;
+    if result.is_err() {
+        c.down.record.status = 0;
+    }
     if close || result.is_err() {
         Next::Close
     } else {

@@ -126,9 +126,15 @@ impl Cluster {
                 .collect(),
             shard_metrics: (0..workers).map(|_| Default::default()).collect(),
             access_log: std::sync::Arc::new(crate::observe::access_log::LogPipe::new(
-                workers, None,
+                "access_log",
+                workers,
+                None,
             )),
-            audit_log: std::sync::Arc::new(crate::observe::access_log::LogPipe::new(workers, None)),
+            audit_log: std::sync::Arc::new(crate::observe::access_log::LogPipe::new(
+                "audit_log",
+                workers,
+                None,
+            )),
         }
     }
 
