@@ -8,6 +8,8 @@
 //!   threads that run it (runtimes, accept loops, the tick, drain)
 //! - [`http`]: strict HTTP/1.1 parsing, chunked coding, buffered I/O
 //! - [`route`]: host/path/method lookup tables
+//! - [`auth`]: identity (API keys, JWT with shard-local caches, client certificates) and
+//!   authorization by role and scope
 //! - [`tls`]: TLS termination and origination (rustls), certificates, SNI, mTLS
 //! - [`gossip`]: the lock-free cross-shard channel (backend state now, global quotas next)
 //! - [`upstream`]: target choice, per-shard keep-alive pools, health, the retry policy
@@ -18,6 +20,7 @@
 //! - [`echo`]: the built-in origin used by `demo`, tests and benchmarks
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod control;
 pub mod echo;

@@ -51,6 +51,15 @@ enum Command {
         count: Option<u64>,
     },
     /// Run a tiny fast origin: echoes bodies, `/bytes/N`, `/headers`, `/delay/MS`.
+    /// Print a new API key (shown once) and the config line with its SHA-256.
+    Keygen {
+        /// The consumer the key is for (its [[consumers]] name).
+        #[arg(long)]
+        consumer: String,
+        /// A name for the key (default: CONSUMER-YYYYMMDD).
+        #[arg(long)]
+        id: Option<String>,
+    },
     Echo {
         /// Address to listen on, e.g. 127.0.0.1:9001.
         #[arg(long)]
@@ -84,6 +93,7 @@ fn main() -> ExitCode {
                 Err(e) => fail(format!("top: {e}")),
             }
         }
+        Command::Keygen { consumer, id } => keygen(&consumer, id),
         Command::Echo { bind, workers } => match echo::spawn(bind, workers) {
             Ok(threads) => {
                 println!("ringgate echo listening on http://{bind}");
@@ -200,4 +210,28 @@ fn print_demo_help(snapshot: &Snapshot, origins: &[SocketAddr]) {
     println!("  curl -i -X POST --data 'hello' {base}/api/echo    # the origin echoes the body");
     println!("  curl -i {base}/nope    # no route: 404 with a JSON error");
     println!("Stop with Ctrl-C (in-flight requests finish first).");
+}
+
+/// `ringgate keygen`: the key goes to stdout once; only its hash belongs in the config.
+fn keygen(consumer: &str, id: Option<String>) -> ExitCode {
+    use ringgate::auth::api_key;
+    let Ok(key) = api_key::generate() else {
+        eprintln!("ringgate: keygen: the OS random number generator failed");
+        return ExitCode::FAILURE;
+    };
+    let id = id.unwrap_or_else(|| {
+        let mut date = Vec::new();
+        observe::access_log::push_rfc3339(&mut date, observe::unix_ms());
+        let date: String = String::from_utf8_lossy(&date[..10]).replace('-', "");
+        format!("{consumer}-{date}")
+    });
+    let hash = api_key::hex(&api_key::sha256(key.as_bytes()));
+    println!("API key for {consumer:?} (shown once; give it to the client, keep no copy):");
+    println!("  {key}");
+    println!();
+    println!("Add to the consumer's api_keys in the config:");
+    println!("[[consumers]]");
+    println!("name = {consumer:?}");
+    println!("api_keys = [ {{ id = {id:?}, sha256 = \"{hash}\" }} ]");
+    ExitCode::SUCCESS
 }

@@ -29,9 +29,17 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// One line per exchange; off unless given.
     pub access_log: Option<AccessLogConfig>,
-    /// Security events (reloads, admin actions; auth denials and credential injections
-    /// later); off unless given.
+    /// Security events (reloads, admin actions, auth denials); off unless given.
     pub audit_log: Option<AuditLogConfig>,
+    /// Who calls the APIs: names, roles, API keys (hashed).
+    #[serde(default)]
+    pub consumers: Vec<super::ConsumerConfig>,
+    /// Where API keys may be presented.
+    #[serde(default)]
+    pub api_keys: super::ApiKeysConfig,
+    /// JWT providers by name (`auth = ["jwt:NAME"]` on a route).
+    #[serde(default)]
+    pub jwt: BTreeMap<String, super::JwtProviderConfig>,
 }
 
 /// `[audit_log]`: JSON lines, written off the shards like the access log.
@@ -156,7 +164,10 @@ impl Serialize for Workers {
 }
 
 /// A secret reference shows only that it is set: `/config` and logs never carry it.
-fn redacted<S: serde::Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+pub(super) fn redacted<S: serde::Serializer>(
+    value: &Option<String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     match value {
         Some(_) => s.serialize_str(secret::REDACTED),
         None => s.serialize_none(),
@@ -634,6 +645,20 @@ pub struct RouteConfig {
     /// An upgraded tunnel is closed after this long, busy or not.
     #[serde(default = "default_tunnel_max_duration")]
     pub tunnel_max_duration: ConfigDuration,
+    /// Any of these authenticates a request: `"jwt:NAME"`, `"api_key"`, `"mtls"` (a
+    /// verified client certificate). Empty: the route is public.
+    #[serde(default)]
+    pub auth: Vec<String>,
+    /// The consumer must have one of these roles (403 otherwise).
+    #[serde(default)]
+    pub require_roles: Vec<String>,
+    /// The token must grant all of these scopes (403 `insufficient_scope` otherwise).
+    #[serde(default)]
+    pub require_scopes: Vec<String>,
+    /// Pass the client's credentials (`Authorization`, the API-key header or parameter,
+    /// the token cookie) on to the origin; removed by default.
+    #[serde(default)]
+    pub forward_credentials: bool,
 }
 
 /// Header edits: `add` sets a header (replacing any of the same name), `remove` drops it.

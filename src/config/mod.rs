@@ -11,6 +11,7 @@
 
 pub mod compile;
 pub mod file;
+mod file_identity;
 pub mod reload;
 mod secret;
 pub mod snapshot;
@@ -19,6 +20,7 @@ mod units;
 
 pub use compile::compile;
 pub use file::*;
+pub use file_identity::*;
 pub use secret::{Secret, constant_time_eq};
 pub use snapshot::*;
 pub use units::{ByteSize, ConfigDuration, parse_duration, parse_size};

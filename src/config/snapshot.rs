@@ -36,6 +36,8 @@ pub struct Snapshot {
     pub total_targets: usize,
     /// The file as parsed, defaults filled in: what admin `/config` shows (secrets redacted).
     pub source: Config,
+    /// Consumers, API keys, JWT providers.
+    pub auth: crate::auth::AuthSpec,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,6 +202,8 @@ pub struct RouteSpec {
     pub upgrade_protocols: Vec<String>,
     pub tunnel_idle_timeout: Option<Duration>,
     pub tunnel_max_duration: Duration,
+    /// `auth`, `require_roles`, `require_scopes`: `None` for a public route.
+    pub auth: Option<Arc<crate::auth::RouteAuth>>,
 }
 
 impl RouteSpec {

@@ -2,6 +2,7 @@
 //! file, line and key), starts the shards, handles signals (SIGHUP reloads, SIGTERM/SIGINT
 //! drain) and waits for the shards to drain. Never on a request's path.
 
+mod jwks;
 pub mod reload;
 
 pub use reload::{ControlPlane, Trigger};
@@ -73,6 +74,7 @@ pub fn start(snapshot: &Arc<Snapshot>) -> Result<Running, StartError> {
         .collect();
     let (tx, rx) = mpsc::channel();
     let threads = shard::spawn_shards(first, &plane.cluster, &plane.mailboxes, tx);
+    jwks::start(plane.clone()).map_err(StartError::Signals)?;
     let running = Running { threads, plane };
     for _ in 0..snapshot.workers {
         let failure = match rx.recv() {

@@ -48,6 +48,8 @@ pub struct ControlPlane {
     pub started_unix_ms: u64,
     reloader: std::sync::OnceLock<Mutex<std::sync::mpsc::Sender<ReloadRequest>>>,
     signal_pending: std::sync::atomic::AtomicBool,
+    /// JWKS fetches by URL (written by the fetcher thread, read by `/metrics`).
+    pub jwks_stats: Mutex<std::collections::HashMap<String, super::jwks::FetchStats>>,
 }
 
 type ReloadRequest = (
@@ -98,6 +100,7 @@ impl ControlPlane {
             started_unix_ms: unix_ms(),
             reloader: std::sync::OnceLock::new(),
             signal_pending: std::sync::atomic::AtomicBool::new(false),
+            jwks_stats: Mutex::new(Default::default()),
         }
     }
 
@@ -252,7 +255,7 @@ impl ControlPlane {
     /// Queues a command, waiting while the shard's inbox is full (it drains every tick): a
     /// shard never skips a config, or it would run one the others have left behind. Only a
     /// drain (the shard stops ticking) ends the wait.
-    fn send(&self, shard: usize, mut command: Command) {
+    pub(super) fn send(&self, shard: usize, mut command: Command) {
         let mut warned = false;
         while let Err(back) = self.mailboxes.send(shard, command) {
             if crate::shard::DRAIN.load(Ordering::Acquire) {

@@ -81,8 +81,11 @@ pub enum Known {
     XForwardedHost,
     XRealIp,
     XRequestId,
-    /// Set by the gateway from a verified client certificate; a client's own is dropped.
-    ClientCertSubject,
+    /// Set only by the gateway (`x-client-cert-subject` from a verified client certificate,
+    /// `x-consumer` from authentication); a client's own is always dropped.
+    GatewayAsserted,
+    /// `Cookie`: read by authentication (a token cookie), forwarded otherwise.
+    Cookie,
     /// `Forwarded` and `X-Forwarded-*` fields the gateway does not set (`-Port`, `-Prefix`,
     /// …), other client-address claims (`True-Client-IP`, …) and rewrite or method overrides
     /// (`X-Original-URL`, `X-HTTP-Method-Override`, …) that origins may act on behind the
@@ -212,7 +215,9 @@ fn classify(name: &[u8]) -> Known {
         16 if eq("x-forwarded-host") => Known::XForwardedHost,
         17 if eq("transfer-encoding") => Known::TransferEncoding,
         17 if eq("x-forwarded-proto") => Known::XForwardedProto,
-        21 if eq("x-client-cert-subject") => Known::ClientCertSubject,
+        21 if eq("x-client-cert-subject") => Known::GatewayAsserted,
+        10 if eq("x-consumer") => Known::GatewayAsserted,
+        6 if eq("cookie") => Known::Cookie,
         9 if eq("forwarded") || eq("client-ip") => Known::ForwardingClaim,
         11 if eq("x-forwarded") => Known::ForwardingClaim,
         13 if eq("x-rewrite-url") || eq("x-http-method") => Known::ForwardingClaim,

@@ -1,8 +1,8 @@
 //! The audit log: one JSON line per security-relevant event (DESIGN.md §4b: `ts`, `event`,
 //! `request_id`, `client_ip`, `route`, `consumer`, `reason`, `secret`), through the same
 //! off-shard writer as the access log, to its own file. Events so far: `reload` (its outcome,
-//! trigger and problems) and `admin` (every POST, with the peer and whether its token was
-//! accepted). A secret appears only by its name (`env:NAME`), never its value.
+//! trigger and problems), `admin` (every POST and every refused token, with the peer) and
+//! `auth_denied` (reason, route, client IP, request id; never the credential). A secret appears only by its name (`env:NAME`), never its value.
 
 use super::access_log::{
     LogPipe, push_ip, push_json_string, push_json_text, push_json_text_or_null, push_rfc3339,
@@ -53,9 +53,7 @@ impl Event<'_> {
     /// Writes the event from a thread that is not a shard (control, admin): the pipe's last
     /// queue is theirs. Dropped (and counted) when the writer is behind.
     pub fn record_off_shard(&self, pipe: &LogPipe) {
-        let unix_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let unix_ms = super::unix_ms();
         let mut line = Vec::with_capacity(256);
         self.push_json(unix_ms, &mut line);
         pipe.send_off_shard(line, 1);

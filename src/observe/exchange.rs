@@ -41,8 +41,8 @@ pub struct ExchangeRecord {
     pub bytes_out: u64,
     /// When the exchange ended (its record was handed over).
     pub end: Option<Instant>,
-    /// Room for the identity stage: the consumer's name.
-    pub consumer: Option<Rc<str>>,
+    /// Who the caller is, once authenticated (its consumer name is logged).
+    pub identity: Option<std::sync::Arc<crate::auth::Identity>>,
     /// Room for the cache stage: `HIT`, `MISS`, `BYPASS`.
     pub cache: Option<&'static str>,
     /// Method, host and path as the request sent them (after normalisation), kept for the
@@ -75,7 +75,7 @@ impl ExchangeRecord {
             bytes_in: 0,
             bytes_out: 0,
             end: None,
-            consumer: None,
+            identity: None,
             cache: None,
             route_metrics: None,
             request_text: Vec::new(),
@@ -100,7 +100,7 @@ impl ExchangeRecord {
         self.bytes_in = 0;
         self.bytes_out = 0;
         self.end = None;
-        self.consumer = None;
+        self.identity = None;
         self.cache = None;
         self.route_metrics = None;
         self.request_text.clear();

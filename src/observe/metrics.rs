@@ -133,6 +133,8 @@ impl Histogram {
 pub struct RouteMetrics {
     pub requests: CodeCounts,
     pub duration: Histogram,
+    /// Refusals of authentication or authorization, by [`crate::auth::Denial::slot`].
+    pub auth_denied: [Counter; crate::auth::Denial::REASONS.len()],
 }
 
 impl RouteMetrics {
@@ -164,6 +166,11 @@ pub struct ListenerMetrics {
 pub struct ShardMetrics {
     /// Access-log lines dropped because the writer fell behind.
     pub access_log_dropped: Counter,
+    /// Audit lines dropped because the writer fell behind.
+    pub audit_log_dropped: Counter,
+    /// Tokens answered from this shard's JWT cache, and verified anew.
+    pub jwt_cache_hits: Counter,
+    pub jwt_cache_misses: Counter,
     routes: Mutex<BTreeMap<String, Arc<RouteMetrics>>>,
     targets: Mutex<BTreeMap<(String, String), Arc<TargetMetrics>>>,
     listeners: Mutex<BTreeMap<String, Arc<ListenerMetrics>>>,
@@ -214,6 +221,7 @@ pub fn render(shards: &[ShardMetrics], extra: &Extra) -> String {
     let mut upstream: BTreeMap<(String, String, String), u64> = BTreeMap::new();
     let mut active: BTreeMap<String, u64> = BTreeMap::new();
     let mut handshakes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut denied: BTreeMap<(String, &str), u64> = BTreeMap::new();
     for shard in shards {
         for (route, m) in shard
             .routes
@@ -230,6 +238,11 @@ pub fn render(shards: &[ShardMetrics], extra: &Extra) -> String {
             }
             h.1 += m.duration.sum_us.get();
             h.2 += m.duration.count.get();
+            for (reason, n) in crate::auth::Denial::REASONS.iter().zip(&m.auth_denied) {
+                if n.get() > 0 {
+                    *denied.entry((route.clone(), reason)).or_default() += n.get();
+                }
+            }
         }
         for ((u, t), m) in shard
             .targets
@@ -293,6 +306,35 @@ pub fn render(shards: &[ShardMetrics], extra: &Extra) -> String {
             out,
             "ringgate_request_duration_seconds_count{{route=\"{route}\"}} {count}"
         );
+    }
+    family(
+        &mut out,
+        "ringgate_auth_denied_total",
+        "counter",
+        "Requests refused by authentication or authorization, by route and reason.",
+    );
+    for ((route, reason), n) in &denied {
+        let _ = writeln!(
+            out,
+            "ringgate_auth_denied_total{{route=\"{}\",reason=\"{reason}\"}} {n}",
+            escape(route)
+        );
+    }
+    for (name, help, pick) in [
+        (
+            "ringgate_jwt_cache_hits_total",
+            "Valid tokens answered from a shard's cache (no signature check).",
+            (|s: &ShardMetrics| s.jwt_cache_hits.get()) as fn(&ShardMetrics) -> u64,
+        ),
+        (
+            "ringgate_jwt_cache_misses_total",
+            "Tokens verified (signature and claims), not found in a shard's cache.",
+            |s: &ShardMetrics| s.jwt_cache_misses.get(),
+        ),
+    ] {
+        family(&mut out, name, "counter", help);
+        let total: u64 = shards.iter().map(pick).sum();
+        let _ = writeln!(out, "{name} {total}");
     }
     family(
         &mut out,

@@ -18,3 +18,10 @@ pub fn info(message: &str) {
 pub fn warn(message: &str) {
     eprintln!("ringgate: WARNING {message}");
 }
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,13 +1,16 @@
 //! The policy stages, run synchronously over a [`RequestView`] (the parsed head, no sockets):
-//! the HTTPS redirect, then route lookup. Each refusal is a [`Reject`]; what is admitted is an
-//! [`Admitted`] route. Later stages (client IP, authentication, authorization, limits,
-//! validation) go into [`admit`], in that order.
+//! the HTTPS redirect, route lookup, authentication, authorization. Each refusal is a
+//! [`Refused`] (a [`Reject`] and what the stages knew by then); what is admitted is an
+//! [`Admitted`] route with the caller's identity. Later stages (client IP, limits,
+//! validation) go into [`admit`], in their order.
 
 use super::Reject;
 use super::reject;
+use crate::auth::{self, CacheCounters, Credentials, Denial, Found, Identity, ShardAuth, UrlKeys};
 use crate::config::{RouteSpec, Snapshot};
-use crate::http::{RequestHead, push_decimal};
+use crate::http::{Known, RequestHead, push_decimal};
 use crate::route::Match;
+use std::sync::Arc;
 
 /// A request as the policy stages see it: the head's bytes and parsed ranges, and what the
 /// connection says about it. Nothing here can write to a socket.
@@ -16,25 +19,144 @@ pub struct RequestView<'a> {
     pub head: &'a RequestHead,
     /// The listener answers everything with a redirect to HTTPS on this port.
     pub redirect_https: Option<u16>,
+    /// The verified client certificate's subject (mTLS listeners).
+    pub client_subject: Option<&'a str>,
 }
 
-/// What the policy stages let through: a route (by index in the snapshot) and how much of
-/// the path its prefix matched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the stages read besides the request: the config and this shard's state for it.
+pub struct Policy<'a> {
+    pub cfg: &'a Snapshot,
+    pub auth: &'a ShardAuth,
+    pub url_keys: &'a dyn UrlKeys,
+    pub counters: CacheCounters<'a>,
+    /// Unix seconds.
+    pub now: u64,
+}
+
+/// What the policy stages let through: a route (by index in the snapshot), how much of
+/// the path its prefix matched, and who the caller is (on routes with `auth`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admitted {
     pub route: usize,
     pub prefix_len: usize,
+    pub identity: Option<Arc<Identity>>,
+}
+
+/// A refusal, with the route when one had matched and the denial when authentication or
+/// authorization refused (for metrics and the audit log).
+#[derive(Debug)]
+pub struct Refused {
+    pub reject: Reject,
+    pub route: Option<usize>,
+    pub denial: Option<Denial>,
+}
+
+impl From<Reject> for Refused {
+    fn from(reject: Reject) -> Refused {
+        Refused {
+            reject,
+            route: None,
+            denial: None,
+        }
+    }
 }
 
 const NO_HOST_FOR_REDIRECT: Reject =
     Reject::new(400, "bad_request", "missing host for the https redirect");
 
 /// Runs the policy stages in order: the first refusal wins.
-pub fn admit(cfg: &Snapshot, req: &RequestView) -> Result<Admitted, Reject> {
+pub fn admit(p: &Policy, req: &RequestView) -> Result<Admitted, Refused> {
     if let Some(port) = req.redirect_https {
-        return Err(redirect_to_https(req, port));
+        return Err(redirect_to_https(req, port).into());
     }
-    route(cfg, req)
+    let (route, prefix_len) = route(p.cfg, req)?;
+    let identity = match &p.cfg.routes[route].auth {
+        None => None,
+        Some(rules) => {
+            let refused = |denial: Denial| Refused {
+                reject: reject::denied(denial, rules),
+                route: Some(route),
+                denial: Some(denial),
+            };
+            let who = auth::authenticate(
+                &p.cfg.auth,
+                p.auth,
+                rules,
+                req,
+                p.url_keys,
+                &p.counters,
+                p.now,
+            )
+            .map_err(refused)?;
+            auth::authorize(rules, &who).map_err(refused)?;
+            Some(who)
+        }
+    };
+    Ok(Admitted {
+        route,
+        prefix_len,
+        identity,
+    })
+}
+
+impl Credentials for RequestView<'_> {
+    fn header(&self, name: &[u8]) -> Found<'_> {
+        let mut found = Found::None;
+        for field in &self.head.fields {
+            if self.buf[field.name.clone()].eq_ignore_ascii_case(name) {
+                if found != Found::None {
+                    return Found::Many;
+                }
+                found = Found::One(self.buf[field.value.clone()].trim_ascii());
+            }
+        }
+        found
+    }
+
+    fn cookie(&self, name: &[u8]) -> Found<'_> {
+        let mut found = Found::None;
+        for (field, &kind) in self.head.fields.iter().zip(&self.head.kinds) {
+            if kind != Known::Cookie {
+                continue;
+            }
+            for pair in self.buf[field.value.clone()].split(|&b| b == b';') {
+                let pair = pair.trim_ascii();
+                if let Some(value) = pair
+                    .strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix(b"="))
+                {
+                    if found != Found::None {
+                        return Found::Many;
+                    }
+                    found = Found::One(value);
+                }
+            }
+        }
+        found
+    }
+
+    fn query(&self, name: &[u8]) -> Found<'_> {
+        query_param(&self.buf[self.head.query.clone()], name)
+    }
+
+    fn client_subject(&self) -> Option<&str> {
+        self.client_subject
+    }
+}
+
+/// A parameter of a query string (`?a=1&b=2`), as sent (not percent-decoded).
+pub(super) fn query_param<'q>(query: &'q [u8], name: &[u8]) -> Found<'q> {
+    let query = query.strip_prefix(b"?").unwrap_or(query);
+    let mut found = Found::None;
+    for pair in query.split(|&b| b == b'&') {
+        if let Some(value) = pair.strip_prefix(name).and_then(|r| r.strip_prefix(b"=")) {
+            if found != Found::None {
+                return Found::Many;
+            }
+            found = Found::One(value);
+        }
+    }
+    found
 }
 
 /// `308` to the same host (without its port) and target over HTTPS.
@@ -61,15 +183,15 @@ fn redirect_to_https(req: &RequestView, port: u16) -> Reject {
 }
 
 /// Host (from an absolute-form target, else `Host`, port dropped, lower-cased), path and
-/// method to a route.
-fn route(cfg: &Snapshot, req: &RequestView) -> Result<Admitted, Reject> {
+/// method to a route: (its index, the length of the prefix matched).
+fn route(cfg: &Snapshot, req: &RequestView) -> Result<(usize, usize), Reject> {
     let mut host_buf = [0u8; 256];
     let host = request_host(req, &mut host_buf);
     let path =
         std::str::from_utf8(&req.buf[req.head.path.clone()]).map_err(|_| reject::BAD_PATH)?;
     let method = std::str::from_utf8(req.head.method(req.buf)).map_err(|_| reject::BAD_PATH)?;
     match cfg.router.lookup(host, path, method) {
-        Match::Found { route, prefix_len } => Ok(Admitted { route, prefix_len }),
+        Match::Found { route, prefix_len } => Ok((route, prefix_len)),
         Match::MethodNotAllowed { allow } => Err(reject::method_not_allowed(&allow)),
         Match::NotFound => Err(reject::NO_ROUTE),
     }
@@ -125,6 +247,7 @@ mod tests {
     use super::*;
     use crate::config::load_str;
     use crate::http::HeadLimits;
+    use crate::observe::metrics::Counter;
     use std::path::Path;
 
     const CONFIG: &str = r#"
@@ -172,8 +295,30 @@ direct_response = { status = 200, body = "hi" }
             buf: &buf,
             head: &head,
             redirect_https,
+            client_subject: None,
         };
-        admit(cfg, &view)
+        let auth = ShardAuth::new(&cfg.auth);
+        let (hits, misses) = (Counter::default(), Counter::default());
+        let policy = Policy {
+            cfg,
+            auth: &auth,
+            url_keys: &NoUrlKeys,
+            counters: CacheCounters {
+                hits: &hits,
+                misses: &misses,
+            },
+            now: 1_800_000_000,
+        };
+        admit(&policy, &view).map_err(|r| r.reject)
+    }
+
+    struct NoUrlKeys;
+
+    impl UrlKeys for NoUrlKeys {
+        fn keys(&self, _: &str) -> Option<Arc<crate::auth::jwt::KeySet>> {
+            None
+        }
+        fn refetch(&self, _: &str) {}
     }
 
     #[test]
@@ -189,7 +334,8 @@ direct_response = { status = 200, body = "hi" }
             found,
             Admitted {
                 route: 0,
-                prefix_len: 3
+                prefix_len: 3,
+                identity: None,
             }
         );
         let direct = admit_raw(&cfg, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n", None).unwrap();

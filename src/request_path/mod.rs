@@ -27,6 +27,7 @@ mod tunnel;
 
 pub use reject::Reject;
 
+use crate::auth::CacheCounters;
 use crate::config::RouteAction;
 use crate::http::io::{BufConn, Counted};
 use crate::observe::ExchangeRecord;
@@ -176,9 +177,31 @@ fn access_line<'a>(cfg: &'a Active, record: &'a ExchangeRecord) -> Line<'a> {
         target: upstream
             .zip(record.target)
             .map(|(u, t)| u.targets[t].label.as_str()),
-        consumer: record.consumer.as_deref(),
+        consumer: record.identity.as_deref().map(|i| &*i.consumer),
         tls: record.tls,
         cache: record.cache,
+    }
+}
+
+/// What a refusal by the policy stages leaves behind: its route on the record, and for an
+/// authentication or authorization denial a metric and an audit line (never the credential).
+fn note_refusal(shard: &Shard, cfg: &Active, c: &mut Client, ex: &Exchange, refused: &Refused) {
+    let Some(route) = refused.route else { return };
+    c.down.record.route = Some(route);
+    c.down.record.route_metrics = Some(cfg.route_metrics[route].clone());
+    if let Some(denial) = refused.denial {
+        cfg.route_metrics[route].auth_denied[denial.slot()].add(1);
+        if cfg.audit_log.is_some() {
+            shard.audit(&crate::observe::audit::Event {
+                event: "auth_denied",
+                request_id: Some(ex.request_id()),
+                client_ip: Some(c.down.record.client_ip),
+                route: Some(&cfg.routes[route].name),
+                consumer: None,
+                reason: denial.reason(),
+                secret: None,
+            });
+        }
     }
 }
 
@@ -222,22 +245,40 @@ async fn exchange(shard: &Shard, guard: &ConnGuard, c: &mut Client) -> Next {
         return reject(c, &e, ex.request_id(), true).await;
     }
 
-    // Stage 2: the policy stages, over the parsed head (no socket): HTTPS redirect, route.
+    // Stage 2: the policy stages, over the parsed head (no socket): HTTPS redirect, route,
+    // authentication, authorization.
     let view = RequestView {
         buf: c.reader.buffered(),
         head: &c.head,
         redirect_https: c.redirect_https,
+        client_subject: c.client_subject.as_deref(),
+    };
+    let metrics = shard.metrics();
+    let policy = Policy {
+        cfg: &cfg.snapshot,
+        auth: &cfg.auth,
+        url_keys: shard,
+        counters: CacheCounters {
+            hits: &metrics.jwt_cache_hits,
+            misses: &metrics.jwt_cache_misses,
+        },
+        now: crate::auth::unix_now(),
     };
     let Admitted {
         route: route_index,
         prefix_len,
-    } = match admit(cfg, &view) {
+        identity,
+    } = match admit(&policy, &view) {
         Ok(admitted) => admitted,
-        Err(refusal) if refusal.closes => {
-            return reject(c, &refusal, ex.request_id(), true).await;
+        Err(refused) => {
+            note_refusal(shard, cfg, c, &ex, &refused);
+            if refused.reject.closes {
+                return reject(c, &refused.reject, ex.request_id(), true).await;
+            }
+            return reject_with_body_pending(c, &ex, refused.reject).await;
         }
-        Err(refusal) => return reject_with_body_pending(c, &ex, refusal).await,
     };
+    c.down.record.identity = identity;
     let route = &cfg.routes[route_index];
     c.down.record.route = Some(route_index);
     c.down.record.route_metrics = Some(cfg.route_metrics[route_index].clone());

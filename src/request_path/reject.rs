@@ -3,6 +3,7 @@
 //! the conversions from every lower-layer failure, so each text is written once. Knows
 //! nothing of sockets: the request path writes a `Reject` with one writer.
 
+use crate::auth::{Denial, RouteAuth};
 use crate::http::HeadError;
 use crate::http::head::PathError;
 
@@ -105,6 +106,43 @@ pub const UPSTREAM_TIMEOUT: Reject =
 pub fn method_not_allowed(allow: &str) -> Reject {
     Reject::new(405, "method_not_allowed", "method not allowed")
         .with_header(b"allow", allow.as_bytes())
+}
+
+/// The answer to an authentication or authorization refusal (DESIGN.md §4b): 401 with the
+/// route's challenges (`error="invalid_token"` when a credential was presented but bad),
+/// 403 for a role, 403 `insufficient_scope` for a scope, 503 while keys are unavailable.
+pub fn denied(denial: Denial, rules: &RouteAuth) -> Reject {
+    let mut r = match denial {
+        Denial::Missing => Reject::new(401, "unauthorized", "authentication required"),
+        Denial::KeysUnavailable => Reject::new(
+            503,
+            "jwks_unavailable",
+            "token keys not available yet; try again later",
+        ),
+        Denial::NoCertificate => Reject::new(
+            403,
+            "forbidden",
+            "a verified client certificate is required",
+        ),
+        Denial::Role => Reject::new(403, "forbidden", "not allowed for this consumer"),
+        Denial::Scope => Reject::new(403, "insufficient_scope", "token lacks a required scope")
+            .with_header(
+                b"www-authenticate",
+                b"Bearer realm=\"ringgate\", error=\"insufficient_scope\"",
+            ),
+        Denial::Token(_) | Denial::Ambiguous | Denial::KeyUnknown | Denial::KeyExpired => {
+            Reject::new(401, "unauthorized", "invalid credentials")
+        }
+    };
+    match denial {
+        Denial::Missing => r.headers.extend_from_slice(&rules.challenge),
+        Denial::Token(_) | Denial::Ambiguous | Denial::KeyUnknown | Denial::KeyExpired => {
+            r.headers.extend_from_slice(&rules.challenge_invalid)
+        }
+        Denial::KeysUnavailable => r.headers.extend_from_slice(b"retry-after: 5\r\n"),
+        _ => {}
+    }
+    r
 }
 
 /// `502` for an origin that failed, with what went wrong.

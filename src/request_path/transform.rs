@@ -5,6 +5,7 @@
 use super::admit::*;
 use super::conn::*;
 use super::respond::*;
+use crate::auth::Identity;
 use crate::config::{CompiledTransform, RouteSpec};
 use crate::config::{HashKey, UpstreamSpec, stable_hash};
 use crate::http::{Framing, Known, RequestHead, ResponseHead, push_decimal, push_header};
@@ -22,6 +23,8 @@ pub(super) struct Forwarded<'a> {
     pub client_subject: Option<&'a str>,
     /// The listener says `x_forwarded_for = "replace"`.
     pub replace_x_forwarded_for: bool,
+    /// Who the caller is (routes with `auth`): `x-consumer` and forwarded claims.
+    pub identity: Option<&'a Identity>,
 }
 
 impl<'a> Forwarded<'a> {
@@ -33,6 +36,7 @@ impl<'a> Forwarded<'a> {
             tls: c.tls,
             client_subject: c.client_subject.as_deref(),
             replace_x_forwarded_for: c.replace_x_forwarded_for,
+            identity: c.down.record.identity.as_deref(),
         }
     }
 }
@@ -61,7 +65,13 @@ pub(super) fn write_upstream_head(
     } else {
         out.extend_from_slice(path);
     }
-    out.extend_from_slice(&buf[head.query.clone()]);
+    let strip = route.auth.as_ref().map(|a| &a.strip);
+    match strip {
+        Some(strip) if !strip.query.is_empty() => {
+            push_query_without(out, &buf[head.query.clone()], &strip.query)
+        }
+        _ => out.extend_from_slice(&buf[head.query.clone()]),
+    }
     out.extend_from_slice(b" HTTP/1.1\r\n");
 
     // An absolute-form target's authority replaces `Host` (RFC 9112 §3.2.2): the origin
@@ -85,7 +95,15 @@ pub(super) fn write_upstream_head(
                 !name.eq_ignore_ascii_case(b"expect")
                     && !head.is_connection_named(buf, name)
                     && !route.request_headers.removes(name)
+                    && !strip.is_some_and(|s| s.removes_header(name))
             }
+            Known::Cookie => match strip {
+                Some(s) if !s.cookies.is_empty() => {
+                    push_cookie_without(out, &buf[field.value.clone()], &s.cookies);
+                    false
+                }
+                _ => !route.request_headers.removes(name),
+            },
             Known::Upgrade => ex.upgrade,
             // Forwarding claims, the gateway's own fields, framing, hop-by-hop and names
             // with `_` are never passed on as the client sent them.
@@ -121,6 +139,9 @@ pub(super) fn write_upstream_head(
     }
     push_header(out, b"x-real-ip", c.peer_ip);
     push_header(out, b"x-request-id", ex.request_id());
+    if let Some(who) = c.identity {
+        out.extend_from_slice(&who.forward);
+    }
     out.extend_from_slice(&route.request_headers.add);
     match ex.framing {
         Framing::Length(n) => {
@@ -139,6 +160,42 @@ pub(super) fn write_upstream_head(
         out.extend_from_slice(b"connection: upgrade\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// The query string less the parameters named in `drop` (the client's credentials).
+fn push_query_without(out: &mut Vec<u8>, query: &[u8], drop: &[String]) {
+    let mut first = true;
+    for pair in query
+        .strip_prefix(b"?")
+        .unwrap_or(query)
+        .split(|&b| b == b'&')
+    {
+        let name = pair.split(|&b| b == b'=').next().unwrap_or(pair);
+        if pair.is_empty() || drop.iter().any(|d| d.as_bytes() == name) {
+            continue;
+        }
+        out.push(if first { b'?' } else { b'&' });
+        first = false;
+        out.extend_from_slice(pair);
+    }
+}
+
+/// A `Cookie` field less the cookies named in `drop`; nothing when none is left.
+fn push_cookie_without(out: &mut Vec<u8>, value: &[u8], drop: &[String]) {
+    let mut first = true;
+    for pair in value.split(|&b| b == b';') {
+        let pair = pair.trim_ascii();
+        let name = pair.split(|&b| b == b'=').next().unwrap_or(pair);
+        if pair.is_empty() || drop.iter().any(|d| d.as_bytes() == name) {
+            continue;
+        }
+        out.extend_from_slice(if first { b"cookie: " } else { b"; " });
+        first = false;
+        out.extend_from_slice(pair);
+    }
+    if !first {
+        out.extend_from_slice(b"\r\n");
+    }
 }
 
 /// A host field as the client sent it, less one trailing dot on the name.
@@ -305,6 +362,7 @@ response_headers = { add = { "x-resp" = "r" }, remove = ["server"] }
             tls: false,
             client_subject: None,
             replace_x_forwarded_for,
+            identity: None,
         };
         let mut out = Vec::new();
         let ex = exchange(head.framing, Version::Http11);

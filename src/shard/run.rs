@@ -221,6 +221,7 @@ impl Shard {
                 .map(|r| metrics.route(&r.name))
                 .collect(),
             upstreams: old.upstreams.rebuild(snapshot.clone()),
+            auth: crate::auth::ShardAuth::new(&snapshot.auth),
             snapshot,
             generation,
             listener_states: listeners,
@@ -274,6 +275,7 @@ impl Shard {
         while let Some(command) = self.mailboxes.take(self.id) {
             match command {
                 Command::Apply(next) => self.apply(*next),
+                Command::Jwks { url, keys } => self.set_jwks(url, keys),
             }
         }
     }

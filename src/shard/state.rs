@@ -42,8 +42,59 @@ pub struct Shard {
     /// The metric series of requests that matched no route.
     pub(super) unrouted: Arc<RouteMetrics>,
     /// Access-log lines not yet handed to the writer, and how many.
-    log_chunk: RefCell<Vec<u8>>,
-    log_lines: Cell<u64>,
+    access_lines: LineBuffer,
+    /// Audit lines (`auth_denied`) not yet handed to the writer.
+    audit_lines: LineBuffer,
+    /// JWT key sets fetched from URLs, by URL (delivered by the control thread; kept
+    /// across reloads).
+    jwks: RefCell<std::collections::HashMap<Box<str>, Arc<crate::auth::jwt::KeySet>>>,
+}
+
+/// Lines gathered on the shard for one log, handed to its writer in chunks.
+#[derive(Default)]
+struct LineBuffer {
+    chunk: RefCell<Vec<u8>>,
+    lines: Cell<u64>,
+}
+
+impl LineBuffer {
+    /// Adds one line; hands the chunk over once it is full.
+    fn push(
+        &self,
+        write: impl FnOnce(&mut Vec<u8>),
+        pipe: &crate::observe::access_log::LogPipe,
+        shard: usize,
+        dropped: &crate::observe::metrics::Counter,
+    ) {
+        let mut chunk = self.chunk.borrow_mut();
+        if chunk.capacity() == 0 {
+            chunk.reserve(crate::observe::access_log::CHUNK_BYTES + 1024);
+        }
+        write(&mut chunk);
+        self.lines.set(self.lines.get() + 1);
+        if chunk.len() >= crate::observe::access_log::CHUNK_BYTES {
+            drop(chunk);
+            self.flush(pipe, shard, dropped);
+        }
+    }
+
+    /// Hands the lines gathered so far to the writer; when it is behind, they are dropped
+    /// and counted (the shard never waits).
+    fn flush(
+        &self,
+        pipe: &crate::observe::access_log::LogPipe,
+        shard: usize,
+        dropped: &crate::observe::metrics::Counter,
+    ) {
+        let lines = self.lines.replace(0);
+        if lines == 0 {
+            return;
+        }
+        let chunk = std::mem::take(&mut *self.chunk.borrow_mut());
+        if pipe.send(shard, chunk, lines).is_err() {
+            dropped.add(lines);
+        }
+    }
 }
 
 /// One config as this shard runs it: the snapshot, and this shard's state for its names
@@ -56,6 +107,8 @@ pub struct Active {
     pub route_metrics: Vec<Arc<RouteMetrics>>,
     pub generation: u64,
     pub(super) listener_states: Vec<Rc<ListenerState>>,
+    /// This shard's JWT caches for this config's providers.
+    pub auth: crate::auth::ShardAuth,
 }
 
 impl Active {
@@ -135,6 +188,11 @@ pub enum ListenerPlan {
 /// What the control thread asks of a shard; drained on the shard's tick.
 pub enum Command {
     Apply(Box<Reconfigure>),
+    /// A JWKS URL's keys, fetched by the control thread.
+    Jwks {
+        url: Box<str>,
+        keys: Arc<crate::auth::jwt::KeySet>,
+    },
 }
 
 /// One bounded lock-free inbox per shard (the control thread is the only sender).
@@ -152,6 +210,15 @@ impl Mailboxes {
     }
 
     /// Queues `command` for `shard`; gives it back when the inbox is full.
+    /// How many shards have an inbox.
+    pub fn len(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inboxes.is_empty()
+    }
+
     pub fn send(&self, shard: usize, command: Command) -> Result<(), Command> {
         self.inboxes[shard].push(command)
     }
@@ -286,6 +353,7 @@ impl Shard {
             route_metrics: Vec::new(),
             generation: 0,
             listener_states: Vec::new(),
+            auth: crate::auth::ShardAuth::new(&Default::default()),
         };
         Shard {
             id,
@@ -302,8 +370,9 @@ impl Shard {
             probing: RefCell::new(std::collections::HashSet::new()),
             next_listener_id: Cell::new(0),
             unrouted,
-            log_chunk: RefCell::new(Vec::new()),
-            log_lines: Cell::new(0),
+            access_lines: LineBuffer::default(),
+            audit_lines: LineBuffer::default(),
+            jwks: RefCell::new(Default::default()),
         }
     }
 
@@ -378,29 +447,44 @@ impl Shard {
         format: crate::config::AccessLogFormat,
         line: &crate::observe::access_log::Line,
     ) {
-        let mut chunk = self.log_chunk.borrow_mut();
-        if chunk.capacity() == 0 {
-            chunk.reserve(crate::observe::access_log::CHUNK_BYTES + 1024);
-        }
-        line.push(format, &mut chunk);
-        self.log_lines.set(self.log_lines.get() + 1);
-        if chunk.len() >= crate::observe::access_log::CHUNK_BYTES {
-            drop(chunk);
-            self.flush_log();
-        }
+        self.access_lines.push(
+            |out| line.push(format, out),
+            &self.cluster.access_log,
+            self.id,
+            &self.metrics().access_log_dropped,
+        );
     }
 
-    /// Hands the lines gathered so far to the writer; when it is behind, they are dropped
-    /// and counted (the shard never waits).
+    /// Writes an audit event (off the shard, like the access log).
+    pub fn audit(&self, event: &crate::observe::audit::Event) {
+        let unix_ms = crate::observe::unix_ms();
+        self.audit_lines.push(
+            |out| event.push_json(unix_ms, out),
+            &self.cluster.audit_log,
+            self.id,
+            &self.metrics().audit_log_dropped,
+        );
+    }
+
+    /// Hands the lines gathered so far to the writers.
     pub(super) fn flush_log(&self) {
-        let lines = self.log_lines.replace(0);
-        if lines == 0 {
-            return;
-        }
-        let chunk = std::mem::take(&mut *self.log_chunk.borrow_mut());
-        if self.cluster.access_log.send(self.id, chunk, lines).is_err() {
-            self.metrics().access_log_dropped.add(lines);
-        }
+        let metrics = self.metrics();
+        self.access_lines.flush(
+            &self.cluster.access_log,
+            self.id,
+            &metrics.access_log_dropped,
+        );
+        self.audit_lines
+            .flush(&self.cluster.audit_log, self.id, &metrics.audit_log_dropped);
+    }
+
+    /// The key set delivered for a JWKS URL, if any yet.
+    pub fn jwks(&self, url: &str) -> Option<Arc<crate::auth::jwt::KeySet>> {
+        self.jwks.borrow().get(url).cloned()
+    }
+
+    pub(super) fn set_jwks(&self, url: Box<str>, keys: Arc<crate::auth::jwt::KeySet>) {
+        self.jwks.borrow_mut().insert(url, keys);
     }
 
     pub fn unrouted_metrics(&self) -> &RouteMetrics {
@@ -465,5 +549,17 @@ pub(super) fn per_ip_key(ip: IpAddr) -> IpAddr {
             IpAddr::V6(octets.into())
         }
         v4 => v4,
+    }
+}
+
+/// Key sets from JWKS URLs, as this shard has them; unknown `kid`s are passed to the control
+/// thread (which rate-limits the refetch).
+impl crate::auth::UrlKeys for Shard {
+    fn keys(&self, url: &str) -> Option<Arc<crate::auth::jwt::KeySet>> {
+        self.jwks(url)
+    }
+
+    fn refetch(&self, url: &str) {
+        let _ = self.cluster.jwks_wanted.push(url.into());
     }
 }

@@ -110,6 +110,8 @@ pub struct Cluster {
     pub access_log: std::sync::Arc<crate::observe::access_log::LogPipe>,
     /// Audit events to their own writer thread and file.
     pub audit_log: std::sync::Arc<crate::observe::access_log::LogPipe>,
+    /// JWKS URLs a shard saw an unknown `kid` for: the control thread refetches them.
+    pub jwks_wanted: crossbeam_queue::ArrayQueue<Box<str>>,
 }
 
 impl Cluster {
@@ -135,6 +137,7 @@ impl Cluster {
                 workers,
                 None,
             )),
+            jwks_wanted: crossbeam_queue::ArrayQueue::new(64),
         }
     }
 

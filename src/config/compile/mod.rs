@@ -2,6 +2,7 @@
 //! every problem (not just the first) with its key path and line. One file per concern:
 //! [`listeners`], [`upstreams`], [`routes`]; this file holds the checker and the order.
 
+mod auth;
 mod listeners;
 mod routes;
 mod upstreams;
@@ -141,7 +142,8 @@ pub fn compile(file: &Path, config: &Config, lines: &KeyLines) -> Result<Snapsho
     });
     let listeners = compile_listeners(&mut c, config, base);
     let upstreams = compile_upstreams(&mut c, config, base);
-    let (routes, keys) = compile_routes(&mut c, config, &upstreams);
+    let auth = auth::compile_auth(&mut c, config, base);
+    let (routes, keys) = compile_routes(&mut c, config, &upstreams, &auth);
     let router = match Router::build(&keys) {
         Ok(r) => Some(r),
         Err(conflicts) => {
@@ -177,6 +179,7 @@ pub fn compile(file: &Path, config: &Config, lines: &KeyLines) -> Result<Snapsho
             upstreams,
             routes,
             router,
+            auth,
         }),
         _ => Err(c.problems),
     }

@@ -9,6 +9,7 @@ pub(super) fn compile_routes(
     c: &mut Checker,
     config: &Config,
     upstreams: &[UpstreamSpec],
+    auth: &crate::auth::AuthSpec,
 ) -> (Vec<RouteSpec>, Vec<RouteKey>) {
     c.unique_names("routes", config.routes.iter().map(|r| r.name.as_str()));
     let mut specs = Vec::new();
@@ -103,6 +104,7 @@ pub(super) fn compile_routes(
             upgrade_protocols: upgrade_protocols(c, &key, &r.upgrade_protocols),
             tunnel_idle_timeout: r.tunnel_idle_timeout.map(|d| d.0),
             tunnel_max_duration: r.tunnel_max_duration.0,
+            auth: super::auth::compile_route_auth(c, &key, r, auth),
         });
     }
     (specs, keys)
@@ -231,6 +233,7 @@ const GATEWAY_REQUEST_FIELDS: &[&str] = &[
     "x-real-ip",
     "x-request-id",
     "x-client-cert-subject",
+    "x-consumer",
     "forwarded",
 ];
 
