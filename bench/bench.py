@@ -18,6 +18,8 @@ import sys
 import tempfile
 import time
 
+import gateway_auth
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RINGGATE = os.path.join(ROOT, "target", "release", "ringgate")
@@ -47,7 +49,15 @@ SCENARIOS = {
     "https-get-64": ("/", 64, "", "small GET over TLS, keep-alive, 64 connections"),
     "https-new-conn": ("/", 64, 'wrk.headers["Connection"] = "close"\n',
                        "new TLS connection (full handshake) per request, 64 concurrent"),
+    # Gateway auth (opt-in with --scenarios; ringgate and HAProxy only, nginx OSS has no JWT):
+    # the lua comes from gateway_auth.prepare.
+    "gw-jwt": ("/jwt/", 64, None, "RS256 JWT on every request, keep-alive (cache hits), 64 conns"),
+    "gw-jwt-unique": ("/jwt/", 64, None, "a different RS256 JWT per request (every one verified)"),
+    "gw-key": ("/key/", 64, None, "API key on every request, keep-alive, 64 connections"),
 }
+GATEWAY_SCENARIOS = {"gw-jwt": {"ringgate", "haproxy"}, "gw-jwt-unique": {"ringgate", "haproxy"},
+                     "gw-key": {"ringgate"}}
+DEFAULT_SCENARIOS = [s for s in SCENARIOS if s not in GATEWAY_SCENARIOS]
 FIXED_RATE = "fixed-rate"
 TARGETS = ["direct", "ringgate", "nginx", "haproxy"]
 # Opt-in (--targets): ringgate balancing over two entries of the same origin, one process per
@@ -183,7 +193,7 @@ http {{
 """
 
 
-def haproxy_conf(port, origin_port, workers, tls_port, combined_pem):
+def haproxy_conf(port, origin_port, workers, tls_port, combined_pem, rules=""):
     return f"""
 global
   nbthread {workers}
@@ -198,7 +208,7 @@ defaults
 frontend fe
   bind 127.0.0.1:{port}
   bind 127.0.0.1:{tls_port} ssl crt {combined_pem} ssl-min-ver TLSv1.2
-  default_backend be
+{rules}  default_backend be
 backend be
   server origin 127.0.0.1:{origin_port}
 """
@@ -214,6 +224,7 @@ def ringgate_conf(port, origin_port, workers, tls=None, balance=None, older=Fals
     tls_listener = "" if tls is None else (
         f'[[listeners]]\nname = "bench-tls"\nbind = "127.0.0.1:{tls[0]}"\n'
         f'[listeners.tls]\ncertificates = [{{ cert = "{tls[1]}", key = "{tls[2]}" }}]\n')
+    auth = "" if older or AUTH is None else gateway_auth.ringgate_routes(AUTH)
     return f"""
 [server]
 workers = {workers}
@@ -229,7 +240,11 @@ max_idle_connections = 256
 [[routes]]
 name = "all"
 upstream = "origin"
-"""
+{auth}"""
+
+
+# Keys, tokens and scripts of the gateway-auth scenarios (set in start_each).
+AUTH = None
 
 
 def start_all(workdir, workers, wanted):
@@ -246,6 +261,8 @@ def start_each(workdir, workers, servers, wanted):
     ports = {t: free_port() for t in TARGETS + list(BALANCE_TARGETS) + ["rg-before"] + LOG_TARGETS}
     tls_ports = {t: free_port() for t in ports if t != "direct"}
     cert, key, combined = make_certificate(workdir)
+    global AUTH
+    AUTH = gateway_auth.prepare(workdir)
     origin_port = ports["direct"]
     servers["direct"] = Server("origin", [RINGGATE, "echo", "--bind", f"127.0.0.1:{origin_port}",
                                            "--workers", str(workers)], origin_port, workdir)
@@ -295,7 +312,7 @@ def start_each(workdir, workers, servers, wanted):
         conf = os.path.join(workdir, "haproxy.cfg")
         with open(conf, "w") as f:
             f.write(haproxy_conf(ports["haproxy"], origin_port, workers, tls_ports["haproxy"],
-                                 combined))
+                                 combined, gateway_auth.haproxy_rules(AUTH)))
         servers["haproxy"] = Server("haproxy", ["haproxy", "-f", conf], ports["haproxy"], workdir,
                                     tls_ports["haproxy"])
     return servers
@@ -305,6 +322,8 @@ def run_wrk(server, scenario, duration, threads, workdir):
     path, conns, lua, _ = SCENARIOS[scenario]
     scheme, port = ("https", server.tls_port) if is_https(scenario) else ("http", server.port)
     script = os.path.join(workdir, f"{scenario}.lua")
+    if lua is None:
+        lua = AUTH["scripts"][scenario]
     with open(script, "w") as f:
         f.write(lua + RESULT_LUA)
     out = subprocess.run(
@@ -385,7 +404,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, help="seconds per run")
     parser.add_argument("--workers", type=int, default=2, help="workers/threads for every proxy")
-    parser.add_argument("--scenarios", default=",".join(list(SCENARIOS) + [FIXED_RATE]))
+    parser.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS + [FIXED_RATE]))
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--json", help="also write the medians as JSON here")
     args = parser.parse_args()
@@ -415,6 +434,8 @@ def main():
                     server = servers[target]
                     if is_https(scenario) and not server.tls_port:
                         continue  # the origin speaks plain HTTP only
+                    if target not in GATEWAY_SCENARIOS.get(scenario, {target}):
+                        continue  # this target cannot check these credentials
                     if scenario == FIXED_RATE:
                         fn = lambda: run_oha(server.port, rate, duration, 64)
                     else:

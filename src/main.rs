@@ -50,7 +50,6 @@ enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
-    /// Run a tiny fast origin: echoes bodies, `/bytes/N`, `/headers`, `/delay/MS`.
     /// Print a new API key (shown once) and the config line with its SHA-256.
     Keygen {
         /// The consumer the key is for (its [[consumers]] name).
@@ -60,6 +59,7 @@ enum Command {
         #[arg(long)]
         id: Option<String>,
     },
+    /// Run a tiny fast origin: echoes bodies, `/bytes/N`, `/headers`, `/delay/MS`.
     Echo {
         /// Address to listen on, e.g. 127.0.0.1:9001.
         #[arg(long)]

@@ -202,9 +202,10 @@ fn good_tokens_of_every_algorithm_pass_with_consumer_and_claims_and_bad_ones_nev
             &k.ed,
             &claims("carol", serde_json::json!({})),
         ),
+        // A `kid` the secret has none of: HMAC issuers often set one.
         sign(
             Algorithm::HS256,
-            None,
+            Some("k1"),
             &hs,
             &claims("dave", serde_json::json!({"aud": null})),
         ),
@@ -213,7 +214,10 @@ fn good_tokens_of_every_algorithm_pass_with_consumer_and_claims_and_bad_ones_nev
         let r = get(
             &gw,
             "/orders/1",
-            &format!("{}x-consumer: mallory\r\n", bearer(token)),
+            &format!(
+                "{}x-consumer: mallory\r\nX-User-Email: ceo@corp.test\r\n",
+                bearer(token)
+            ),
         );
         assert_eq!(r.status, 200, "{who}: {}", r.text());
         let seen = origin.received().pop().unwrap();
@@ -232,6 +236,11 @@ fn good_tokens_of_every_algorithm_pass_with_consumer_and_claims_and_bad_ones_nev
             seen.header("authorization"),
             None,
             "credentials are not forwarded"
+        );
+        assert!(
+            !seen.head.contains("ceo@corp"),
+            "a client's copy of a forwarded claim reached the origin: {}",
+            seen.head
         );
         if who != "dave" {
             assert_eq!(seen.header("x-user-email").as_deref(), Some("a@b.test"));
@@ -318,6 +327,10 @@ fn good_tokens_of_every_algorithm_pass_with_consumer_and_claims_and_bad_ones_nev
             rs(&c(serde_json::json!({"exp": "9999999999"}))),
         ),
         ("no sub", rs(&c(serde_json::json!({"sub": null})))),
+        (
+            "sub with spaces around",
+            rs(&c(serde_json::json!({"sub": " alice"}))),
+        ),
         (
             "unknown kid",
             sign(Algorithm::RS256, Some("nope"), &k.rsa, &ok_claims),
@@ -724,6 +737,17 @@ fn api_keys_from_keygen_work_by_header_apikey_scheme_and_configured_query_and_ro
         );
     }
     assert_eq!(origin.received().len(), reached);
+    // A refused HEAD has no body: the next response on the connection is read whole.
+    let mut s = gw.connect();
+    let mut reader = ResponseReader::default();
+    let two = format!(
+        "HEAD /k/1 HTTP/1.1\r\nHost: t\r\n\r\nGET /k/2 HTTP/1.1\r\nHost: t\r\nx-api-key: {key1}\r\n\r\n"
+    );
+    s.write_all(two.as_bytes()).unwrap();
+    let head = reader.read(&mut s, true);
+    assert_eq!((head.status, head.body.len()), (401, 0));
+    assert_eq!(reader.read(&mut s, false).status, 200);
+    assert!(reader.leftover().is_empty(), "bytes after the answers");
     drop(gw);
     // The old key removed from the config: refused, the new one still works.
     let gw = Gateway::start(&config(&line2.replace("acme-1", "acme-2")));
@@ -735,4 +759,87 @@ fn api_keys_from_keygen_work_by_header_apikey_scheme_and_configured_query_and_ro
         get(&gw, "/k/1", &format!("x-api-key: {key2}\r\n")).status,
         200
     );
+}
+
+#[test]
+fn tokens_in_a_cookie_or_query_are_removed_before_the_origin_and_denials_are_audited_and_logged() {
+    let origin = Origin::start(|r| ok(r.head.as_bytes()));
+    let hs = EncodingKey::from_secret(HS_SECRET.as_bytes());
+    // SAFETY: set before the gateway process is spawned; tests in this file only read it.
+    unsafe { std::env::set_var("RG_TEST_HS", HS_SECRET) };
+    let gw = Gateway::start(&format!(
+        "{}[access_log]\npath = \"access.log\"\n\n[audit_log]\npath = \"audit.log\"\n\n[jwt.c]\nalgorithms = [\"HS256\"]\nsecret = \"env:RG_TEST_HS\"\ntoken = \"cookie:session\"\n\n[jwt.q]\nalgorithms = [\"HS256\"]\nsecret = \"env:RG_TEST_HS\"\ntoken = \"query:access_token\"\n\n[[upstreams]]\nname = \"o\"\ntargets = [\"{}\"]\n\n[[routes]]\nname = \"c\"\npath_prefix = \"/c\"\nupstream = \"o\"\nauth = [\"jwt:c\"]\n\n[[routes]]\nname = \"q\"\npath_prefix = \"/q\"\nupstream = \"o\"\nauth = [\"jwt:q\"]\n",
+        base_config(),
+        origin.addr
+    ));
+    let token = sign(
+        Algorithm::HS256,
+        None,
+        &hs,
+        &claims("zoe", serde_json::json!({})),
+    );
+    let r = get(
+        &gw,
+        "/c/1",
+        &format!("Cookie: theme=dark; session={token}; lang=en\r\n"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = r.text();
+    assert!(
+        !seen.contains(&token),
+        "the token cookie reached the origin: {seen}"
+    );
+    assert!(seen.contains("cookie: theme=dark; lang=en\r\n"), "{seen}");
+    let r = get(&gw, &format!("/q/1?access_token={token}&x=1"), "");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text().starts_with("GET /q/1?x=1 HTTP/1.1\r\n"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(get(&gw, "/q/1?access_token=abc.def.ghi", "").status, 401);
+    // A second copy under an encoded or padded name (what origins decode to the same name)
+    // is ambiguous, not ignored.
+    let encoded = format!("/q/1?access_token={token}&access%5Ftoken=forged");
+    assert_eq!(get(&gw, &encoded, "").status, 401);
+    let padded = format!("Cookie: session={token}; session =forged\r\n");
+    assert_eq!(get(&gw, "/c/1", &padded).status, 401);
+
+    let audit = gw.dir.join("audit.log");
+    let mut events = Vec::new();
+    assert!(wait_until(Duration::from_secs(10), || {
+        events = std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect();
+        !events.is_empty()
+    }));
+    let e: serde_json::Value = serde_json::from_str(&events[0]).unwrap();
+    assert_eq!(
+        (
+            e["event"].as_str(),
+            e["route"].as_str(),
+            e["reason"].as_str()
+        ),
+        (Some("auth_denied"), Some("q"), Some("token_bad_header"))
+    );
+    assert!(e["request_id"].is_string() && e["client_ip"] == "127.0.0.1");
+    assert!(
+        !events[0].contains("abc.def"),
+        "the token reached the audit log"
+    );
+    let access = gw.dir.join("access.log");
+    let mut lines = Vec::new();
+    assert!(wait_until(Duration::from_secs(10), || {
+        lines = std::fs::read_to_string(&access)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect();
+        lines.len() >= 3
+    }));
+    let first: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(first["consumer"], "zoe");
+    assert!(lines.iter().all(|l| !l.contains(&token)));
 }

@@ -296,6 +296,51 @@ fn mtls_required_refuses_clients_without_a_valid_certificate() {
 }
 
 #[test]
+fn mtls_as_an_auth_method_names_the_consumer_by_its_cn_and_roles_apply() {
+    let ca = Ca::new("server ca");
+    let client_ca = Ca::new("client ca");
+    let dir = temp_dir("mtls-auth");
+    let a = write_leaf(
+        &dir,
+        "a",
+        &ca.leaf(&["a.test"], "a", &PKCS_ECDSA_P256_SHA256),
+    );
+    let client_ca_path = dir.join("clients.pem");
+    std::fs::write(&client_ca_path, &client_ca.pem).unwrap();
+    let origin = Origin::start(|r| {
+        ok(format!("consumer={}", r.header("x-consumer").unwrap_or_default()).as_bytes())
+    });
+    let gw = proxy_gateway(
+        &[a],
+        &format!(
+            "client_ca = {:?}\nclient_auth = \"optional\"",
+            client_ca_path.display().to_string()
+        ),
+        origin.addr,
+        "auth = [\"mtls\"]\nrequire_roles = [\"ops\"]\n\n[[consumers]]\nname = \"bob\"\nroles = [\"ops\"]\n",
+    );
+    let mut anonymous = tls_connect(gw.listen, client_config(&ca, None), "a.test").unwrap();
+    assert_eq!(
+        tls_get(&mut anonymous, "/", "x-consumer: bob\r\n")
+            .unwrap()
+            .status,
+        403
+    );
+    let bob = client_ca.leaf(&[], "bob", &PKCS_ECDSA_P256_SHA256);
+    let mut tls = tls_connect(gw.listen, client_config(&ca, Some(&bob)), "a.test").unwrap();
+    let r = tls_get(&mut tls, "/", "").unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "consumer=bob"));
+    let carol = client_ca.leaf(&[], "carol", &PKCS_ECDSA_P256_SHA256);
+    let mut tls = tls_connect(gw.listen, client_config(&ca, Some(&carol)), "a.test").unwrap();
+    assert_eq!(
+        tls_get(&mut tls, "/", "").unwrap().status,
+        403,
+        "carol has no role ops"
+    );
+    assert_eq!(origin.received().len(), 1);
+}
+
+#[test]
 fn mtls_optional_accepts_clients_without_a_certificate() {
     let (ca, client_ca, origin, gw) = mtls_gateway("optional");
     let mut tls = tls_connect(gw.listen, client_config(&ca, None), "a.test").unwrap();

@@ -365,8 +365,26 @@ fn metrics_text(plane: &ControlPlane, snapshot: &Snapshot) -> String {
             start_time_unix_s: plane.started_unix_ms as f64 / 1000.0,
             access_log_lost: plane.cluster.access_log.lost.load(Relaxed),
             audit_log_lost: plane.cluster.audit_log.lost.load(Relaxed),
+            jwks: jwks_stats(plane, snapshot),
         },
     )
+}
+
+/// Fetch counters of every provider with a `jwks_url` in the running config.
+fn jwks_stats(plane: &ControlPlane, snapshot: &Snapshot) -> Vec<(String, u64, u64, bool)> {
+    let stats = plane.jwks_stats.lock().unwrap_or_else(|e| e.into_inner());
+    snapshot
+        .auth
+        .providers
+        .iter()
+        .filter_map(|p| match &p.keys {
+            crate::auth::KeySource::Url(u) => {
+                let s = stats.get(&u.url).copied().unwrap_or_default();
+                Some((p.name.clone(), s.ok, s.failed, s.has_keys))
+            }
+            crate::auth::KeySource::Static(_) => None,
+        })
+        .collect()
 }
 
 /// `{"shards":[{"shard":0,"driver":"io_uring","open_connections":…,"exchanges":…,…}]}`

@@ -312,14 +312,22 @@ pub fn verify(
     let message = &token[..h.len() + 1 + p.len()];
     let signature = std::str::from_utf8(s).map_err(|_| TokenError::Malformed)?;
     let candidates: Vec<&Key> = match &header.kid {
-        Some(kid) => {
-            let key = keys
-                .keys
-                .iter()
-                .find(|k| k.kid.as_deref() == Some(kid.as_str()))
-                .ok_or(TokenError::UnknownKid)?;
-            vec![key]
+        Some(kid) if keys.has_kid(kid) => keys
+            .keys
+            .iter()
+            .filter(|k| k.kid.as_deref() == Some(kid.as_str()))
+            .collect(),
+        // A `kid` the set lacks: keys without one (a `secret`) may still verify the token;
+        // with none of those, the `kid` is unknown (and worth a refetch).
+        Some(_) if !keys.keys.iter().any(|k| k.kid.is_none()) => {
+            return Err(TokenError::UnknownKid);
         }
+        Some(_) => keys
+            .keys
+            .iter()
+            .filter(|k| k.kid.is_none() && k.algorithms.contains(&alg))
+            .take(MAX_KEYS_WITHOUT_KID)
+            .collect(),
         None => keys
             .keys
             .iter()
@@ -380,7 +388,9 @@ fn check_claims(
         .and_then(|v| v.as_str())
         .filter(|c| !c.is_empty() && c.len() <= 256)
         .ok_or(TokenError::NoConsumer)?;
-    if !is_header_safe(consumer.as_bytes()) {
+    // `" boss"` would reach the origin as `boss` (header values are trimmed) while the
+    // gateway took it for someone else: refused, not trimmed.
+    if !is_header_safe(consumer.as_bytes()) || consumer.trim() != consumer {
         return Err(TokenError::UnsafeClaim);
     }
     let mut forward = Vec::new();
@@ -446,4 +456,116 @@ pub fn is_header_safe(value: &[u8]) -> bool {
     value
         .iter()
         .all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn rules() -> ClaimRules {
+        ClaimRules {
+            issuer: Some("iss".into()),
+            audiences: vec!["aud".into()],
+            leeway: 0,
+            consumer_claim: "sub".into(),
+            roles_claim: "roles".into(),
+            scopes_claim: "scope".into(),
+            forward_claims: vec![("x-team".into(), "team".into())],
+        }
+    }
+
+    fn token(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
+    }
+
+    fn good() -> String {
+        token(serde_json::json!({
+            "iss": "iss", "aud": ["x", "aud"], "sub": "alice", "exp": 2_000,
+            "roles": "admin", "scope": "a  b", "team": ["red", 7],
+        }))
+    }
+
+    fn keys() -> KeySet {
+        KeySet::from_secret(SECRET, &[Algorithm::HS256]).unwrap()
+    }
+
+    #[test]
+    fn a_good_token_gives_its_claims() {
+        let claims = verify(
+            good().as_bytes(),
+            &keys(),
+            &[Algorithm::HS256],
+            &rules(),
+            1_000,
+        )
+        .unwrap();
+        assert_eq!(claims.consumer, "alice");
+        assert_eq!(claims.roles, ["admin"]);
+        assert_eq!(claims.scopes, ["a", "b"]);
+        assert_eq!(claims.forward, b"x-team: red, 7\r\n");
+        assert_eq!(claims.expires, 2_000);
+        assert_eq!(
+            verify(
+                good().as_bytes(),
+                &keys(),
+                &[Algorithm::HS256],
+                &rules(),
+                2_001
+            ),
+            Err(TokenError::Expired)
+        );
+    }
+
+    #[test]
+    fn a_key_only_verifies_algorithms_of_its_own_type() {
+        // An HMAC key set offered an RS256 header: refused before any signature check.
+        let jwks = serde_json::json!({"keys": [{"kty": "oct", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA", "alg": "HS256"}]});
+        let set = KeySet::from_jwks(jwks.to_string().as_bytes(), &[Algorithm::RS256]);
+        assert!(set.is_err(), "an oct key has no RS256 to offer");
+        let hs_header = B64.encode(r#"{"alg":"RS256"}"#);
+        let t = format!("{hs_header}.{}", good().split_once('.').unwrap().1);
+        assert_eq!(
+            verify(
+                t.as_bytes(),
+                &keys(),
+                &[Algorithm::HS256, Algorithm::RS256],
+                &rules(),
+                1_000
+            ),
+            Err(TokenError::Signature),
+            "no key of the RSA type: nothing verifies"
+        );
+        assert!(parse_algorithm("none").is_none() && parse_algorithm("HS256").is_some());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_verify_or_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            prop_assert!(verify(&bytes, &keys(), &[Algorithm::HS256], &rules(), 1_000).is_err());
+            let _ = kid_of(&bytes);
+        }
+
+        #[test]
+        fn any_one_byte_change_to_a_good_token_is_refused(at in 0usize..10_000, to in any::<u8>()) {
+            let mut t = good().into_bytes();
+            let at = at % t.len();
+            prop_assume!(t[at] != to);
+            t[at] = to;
+            prop_assert!(verify(&t, &keys(), &[Algorithm::HS256], &rules(), 1_000).is_err());
+        }
+
+        #[test]
+        fn tokens_of_random_json_parts_never_panic(header in "\\PC{0,80}", payload in "\\PC{0,200}") {
+            let t = format!("{}.{}.{}", B64.encode(header), B64.encode(payload), B64.encode("sig"));
+            prop_assert!(verify(t.as_bytes(), &keys(), &[Algorithm::HS256], &rules(), 1_000).is_err());
+        }
+    }
 }

@@ -128,9 +128,13 @@ pub struct RouteAuth {
     pub challenge_invalid: Vec<u8>,
 }
 
-/// The client's credentials the origin does not get (unless `forward_credentials`).
+/// What the origin does not get from the client: its credentials (unless
+/// `forward_credentials`), and always its own copies of the headers the gateway asserts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CredentialStrip {
+    /// Lower-case names of the `forward_claims` headers: a client's own would pass for
+    /// a verified claim.
+    pub asserted: Vec<String>,
     pub authorization: bool,
     /// Lower-case header names.
     pub headers: Vec<String>,
@@ -144,8 +148,39 @@ impl CredentialStrip {
             || self
                 .headers
                 .iter()
+                .chain(&self.asserted)
                 .any(|h| h.as_bytes().eq_ignore_ascii_case(name))
     }
+}
+
+/// Whether a query parameter or cookie name as sent is `want`: compared after
+/// percent-decoding and trimming, as origins read names (`api%5Fkey` is `api_key`), so a
+/// second copy cannot hide from the lookup or from the stripping.
+pub fn name_is(raw: &[u8], want: &[u8]) -> bool {
+    let raw = raw.trim_ascii();
+    let mut decoded = 0;
+    let mut i = 0;
+    while i < raw.len() {
+        let byte = match raw[i] {
+            b'%' if i + 2 < raw.len() => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                match (hex(raw[i + 1]), hex(raw[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        i += 2;
+                        (h * 16 + l) as u8
+                    }
+                    _ => b'%',
+                }
+            }
+            b => b,
+        };
+        if want.get(decoded) != Some(&byte) {
+            return false;
+        }
+        decoded += 1;
+        i += 1;
+    }
+    decoded == want.len()
 }
 
 /// What a header lookup found.

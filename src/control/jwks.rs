@@ -43,6 +43,9 @@ struct UrlState {
     last_attempt: Option<Instant>,
     next_due: Option<Instant>,
     retry: Duration,
+    /// A fetch of this URL is running (each URL has its own fetch thread, so a slow or
+    /// hanging server delays only its own providers).
+    in_flight: bool,
 }
 
 /// Fetch counters by URL, for `/metrics`.
@@ -53,6 +56,9 @@ pub struct FetchStats {
     pub has_keys: bool,
 }
 
+/// A finished fetch: the URL, the provider it is reported under, and the body or the error.
+type Fetched = (String, String, Result<Vec<u8>, String>);
+
 pub(super) fn start(plane: Arc<ControlPlane>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("jwks".into())
@@ -62,9 +68,17 @@ pub(super) fn start(plane: Arc<ControlPlane>) -> std::io::Result<()> {
 
 fn run(plane: &ControlPlane) {
     let mut states: HashMap<String, UrlState> = HashMap::new();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<Fetched>();
     loop {
         if crate::shard::DRAIN.load(std::sync::atomic::Ordering::Acquire) {
             return;
+        }
+        while let Ok((url, provider, result)) = done_rx.try_recv() {
+            if let Some(state) = states.get_mut(&url) {
+                state.in_flight = false;
+                let refresh = refresh_of(plane, &url);
+                settle(plane, &provider, &url, refresh, state, result);
+            }
         }
         let mut wanted = HashSet::new();
         while let Some(url) = plane.cluster.jwks_wanted.pop() {
@@ -86,8 +100,10 @@ fn run(plane: &ControlPlane) {
                 && state
                     .last_attempt
                     .is_none_or(|at| now.duration_since(at) >= REFETCH_EVERY);
-            if due || asked {
-                refresh(plane, &provider.name, source, state);
+            if (due || asked) && !state.in_flight {
+                state.in_flight = true;
+                state.last_attempt = Some(now);
+                spawn_fetch(source.clone(), provider.name.clone(), done_tx.clone());
             }
         }
         states.retain(|url, _| in_use.contains(url));
@@ -95,29 +111,63 @@ fn run(plane: &ControlPlane) {
     }
 }
 
-fn refresh(
+/// The refresh interval of the provider that names `url` in the running config.
+fn refresh_of(plane: &ControlPlane, url: &str) -> Duration {
+    plane
+        .current()
+        .snapshot
+        .auth
+        .providers
+        .iter()
+        .find_map(|p| match &p.keys {
+            KeySource::Url(u) if u.url == url => Some(u.refresh),
+            _ => None,
+        })
+        .unwrap_or(Duration::from_secs(300))
+}
+
+fn spawn_fetch(
+    source: crate::auth::JwksUrl,
+    provider: String,
+    done: std::sync::mpsc::Sender<Fetched>,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("jwks-fetch".into())
+        .spawn(move || {
+            let result =
+                crate::auth::fetch::fetch(&source.parts, source.tls.as_deref(), source.max_bytes);
+            let _ = done.send((source.url, provider, result));
+        });
+    if let Err(e) = spawned {
+        crate::observe::warn(&format!("jwks: cannot start a fetch thread: {e}"));
+    }
+}
+
+/// Applies a finished fetch: a new key set goes to every shard; a failure keeps the last
+/// good one and schedules a retry.
+fn settle(
     plane: &ControlPlane,
     provider: &str,
-    source: &crate::auth::JwksUrl,
+    url: &str,
+    refresh: Duration,
     state: &mut UrlState,
+    fetched: Result<Vec<u8>, String>,
 ) {
     let now = Instant::now();
-    state.last_attempt = Some(now);
-    let fetched = crate::auth::fetch::fetch(&source.parts, source.tls.as_deref(), source.max_bytes)
-        .and_then(|body| {
-            if state.keys.is_some() && body == state.body {
-                return Ok(None);
-            }
-            KeySet::from_jwks(&body, &ALL).map(|keys| Some((body, keys)))
-        });
+    let fetched = fetched.and_then(|body| {
+        if state.keys.is_some() && body == state.body {
+            return Ok(None);
+        }
+        KeySet::from_jwks(&body, &ALL).map(|keys| Some((body, keys)))
+    });
     let mut stats = plane.jwks_stats.lock().unwrap_or_else(|e| e.into_inner());
-    let entry = stats.entry(source.url.clone()).or_default();
+    let entry = stats.entry(url.to_string()).or_default();
     match fetched {
         Ok(changed) => {
             entry.ok += 1;
             entry.has_keys = true;
             drop(stats);
-            state.next_due = Some(now + source.refresh);
+            state.next_due = Some(now + refresh);
             state.retry = FIRST_RETRY;
             if let Some((body, keys)) = changed {
                 let keys = Arc::new(keys);
@@ -127,7 +177,7 @@ fn refresh(
                     plane.send(
                         shard,
                         Command::Jwks {
-                            url: source.url.as_str().into(),
+                            url: url.into(),
                             keys: keys.clone(),
                         },
                     );
@@ -145,9 +195,9 @@ fn refresh(
             crate::observe::warn(&format!(
                 "jwt.{provider}.jwks_url: fetch failed: {e}; {kept}"
             ));
-            state.retry = (state.retry * 2).clamp(FIRST_RETRY, source.refresh);
+            state.retry = (state.retry * 2).clamp(FIRST_RETRY, refresh);
             let wait = if state.keys.is_some() {
-                source.refresh.min(Duration::from_secs(30))
+                refresh.min(Duration::from_secs(30))
             } else {
                 state.retry
             };

@@ -2,7 +2,7 @@
 //! file, line and key), starts the shards, handles signals (SIGHUP reloads, SIGTERM/SIGINT
 //! drain) and waits for the shards to drain. Never on a request's path.
 
-mod jwks;
+pub mod jwks;
 pub mod reload;
 
 pub use reload::{ControlPlane, Trigger};

@@ -210,6 +210,8 @@ pub struct Extra<'a> {
     /// Lines the log writers lost off the shards (file not writable, queue full).
     pub access_log_lost: u64,
     pub audit_log_lost: u64,
+    /// JWT providers with a `jwks_url`: (provider, fetches ok, fetches failed, keys loaded).
+    pub jwks: Vec<(String, u64, u64, bool)>,
 }
 
 /// The whole exposition: every shard's series merged, plus process metrics.
@@ -335,6 +337,37 @@ pub fn render(shards: &[ShardMetrics], extra: &Extra) -> String {
         family(&mut out, name, "counter", help);
         let total: u64 = shards.iter().map(pick).sum();
         let _ = writeln!(out, "{name} {total}");
+    }
+    family(
+        &mut out,
+        "ringgate_jwks_fetches_total",
+        "counter",
+        "JWKS URL fetches by provider and result (a failure keeps the last good keys).",
+    );
+    for (provider, ok, failed, _) in &extra.jwks {
+        let provider = escape(provider);
+        let _ = writeln!(
+            out,
+            "ringgate_jwks_fetches_total{{provider=\"{provider}\",result=\"ok\"}} {ok}"
+        );
+        let _ = writeln!(
+            out,
+            "ringgate_jwks_fetches_total{{provider=\"{provider}\",result=\"failed\"}} {failed}"
+        );
+    }
+    family(
+        &mut out,
+        "ringgate_jwks_keys_loaded",
+        "gauge",
+        "1 once a provider's JWKS URL has been fetched (its routes answer 503 before).",
+    );
+    for (provider, _, _, loaded) in &extra.jwks {
+        let _ = writeln!(
+            out,
+            "ringgate_jwks_keys_loaded{{provider=\"{}\"}} {}",
+            escape(provider),
+            u8::from(*loaded)
+        );
     }
     family(
         &mut out,
@@ -524,6 +557,7 @@ mod tests {
                 start_time_unix_s: 1.0,
                 access_log_lost: 0,
                 audit_log_lost: 0,
+                jwks: Vec::new(),
             },
         );
         assert!(

@@ -29,8 +29,8 @@ pub struct Policy<'a> {
     pub auth: &'a ShardAuth,
     pub url_keys: &'a dyn UrlKeys,
     pub counters: CacheCounters<'a>,
-    /// Unix seconds.
-    pub now: u64,
+    /// Unix seconds; `None`: read the clock, only when a route needs it.
+    pub now: Option<u64>,
 }
 
 /// What the policy stages let through: a route (by index in the snapshot), how much of
@@ -85,7 +85,7 @@ pub fn admit(p: &Policy, req: &RequestView) -> Result<Admitted, Refused> {
                 req,
                 p.url_keys,
                 &p.counters,
-                p.now,
+                p.now.unwrap_or_else(auth::unix_now),
             )
             .map_err(refused)?;
             auth::authorize(rules, &who).map_err(refused)?;
@@ -120,15 +120,13 @@ impl Credentials for RequestView<'_> {
                 continue;
             }
             for pair in self.buf[field.value.clone()].split(|&b| b == b';') {
-                let pair = pair.trim_ascii();
-                if let Some(value) = pair
-                    .strip_prefix(name)
-                    .and_then(|rest| rest.strip_prefix(b"="))
+                if let Some((n, value)) = split_pair(pair)
+                    && auth::name_is(n, name)
                 {
                     if found != Found::None {
                         return Found::Many;
                     }
-                    found = Found::One(value);
+                    found = Found::One(value.trim_ascii());
                 }
             }
         }
@@ -149,7 +147,9 @@ pub(super) fn query_param<'q>(query: &'q [u8], name: &[u8]) -> Found<'q> {
     let query = query.strip_prefix(b"?").unwrap_or(query);
     let mut found = Found::None;
     for pair in query.split(|&b| b == b'&') {
-        if let Some(value) = pair.strip_prefix(name).and_then(|r| r.strip_prefix(b"=")) {
+        if let Some((n, value)) = split_pair(pair)
+            && auth::name_is(n, name)
+        {
             if found != Found::None {
                 return Found::Many;
             }
@@ -157,6 +157,12 @@ pub(super) fn query_param<'q>(query: &'q [u8], name: &[u8]) -> Found<'q> {
         }
     }
     found
+}
+
+/// `name=value` split at the first `=`.
+pub(super) fn split_pair(pair: &[u8]) -> Option<(&[u8], &[u8])> {
+    let eq = pair.iter().position(|&b| b == b'=')?;
+    Some((&pair[..eq], &pair[eq + 1..]))
 }
 
 /// `308` to the same host (without its port) and target over HTTPS.
@@ -307,7 +313,7 @@ direct_response = { status = 200, body = "hi" }
                 hits: &hits,
                 misses: &misses,
             },
-            now: 1_800_000_000,
+            now: Some(1_800_000_000),
         };
         admit(&policy, &view).map_err(|r| r.reject)
     }

@@ -66,6 +66,8 @@ pub(super) struct Downstream {
     /// The config the current exchange runs on, until its record is made (the record's
     /// indices are into it).
     pub(super) pinned: Option<Rc<Active>>,
+    /// The current request is a HEAD: the gateway's own answers carry no body.
+    pub(super) head_request: bool,
 }
 
 /// Facts about the current request that outlive its head bytes in the read buffer.

@@ -89,6 +89,7 @@ pub async fn serve_connection(
             record: ExchangeRecord::new(guard.listener().name.borrow().clone(), peer.ip(), tls),
             listener: guard.listener_rc(),
             pinned: None,
+            head_request: false,
         },
         up_scratch: state.up_scratch,
         peer_ip: PeerIp::new(peer.ip()),
@@ -209,6 +210,7 @@ fn note_refusal(shard: &Shard, cfg: &Active, c: &mut Client, ex: &Exchange, refu
 async fn exchange(shard: &Shard, guard: &ConnGuard, c: &mut Client) -> Next {
     // Stage 1: read and strictly parse the request head.
     let at_start = (c.reader.consumed(), c.down.writer.written());
+    c.down.head_request = false;
     match read_request_head(shard, guard, c).await {
         Ok(()) => c.down.record.begin(at_start),
         Err(HeadStop::Quiet) => return Next::Close,
@@ -223,6 +225,7 @@ async fn exchange(shard: &Shard, guard: &ConnGuard, c: &mut Client) -> Next {
     let pinned = shard.config();
     let cfg = &*pinned;
     let mut ex = exchange_facts(shard, c);
+    c.down.head_request = ex.head_method;
     if guard.listener().is_retired() {
         // A reload removed this connection's listener: finish this request, then close.
         ex.keep_alive = false;
@@ -262,7 +265,7 @@ async fn exchange(shard: &Shard, guard: &ConnGuard, c: &mut Client) -> Next {
             hits: &metrics.jwt_cache_hits,
             misses: &metrics.jwt_cache_misses,
         },
-        now: crate::auth::unix_now(),
+        now: None,
     };
     let Admitted {
         route: route_index,

@@ -26,6 +26,12 @@ pub(super) async fn reject(
         close,
         &refusal.headers,
     );
+    if down.head_request {
+        // A HEAD answer has no body (RFC 9110 §9.3.2); Content-Length still says its size.
+        if let Some(end) = down.out.windows(4).position(|w| w == b"\r\n\r\n") {
+            down.out.truncate(end + 4);
+        }
+    }
     let out = std::mem::take(&mut down.out);
     let (result, out) = write_all_within(&mut down.writer, out, c.limits.send_timeout).await;
     down.out = out;

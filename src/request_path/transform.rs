@@ -171,7 +171,11 @@ fn push_query_without(out: &mut Vec<u8>, query: &[u8], drop: &[String]) {
         .split(|&b| b == b'&')
     {
         let name = pair.split(|&b| b == b'=').next().unwrap_or(pair);
-        if pair.is_empty() || drop.iter().any(|d| d.as_bytes() == name) {
+        if pair.is_empty()
+            || drop
+                .iter()
+                .any(|d| crate::auth::name_is(name, d.as_bytes()))
+        {
             continue;
         }
         out.push(if first { b'?' } else { b'&' });
@@ -186,7 +190,11 @@ fn push_cookie_without(out: &mut Vec<u8>, value: &[u8], drop: &[String]) {
     for pair in value.split(|&b| b == b';') {
         let pair = pair.trim_ascii();
         let name = pair.split(|&b| b == b'=').next().unwrap_or(pair);
-        if pair.is_empty() || drop.iter().any(|d| d.as_bytes() == name) {
+        if pair.is_empty()
+            || drop
+                .iter()
+                .any(|d| crate::auth::name_is(name, d.as_bytes()))
+        {
             continue;
         }
         out.extend_from_slice(if first { b"cookie: " } else { b"; " });

@@ -369,9 +369,18 @@ pub(super) fn compile_route_auth(
             "scopes come from JWTs: add a \"jwt:NAME\" method to auth",
         );
     }
-    if !r.forward_credentials {
-        auth.strip = strip;
+    if r.forward_credentials {
+        strip = CredentialStrip::default();
     }
+    for m in &auth.methods {
+        if let Method::Jwt(p) = m {
+            let claims = &spec.providers[*p].rules.forward_claims;
+            strip
+                .asserted
+                .extend(claims.iter().map(|(header, _)| header.clone()));
+        }
+    }
+    auth.strip = strip;
     let bearer = auth.methods.iter().any(|m| matches!(m, Method::Jwt(_)));
     let keys = auth.methods.contains(&Method::ApiKey);
     for (out, invalid) in [
