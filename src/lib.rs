@@ -10,6 +10,7 @@
 //! - [`route`]: host/path/method lookup tables
 //! - [`auth`]: identity (API keys, JWT with shard-local caches, client certificates) and
 //!   authorization by role and scope
+//! - [`perimeter`]: the client's address (trusted proxies) and IP allow/deny rules
 //! - [`tls`]: TLS termination and origination (rustls), certificates, SNI, mTLS
 //! - [`gossip`]: the lock-free cross-shard channel (backend state now, global quotas next)
 //! - [`upstream`]: target choice, per-shard keep-alive pools, health, the retry policy
@@ -27,6 +28,7 @@ pub mod echo;
 pub mod gossip;
 pub mod http;
 pub mod observe;
+pub mod perimeter;
 pub mod request_path;
 pub mod route;
 pub mod shard;

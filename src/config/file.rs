@@ -115,6 +115,10 @@ pub struct ServerConfig {
     /// a narrower route a boundary an origin cannot be tricked past.
     #[serde(default)]
     pub path_escaped_slashes: EscapedSlashes,
+    /// CIDRs of the proxies in front (load balancers, CDNs): only their `X-Forwarded-For`
+    /// is believed, read right to left. Empty: the peer is always the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -143,6 +147,7 @@ impl Default for ServerConfig {
             io_driver: IoDriver::Auto,
             gossip_interval: default_gossip_interval(),
             path_escaped_slashes: EscapedSlashes::Reject,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -316,6 +321,12 @@ pub struct ListenerConfig {
     /// directly, where a client's own list is never true).
     #[serde(default)]
     pub x_forwarded_for: XForwardedFor,
+    /// CIDRs allowed to connect (empty: everyone), checked at accept, before any TLS.
+    #[serde(default)]
+    pub ip_allow: Vec<String>,
+    /// CIDRs refused at accept (deny wins over allow).
+    #[serde(default)]
+    pub ip_deny: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -659,6 +670,13 @@ pub struct RouteConfig {
     /// the token cookie) on to the origin; removed by default.
     #[serde(default)]
     pub forward_credentials: bool,
+    /// CIDRs of client addresses allowed on this route (empty: everyone), on top of the
+    /// listener's; the client address is the one `trusted_proxies` yield. 403 otherwise.
+    #[serde(default)]
+    pub ip_allow: Vec<String>,
+    /// CIDRs refused on this route with 403 (deny wins over allow).
+    #[serde(default)]
+    pub ip_deny: Vec<String>,
 }
 
 /// Header edits: `add` sets a header (replacing any of the same name), `remove` drops it.

@@ -38,6 +38,8 @@ pub struct Snapshot {
     pub source: Config,
     /// Consumers, API keys, JWT providers.
     pub auth: crate::auth::AuthSpec,
+    /// `[server] trusted_proxies`.
+    pub trusted_proxies: Vec<crate::perimeter::Cidr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +61,8 @@ pub struct ListenerSpec {
     pub redirect_https: Option<u16>,
     /// `x_forwarded_for = "replace"`: the client's own `X-Forwarded-For` is dropped.
     pub replace_x_forwarded_for: bool,
+    /// `ip_allow` / `ip_deny`, checked at accept.
+    pub ip_rules: crate::perimeter::IpRules,
 }
 
 /// `[limits]` merged with a listener's overrides, in the units the data plane uses.
@@ -204,6 +208,8 @@ pub struct RouteSpec {
     pub tunnel_max_duration: Duration,
     /// `auth`, `require_roles`, `require_scopes`: `None` for a public route.
     pub auth: Option<Arc<crate::auth::RouteAuth>>,
+    /// `ip_allow` / `ip_deny` on the client address (empty: no check).
+    pub ip_rules: crate::perimeter::IpRules,
 }
 
 impl RouteSpec {

@@ -133,6 +133,8 @@ impl Histogram {
 pub struct RouteMetrics {
     pub requests: CodeCounts,
     pub duration: Histogram,
+    /// Requests refused by the route's `ip_allow` / `ip_deny`.
+    pub ip_denied: Counter,
     /// Refusals of authentication or authorization, by [`crate::auth::Denial::slot`].
     pub auth_denied: [Counter; crate::auth::Denial::REASONS.len()],
 }
@@ -159,6 +161,8 @@ pub struct TargetMetrics {
 pub struct ListenerMetrics {
     pub connections_active: Gauge,
     pub tls_handshakes: Counter,
+    /// Connections refused at accept by `ip_allow` / `ip_deny`.
+    pub ip_denied: Counter,
 }
 
 /// One shard's series, by name.
@@ -224,6 +228,7 @@ pub fn render(shards: &[ShardMetrics], extra: &Extra) -> String {
     let mut active: BTreeMap<String, u64> = BTreeMap::new();
     let mut handshakes: BTreeMap<String, u64> = BTreeMap::new();
     let mut denied: BTreeMap<(String, &str), u64> = BTreeMap::new();
+    let mut ip_denied: BTreeMap<(&str, String), u64> = BTreeMap::new();
     for shard in shards {
         for (route, m) in shard
             .routes
@@ -240,6 +245,9 @@ pub fn render(shards: &[ShardMetrics], extra: &Extra) -> String {
             }
             h.1 += m.duration.sum_us.get();
             h.2 += m.duration.count.get();
+            if m.ip_denied.get() > 0 {
+                *ip_denied.entry(("route", route.clone())).or_default() += m.ip_denied.get();
+            }
             for (reason, n) in crate::auth::Denial::REASONS.iter().zip(&m.auth_denied) {
                 if n.get() > 0 {
                     *denied.entry((route.clone(), reason)).or_default() += n.get();
@@ -264,6 +272,9 @@ pub fn render(shards: &[ShardMetrics], extra: &Extra) -> String {
         {
             *active.entry(l.clone()).or_default() += m.connections_active.get();
             *handshakes.entry(l.clone()).or_default() += m.tls_handshakes.get();
+            if m.ip_denied.get() > 0 {
+                *ip_denied.entry(("listener", l.clone())).or_default() += m.ip_denied.get();
+            }
         }
     }
     family(
@@ -422,6 +433,19 @@ pub fn render(shards: &[ShardMetrics], extra: &Extra) -> String {
             out,
             "ringgate_tls_handshakes_total{{listener=\"{}\"}} {n}",
             escape(l)
+        );
+    }
+    family(
+        &mut out,
+        "ringgate_ip_denied_total",
+        "counter",
+        "Refused by ip_allow/ip_deny: connections at a listener, requests on a route.",
+    );
+    for ((scope, name), n) in &ip_denied {
+        let _ = writeln!(
+            out,
+            "ringgate_ip_denied_total{{scope=\"{scope}\",name=\"{}\"}} {n}",
+            escape(name)
         );
     }
     family(

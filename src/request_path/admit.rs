@@ -21,6 +21,8 @@ pub struct RequestView<'a> {
     pub redirect_https: Option<u16>,
     /// The verified client certificate's subject (mTLS listeners).
     pub client_subject: Option<&'a str>,
+    /// The client's address (the peer, or what trusted proxies say).
+    pub client_ip: std::net::IpAddr,
 }
 
 /// What the stages read besides the request: the config and this shard's state for it.
@@ -70,6 +72,14 @@ pub fn admit(p: &Policy, req: &RequestView) -> Result<Admitted, Refused> {
         return Err(redirect_to_https(req, port).into());
     }
     let (route, prefix_len) = route(p.cfg, req)?;
+    let rules = &p.cfg.routes[route].ip_rules;
+    if !rules.is_empty() && !rules.permits(req.client_ip) {
+        return Err(Refused {
+            reject: reject::IP_DENIED,
+            route: Some(route),
+            denial: None,
+        });
+    }
     let identity = match &p.cfg.routes[route].auth {
         None => None,
         Some(rules) => {
@@ -302,6 +312,7 @@ direct_response = { status = 200, body = "hi" }
             head: &head,
             redirect_https,
             client_subject: None,
+            client_ip: "192.0.2.1".parse().unwrap(),
         };
         let auth = ShardAuth::new(&cfg.auth);
         let (hits, misses) = (Counter::default(), Counter::default());

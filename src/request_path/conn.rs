@@ -37,6 +37,10 @@ pub(super) struct Client {
     /// Re-chunking buffer for request bodies.
     pub(super) up_scratch: Vec<u8>,
     pub(super) peer_ip: PeerIp,
+    /// The connection's peer.
+    pub(super) peer: std::net::IpAddr,
+    /// The current request's client when trusted proxies say it is not the peer.
+    pub(super) forwarded_client: Option<PeerIp>,
     pub(super) limits: EffectiveLimits,
     /// A plain listener told to send everything to HTTPS on this port.
     pub(super) redirect_https: Option<u16>,
@@ -223,6 +227,39 @@ impl PeerIp {
 
     pub(super) fn as_bytes(&self) -> &[u8] {
         &self.text[..self.len]
+    }
+}
+
+impl Client {
+    /// The client's address as text: what trusted proxies said, else the peer.
+    pub(super) fn client_ip_text(&self) -> &[u8] {
+        self.forwarded_client
+            .as_ref()
+            .unwrap_or(&self.peer_ip)
+            .as_bytes()
+    }
+
+    /// The current request's client address (`[server] trusted_proxies`), recorded for
+    /// the log and the policy stages.
+    pub(super) fn settle_client_ip(
+        &mut self,
+        trusted: &[crate::perimeter::Cidr],
+    ) -> std::net::IpAddr {
+        if trusted.is_empty() {
+            return self.peer;
+        }
+        let buf = self.reader.buffered();
+        let fields = self
+            .head
+            .fields
+            .iter()
+            .zip(&self.head.kinds)
+            .filter(|(_, k)| **k == crate::http::Known::XForwardedFor)
+            .map(|(f, _)| &buf[f.value.clone()]);
+        let client = crate::perimeter::client_ip(self.peer, trusted, fields);
+        self.forwarded_client = (client != self.peer.to_canonical()).then(|| PeerIp::new(client));
+        self.down.record.client_ip = client;
+        client
     }
 }
 

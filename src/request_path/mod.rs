@@ -93,6 +93,8 @@ pub async fn serve_connection(
         },
         up_scratch: state.up_scratch,
         peer_ip: PeerIp::new(peer.ip()),
+        peer: peer.ip(),
+        forwarded_client: None,
         limits,
         redirect_https: spec.redirect_https,
         tls,
@@ -190,6 +192,9 @@ fn note_refusal(shard: &Shard, cfg: &Active, c: &mut Client, ex: &Exchange, refu
     let Some(route) = refused.route else { return };
     c.down.record.route = Some(route);
     c.down.record.route_metrics = Some(cfg.route_metrics[route].clone());
+    if refused.reject.kind == reject::IP_DENIED.kind {
+        cfg.route_metrics[route].ip_denied.add(1);
+    }
     if let Some(denial) = refused.denial {
         cfg.route_metrics[route].auth_denied[denial.slot()].add(1);
         if cfg.audit_log.is_some() {
@@ -249,8 +254,10 @@ async fn exchange(shard: &Shard, guard: &ConnGuard, c: &mut Client) -> Next {
     }
 
     // Stage 2: the policy stages, over the parsed head (no socket): HTTPS redirect, route,
-    // authentication, authorization.
+    // client address rules, authentication, authorization.
+    let client_ip = c.settle_client_ip(&cfg.trusted_proxies);
     let view = RequestView {
+        client_ip,
         buf: c.reader.buffered(),
         head: &c.head,
         redirect_https: c.redirect_https,

@@ -16,8 +16,10 @@ use crate::upstream::Affinity;
 pub(super) struct Forwarded<'a> {
     pub buf: &'a [u8],
     pub head: &'a RequestHead,
-    /// The client's address as text.
+    /// The peer's address as text (appended to `X-Forwarded-For`).
     pub peer_ip: &'a [u8],
+    /// The client's address as text (the peer, or what trusted proxies said).
+    pub client_ip: &'a [u8],
     pub tls: bool,
     /// The verified client certificate's subject (mTLS).
     pub client_subject: Option<&'a str>,
@@ -33,6 +35,7 @@ impl<'a> Forwarded<'a> {
             buf: c.reader.buffered(),
             head: &c.head,
             peer_ip: c.peer_ip.as_bytes(),
+            client_ip: c.client_ip_text(),
             tls: c.tls,
             client_subject: c.client_subject.as_deref(),
             replace_x_forwarded_for: c.replace_x_forwarded_for,
@@ -137,7 +140,7 @@ pub(super) fn write_upstream_head(
     if let Some(h) = client_host {
         push_host(out, b"x-forwarded-host", h);
     }
-    push_header(out, b"x-real-ip", c.peer_ip);
+    push_header(out, b"x-real-ip", c.client_ip);
     push_header(out, b"x-request-id", ex.request_id());
     if let Some(who) = c.identity {
         out.extend_from_slice(&who.forward);
@@ -278,7 +281,7 @@ pub(super) fn affinity_of(spec: &UpstreamSpec, c: &Client) -> Affinity {
     let hash = match &spec.hash_key {
         Some(HashKey::Header(name)) => c.head.field(buf, name.as_bytes()).map(stable_hash),
         Some(HashKey::Cookie(name)) => c.head.cookie(buf, name.as_bytes()).map(stable_hash),
-        Some(HashKey::ClientIp) => Some(stable_hash(c.peer_ip.as_bytes())),
+        Some(HashKey::ClientIp) => Some(stable_hash(c.client_ip_text())),
         None => None,
     };
     Affinity { sticky, hash }
@@ -367,6 +370,7 @@ response_headers = { add = { "x-resp" = "r" }, remove = ["server"] }
             buf: &buf,
             head: &head,
             peer_ip: b"10.0.0.9",
+            client_ip: b"10.0.0.9",
             tls: false,
             client_subject: None,
             replace_x_forwarded_for,

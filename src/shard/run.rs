@@ -292,6 +292,12 @@ pub(super) async fn accept_loop(shard: Rc<Shard>, state: Rc<ListenerState>, list
                 let key = per_ip_key(peer.ip());
                 let config = shard.config();
                 let spec = &config.listeners[state.index.get()];
+                // Before anything else (connection limits, TLS): a denied peer costs a close.
+                if !spec.ip_rules.permits(peer.ip()) {
+                    state.metrics.ip_denied.add(1);
+                    drop(stream);
+                    continue;
+                }
                 match shard.admit(&state, &spec.limits, stream.as_raw_fd(), key) {
                     Some(guard) => {
                         let accepted = (config.clone(), state.index.get());

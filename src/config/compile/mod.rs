@@ -143,6 +143,11 @@ pub fn compile(file: &Path, config: &Config, lines: &KeyLines) -> Result<Snapsho
     let listeners = compile_listeners(&mut c, config, base);
     let upstreams = compile_upstreams(&mut c, config, base);
     let auth = auth::compile_auth(&mut c, config, base);
+    let trusted_proxies = cidrs(
+        &mut c,
+        "server.trusted_proxies",
+        &config.server.trusted_proxies,
+    );
     let (routes, keys) = compile_routes(&mut c, config, &upstreams, &auth);
     let router = match Router::build(&keys) {
         Ok(r) => Some(r),
@@ -180,8 +185,34 @@ pub fn compile(file: &Path, config: &Config, lines: &KeyLines) -> Result<Snapsho
             routes,
             router,
             auth,
+            trusted_proxies,
         }),
         _ => Err(c.problems),
+    }
+}
+
+/// A list of CIDRs, each problem naming its index.
+fn cidrs(c: &mut Checker, key: &str, list: &[String]) -> Vec<crate::perimeter::Cidr> {
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, text)| {
+            text.parse()
+                .map_err(|e: String| c.problem(format!("{key}[{i}]"), e))
+                .ok()
+        })
+        .collect()
+}
+
+/// `ip_allow` and `ip_deny` under `key`.
+fn ip_rules(
+    c: &mut Checker,
+    key: &str,
+    allow: &[String],
+    deny: &[String],
+) -> crate::perimeter::IpRules {
+    crate::perimeter::IpRules {
+        allow: cidrs(c, &format!("{key}.ip_allow"), allow),
+        deny: cidrs(c, &format!("{key}.ip_deny"), deny),
     }
 }
 

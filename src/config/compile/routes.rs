@@ -105,6 +105,7 @@ pub(super) fn compile_routes(
             tunnel_idle_timeout: r.tunnel_idle_timeout.map(|d| d.0),
             tunnel_max_duration: r.tunnel_max_duration.0,
             auth: super::auth::compile_route_auth(c, &key, r, auth),
+            ip_rules: super::ip_rules(c, &key, &r.ip_allow, &r.ip_deny),
         });
     }
     (specs, keys)
