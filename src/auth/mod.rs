@@ -53,6 +53,8 @@ pub struct ConsumerSpec {
     pub roles: Vec<String>,
     /// What an API key of this consumer authenticates as.
     pub identity: Arc<Identity>,
+    /// Its own upstream credentials (`secrets`), by name.
+    pub secrets: HashMap<String, crate::config::Secret>,
 }
 
 /// Where a JWT is presented.

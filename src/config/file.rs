@@ -410,6 +410,12 @@ pub struct HstsConfig {
 pub struct UpstreamConfig {
     pub name: String,
     pub targets: Vec<TargetConfig>,
+    /// Headers set on every request to this upstream from a secret (see routes).
+    #[serde(default)]
+    pub inject_headers: BTreeMap<String, super::InjectConfig>,
+    /// Query parameters set on every request to this upstream from a secret.
+    #[serde(default)]
+    pub inject_query: BTreeMap<String, super::InjectConfig>,
     #[serde(default)]
     pub balance: Balance,
     /// TCP connect to a target; beyond it: 502.
@@ -677,6 +683,17 @@ pub struct RouteConfig {
     /// CIDRs refused on this route with 403 (deny wins over allow).
     #[serde(default)]
     pub ip_deny: Vec<String>,
+    /// Headers the gateway sets on the upstream request from a secret (the upstream's
+    /// entries apply too; the route's wins for the same name). A client's own copies are
+    /// always dropped.
+    #[serde(default)]
+    pub inject_headers: BTreeMap<String, super::InjectConfig>,
+    /// Query parameters set from a secret (replacing a client's own).
+    #[serde(default)]
+    pub inject_query: BTreeMap<String, super::InjectConfig>,
+    /// A `credential_injected` audit event for every request that gets an injection.
+    #[serde(default)]
+    pub audit: bool,
 }
 
 /// Header edits: `add` sets a header (replacing any of the same name), `remove` drops it.

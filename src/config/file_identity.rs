@@ -16,6 +16,34 @@ pub struct ConsumerConfig {
     /// Keys stored hashed; several at once is how keys rotate.
     #[serde(default)]
     pub api_keys: Vec<ApiKeyConfig>,
+    /// This consumer's own upstream credentials by name (`"env:NAME"` / `"file:PATH"`),
+    /// injected where a route says `secret = "consumer:NAME"`.
+    #[serde(default, serialize_with = "redacted_map")]
+    pub secrets: BTreeMap<String, String>,
+}
+
+/// One credential the gateway adds to the upstream request.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectConfig {
+    /// `"env:NAME"`, `"file:PATH"` (re-read when the file changes) or `"consumer:NAME"`
+    /// (the authenticated consumer's `secrets.NAME`).
+    pub secret: String,
+    /// Put before the value (`"Bearer "`).
+    #[serde(default)]
+    pub prefix: String,
+}
+
+fn redacted_map<S: serde::Serializer>(
+    map: &BTreeMap<String, String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut out = s.serialize_map(Some(map.len()))?;
+    for name in map.keys() {
+        out.serialize_entry(name, super::secret::REDACTED)?;
+    }
+    out.end()
 }
 
 /// One API key of a consumer, by the SHA-256 of its text.

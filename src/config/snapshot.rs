@@ -210,6 +210,8 @@ pub struct RouteSpec {
     pub auth: Option<Arc<crate::auth::RouteAuth>>,
     /// `ip_allow` / `ip_deny` on the client address (empty: no check).
     pub ip_rules: crate::perimeter::IpRules,
+    /// Upstream credentials to inject (the route's and its upstream's).
+    pub injections: Option<Arc<crate::perimeter::inject::Injections>>,
 }
 
 impl RouteSpec {

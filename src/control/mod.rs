@@ -4,6 +4,7 @@
 
 pub mod jwks;
 pub mod reload;
+mod secrets;
 
 pub use reload::{ControlPlane, Trigger};
 
@@ -75,6 +76,7 @@ pub fn start(snapshot: &Arc<Snapshot>) -> Result<Running, StartError> {
     let (tx, rx) = mpsc::channel();
     let threads = shard::spawn_shards(first, &plane.cluster, &plane.mailboxes, tx);
     jwks::start(plane.clone()).map_err(StartError::Signals)?;
+    secrets::start(plane.clone()).map_err(StartError::Signals)?;
     let running = Running { threads, plane };
     for _ in 0..snapshot.workers {
         let failure = match rx.recv() {

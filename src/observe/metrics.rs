@@ -178,6 +178,7 @@ pub struct ShardMetrics {
     routes: Mutex<BTreeMap<String, Arc<RouteMetrics>>>,
     targets: Mutex<BTreeMap<(String, String), Arc<TargetMetrics>>>,
     listeners: Mutex<BTreeMap<String, Arc<ListenerMetrics>>>,
+    injections: Mutex<BTreeMap<(String, String, String), Arc<Counter>>>,
 }
 
 fn handle<K: Ord, V: Default>(map: &Mutex<BTreeMap<K, Arc<V>>>, key: K) -> Arc<V> {
@@ -192,6 +193,15 @@ impl ShardMetrics {
     /// The series of route `name` (`""`: requests that matched no route).
     pub fn route(&self, name: &str) -> Arc<RouteMetrics> {
         handle(&self.routes, name.to_string())
+    }
+
+    /// The counter of injections of `secret` (its name) on `route` for `consumer` (`""`: a
+    /// caller that is not a configured consumer).
+    pub fn injection(&self, route: &str, consumer: &str, secret: &str) -> Arc<Counter> {
+        handle(
+            &self.injections,
+            (route.to_string(), consumer.to_string(), secret.to_string()),
+        )
     }
 
     pub fn target(&self, upstream: &str, target: &str) -> Arc<TargetMetrics> {
@@ -229,7 +239,18 @@ pub fn render(shards: &[ShardMetrics], extra: &Extra) -> String {
     let mut handshakes: BTreeMap<String, u64> = BTreeMap::new();
     let mut denied: BTreeMap<(String, &str), u64> = BTreeMap::new();
     let mut ip_denied: BTreeMap<(&str, String), u64> = BTreeMap::new();
+    let mut injections: BTreeMap<(String, String, String), u64> = BTreeMap::new();
     for shard in shards {
+        for (key, n) in shard
+            .injections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            if n.get() > 0 {
+                *injections.entry(key.clone()).or_default() += n.get();
+            }
+        }
         for (route, m) in shard
             .routes
             .lock()
@@ -433,6 +454,21 @@ pub fn render(shards: &[ShardMetrics], extra: &Extra) -> String {
             out,
             "ringgate_tls_handshakes_total{{listener=\"{}\"}} {n}",
             escape(l)
+        );
+    }
+    family(
+        &mut out,
+        "ringgate_credential_injections_total",
+        "counter",
+        "Upstream credentials injected, by route, consumer (\"\": not a configured consumer) and secret name.",
+    );
+    for ((route, consumer, secret), n) in &injections {
+        let _ = writeln!(
+            out,
+            "ringgate_credential_injections_total{{route=\"{}\",consumer=\"{}\",secret=\"{}\"}} {n}",
+            escape(route),
+            escape(consumer),
+            escape(secret)
         );
     }
     family(

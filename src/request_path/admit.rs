@@ -102,10 +102,41 @@ pub fn admit(p: &Policy, req: &RequestView) -> Result<Admitted, Refused> {
             Some(who)
         }
     };
+    if let Some(injections) = &p.cfg.routes[route].injections
+        && injections.needs_consumer
+        && !has_consumer_secrets(p.cfg, injections, identity.as_deref())
+    {
+        return Err(Refused {
+            reject: reject::NO_UPSTREAM_CREDENTIAL,
+            route: Some(route),
+            denial: None,
+        });
+    }
     Ok(Admitted {
         route,
         prefix_len,
         identity,
+    })
+}
+
+/// Whether the caller is a configured consumer holding every `consumer:` secret the route
+/// injects.
+fn has_consumer_secrets(
+    cfg: &Snapshot,
+    injections: &crate::perimeter::inject::Injections,
+    who: Option<&Identity>,
+) -> bool {
+    let Some(consumer) = who
+        .and_then(|w| cfg.auth.consumer_by_name.get(&*w.consumer))
+        .map(|&i| &cfg.auth.consumers[i])
+    else {
+        return false;
+    };
+    injections.all().all(|i| match &i.source {
+        crate::perimeter::inject::SecretSource::Consumer(name) => {
+            consumer.secrets.contains_key(name)
+        }
+        _ => true,
     })
 }
 

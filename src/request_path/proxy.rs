@@ -11,6 +11,7 @@ use crate::config::RouteSpec;
 use crate::http::body::{BodyError, BodyLimits, stream_body};
 use crate::http::io::write_all_within;
 use crate::http::{Framing, Version};
+use crate::perimeter::inject::Resolver;
 use crate::shard::{Active, Shard};
 use crate::upstream::attempt::{Attempts, RetryPolicy};
 use crate::upstream::{Outcome, UpstreamConn};
@@ -59,7 +60,22 @@ pub(super) async fn proxy(
     let label = &cfg.snapshot.upstreams[upstream].targets[target].label;
     let mut out = std::mem::take(&mut c.down.out);
     out.clear();
-    write_upstream_head(&mut out, &Forwarded::of(c), ex, route, prefix_len, label);
+    {
+        // The secret-file values are borrowed only while the head is written (no await).
+        let mut forwarded = Forwarded::of(c);
+        let files;
+        if route.injections.is_some() {
+            files = shard.secret_files();
+            forwarded.resolver = Some(Resolver {
+                consumer_secrets: consumer_of(cfg, forwarded.identity).map(|c| &c.secrets),
+                files: &files,
+            });
+        }
+        write_upstream_head(&mut out, &forwarded, ex, route, prefix_len, label);
+    }
+    if let Some(injections) = &route.injections {
+        note_injections(shard, cfg, c, ex, route, injections);
+    }
     c.reader.consume(c.head.len);
     let body_inline = match ex.framing {
         Framing::None => true,
@@ -375,4 +391,55 @@ pub(super) async fn fail_upstream(
     };
     let close = !ex.keep_alive || !body_read;
     reject(c, &refusal, ex.request_id(), close).await
+}
+
+/// The configured consumer an identity names, if any.
+fn consumer_of<'a>(
+    cfg: &'a Active,
+    identity: Option<&crate::auth::Identity>,
+) -> Option<&'a crate::auth::ConsumerSpec> {
+    let auth = &cfg.snapshot.auth;
+    let index = *auth.consumer_by_name.get(&*identity?.consumer)?;
+    auth.consumers.get(index)
+}
+
+/// Counts the injections of this request (by route, consumer and secret name) and, with
+/// `audit = true`, writes a `credential_injected` event (the secret by its name only).
+fn note_injections(
+    shard: &Shard,
+    cfg: &Active,
+    c: &Client,
+    ex: &Exchange,
+    route: &RouteSpec,
+    injections: &crate::perimeter::inject::Injections,
+) {
+    let identity = c.down.record.identity.as_deref();
+    let consumer = consumer_of(cfg, identity);
+    let Some(route_index) = c.down.record.route else {
+        return;
+    };
+    if let Some(counters) = cfg.injection_counters.get(route_index) {
+        let consumers = cfg.snapshot.auth.consumers.len() + 1;
+        let who = consumer
+            .and_then(|spec| cfg.snapshot.auth.consumer_by_name.get(&spec.name).copied())
+            .unwrap_or(consumers - 1);
+        for i in 0..injections.headers.len() + injections.query.len() {
+            if let Some(counter) = counters.get(i * consumers + who) {
+                counter.add(1);
+            }
+        }
+    }
+    if injections.audit && cfg.audit_log.is_some() {
+        for injection in injections.all() {
+            shard.audit(&crate::observe::audit::Event {
+                event: "credential_injected",
+                request_id: Some(ex.request_id()),
+                client_ip: Some(c.down.record.client_ip),
+                route: Some(&route.name),
+                consumer: identity.map(|i| &*i.consumer),
+                reason: &injection.name,
+                secret: Some(&injection.reference),
+            });
+        }
+    }
 }

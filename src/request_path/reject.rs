@@ -88,6 +88,11 @@ pub const HEADERS_TOO_LARGE: Reject =
 pub const INCOMPLETE_HEAD: Reject = Reject::new(400, "bad_request", "incomplete request head");
 pub const NO_ROUTE: Reject = Reject::new(404, "no_route", "no route matched");
 pub const IP_DENIED: Reject = Reject::new(403, "ip_denied", "client address not allowed");
+pub const NO_UPSTREAM_CREDENTIAL: Reject = Reject::new(
+    403,
+    "no_upstream_credential",
+    "no upstream credential for this consumer",
+);
 pub const BAD_PATH: Reject = Reject::new(400, "bad_path", "invalid path").closing();
 pub const BODY_TOO_LARGE: Reject = Reject::new(413, "body_too_large", "request body too large");
 pub const BODY_TIMEOUT: Reject = Reject::new(408, "body_timeout", "request body read timed out");

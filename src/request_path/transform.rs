@@ -9,6 +9,7 @@ use crate::auth::Identity;
 use crate::config::{CompiledTransform, RouteSpec};
 use crate::config::{HashKey, UpstreamSpec, stable_hash};
 use crate::http::{Framing, Known, RequestHead, ResponseHead, push_decimal, push_header};
+use crate::perimeter::inject::{Resolver, push_query_value};
 use crate::upstream::Affinity;
 
 /// What the origin's request head is written from: the client's parsed head and what the
@@ -27,6 +28,8 @@ pub(super) struct Forwarded<'a> {
     pub replace_x_forwarded_for: bool,
     /// Who the caller is (routes with `auth`): `x-consumer` and forwarded claims.
     pub identity: Option<&'a Identity>,
+    /// Secret values for the route's injections (`None`: the route injects nothing).
+    pub resolver: Option<Resolver<'a>>,
 }
 
 impl<'a> Forwarded<'a> {
@@ -40,6 +43,7 @@ impl<'a> Forwarded<'a> {
             client_subject: c.client_subject.as_deref(),
             replace_x_forwarded_for: c.replace_x_forwarded_for,
             identity: c.down.record.identity.as_deref(),
+            resolver: None,
         }
     }
 }
@@ -69,11 +73,37 @@ pub(super) fn write_upstream_head(
         out.extend_from_slice(path);
     }
     let strip = route.auth.as_ref().map(|a| &a.strip);
-    match strip {
-        Some(strip) if !strip.query.is_empty() => {
-            push_query_without(out, &buf[head.query.clone()], &strip.query)
+    let inject = route.injections.as_deref().zip(c.resolver.as_ref());
+    let stripped_query = strip.is_some_and(|s| !s.query.is_empty());
+    if stripped_query || inject.is_some_and(|(i, _)| !i.query.is_empty()) {
+        let query = &buf[head.query.clone()];
+        let dropped = |name: &[u8]| {
+            strip.is_some_and(|s| {
+                s.query
+                    .iter()
+                    .any(|q| crate::auth::name_is(name, q.as_bytes()))
+            }) || inject.is_some_and(|(i, _)| {
+                i.query
+                    .iter()
+                    .any(|q| crate::auth::name_is(name, q.name.as_bytes()))
+            })
+        };
+        let mut first = push_query_without(out, query, dropped);
+        if let Some((injections, resolver)) = inject {
+            for injection in &injections.query {
+                let Some(value) = resolver.value(injection) else {
+                    continue;
+                };
+                out.push(if first { b'?' } else { b'&' });
+                first = false;
+                out.extend_from_slice(injection.name.as_bytes());
+                out.push(b'=');
+                push_query_value(out, injection.prefix.as_bytes());
+                push_query_value(out, value);
+            }
         }
-        _ => out.extend_from_slice(&buf[head.query.clone()]),
+    } else {
+        out.extend_from_slice(&buf[head.query.clone()]);
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
 
@@ -99,7 +129,9 @@ pub(super) fn write_upstream_head(
                     && !head.is_connection_named(buf, name)
                     && !route.request_headers.removes(name)
                     && !strip.is_some_and(|s| s.removes_header(name))
+                    && !inject.is_some_and(|(i, _)| i.drops_header(name))
             }
+            Known::Cookie if inject.is_some_and(|(i, _)| i.drops_header(name)) => false,
             Known::Cookie => match strip {
                 Some(s) if !s.cookies.is_empty() => {
                     push_cookie_without(out, &buf[field.value.clone()], &s.cookies);
@@ -145,6 +177,18 @@ pub(super) fn write_upstream_head(
     if let Some(who) = c.identity {
         out.extend_from_slice(&who.forward);
     }
+    if let Some((injections, resolver)) = inject {
+        for injection in &injections.headers {
+            let Some(value) = resolver.value(injection) else {
+                continue;
+            };
+            out.extend_from_slice(injection.name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(injection.prefix.as_bytes());
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
     out.extend_from_slice(&route.request_headers.add);
     match ex.framing {
         Framing::Length(n) => {
@@ -165,8 +209,9 @@ pub(super) fn write_upstream_head(
     out.extend_from_slice(b"\r\n");
 }
 
-/// The query string less the parameters named in `drop` (the client's credentials).
-fn push_query_without(out: &mut Vec<u8>, query: &[u8], drop: &[String]) {
+/// The query string less the parameters `dropped` says (the client's credentials, names the
+/// gateway injects); returns whether nothing was written (the next parameter starts `?`).
+fn push_query_without(out: &mut Vec<u8>, query: &[u8], dropped: impl Fn(&[u8]) -> bool) -> bool {
     let mut first = true;
     for pair in query
         .strip_prefix(b"?")
@@ -174,17 +219,14 @@ fn push_query_without(out: &mut Vec<u8>, query: &[u8], drop: &[String]) {
         .split(|&b| b == b'&')
     {
         let name = pair.split(|&b| b == b'=').next().unwrap_or(pair);
-        if pair.is_empty()
-            || drop
-                .iter()
-                .any(|d| crate::auth::name_is(name, d.as_bytes()))
-        {
+        if pair.is_empty() || dropped(name) {
             continue;
         }
         out.push(if first { b'?' } else { b'&' });
         first = false;
         out.extend_from_slice(pair);
     }
+    first
 }
 
 /// A `Cookie` field less the cookies named in `drop`; nothing when none is left.
@@ -371,6 +413,7 @@ response_headers = { add = { "x-resp" = "r" }, remove = ["server"] }
             head: &head,
             peer_ip: b"10.0.0.9",
             client_ip: b"10.0.0.9",
+            resolver: None,
             tls: false,
             client_subject: None,
             replace_x_forwarded_for,

@@ -222,6 +222,7 @@ impl Shard {
                 .collect(),
             upstreams: old.upstreams.rebuild(snapshot.clone()),
             auth: crate::auth::ShardAuth::new(&snapshot.auth),
+            injection_counters: injection_counters(metrics, &snapshot),
             snapshot,
             generation,
             listener_states: listeners,
@@ -276,6 +277,7 @@ impl Shard {
             match command {
                 Command::Apply(next) => self.apply(*next),
                 Command::Jwks { url, keys } => self.set_jwks(url, keys),
+                Command::SecretFile { path, value } => self.set_secret_file(path, value),
             }
         }
     }
@@ -480,6 +482,36 @@ pub(super) async fn tick_loop(shard: &Rc<Shard>) {
         shard.id,
         shard.open_connections()
     ));
+}
+
+/// Handles of every (route, consumer, secret) injection counter of a config, resolved once
+/// here so the request path counts without a lookup.
+fn injection_counters(
+    metrics: &crate::observe::metrics::ShardMetrics,
+    snapshot: &crate::config::Snapshot,
+) -> Vec<Vec<Arc<crate::observe::metrics::Counter>>> {
+    let consumers: Vec<&str> = snapshot
+        .auth
+        .consumers
+        .iter()
+        .map(|c| c.name.as_str())
+        .chain([""])
+        .collect();
+    snapshot
+        .routes
+        .iter()
+        .map(|route| match &route.injections {
+            None => Vec::new(),
+            Some(injections) => injections
+                .all()
+                .flat_map(|i| {
+                    consumers
+                        .iter()
+                        .map(|consumer| metrics.injection(&route.name, consumer, &i.reference))
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -48,6 +48,8 @@ pub struct Shard {
     /// JWT key sets fetched from URLs, by URL (delivered by the control thread; kept
     /// across reloads).
     jwks: RefCell<std::collections::HashMap<Box<str>, Arc<crate::auth::jwt::KeySet>>>,
+    /// The latest values of `file:` secrets that changed since they were loaded, by path.
+    secret_files: RefCell<HashMap<std::path::PathBuf, Arc<crate::config::Secret>>>,
 }
 
 /// Lines gathered on the shard for one log, handed to its writer in chunks.
@@ -109,6 +111,9 @@ pub struct Active {
     pub(super) listener_states: Vec<Rc<ListenerState>>,
     /// This shard's JWT caches for this config's providers.
     pub auth: crate::auth::ShardAuth,
+    /// Injection counters by route: `[injection * (consumers + 1) + consumer]`, the last
+    /// consumer slot for callers that are not configured consumers.
+    pub injection_counters: Vec<Vec<Arc<crate::observe::metrics::Counter>>>,
 }
 
 impl Active {
@@ -188,6 +193,11 @@ pub enum ListenerPlan {
 /// What the control thread asks of a shard; drained on the shard's tick.
 pub enum Command {
     Apply(Box<Reconfigure>),
+    /// A `file:` secret's new value (the file changed), read by the control thread.
+    SecretFile {
+        path: std::path::PathBuf,
+        value: Arc<crate::config::Secret>,
+    },
     /// A JWKS URL's keys, fetched by the control thread.
     Jwks {
         url: Box<str>,
@@ -354,6 +364,7 @@ impl Shard {
             generation: 0,
             listener_states: Vec::new(),
             auth: crate::auth::ShardAuth::new(&Default::default()),
+            injection_counters: Vec::new(),
         };
         Shard {
             id,
@@ -373,6 +384,7 @@ impl Shard {
             access_lines: LineBuffer::default(),
             audit_lines: LineBuffer::default(),
             jwks: RefCell::new(Default::default()),
+            secret_files: RefCell::new(Default::default()),
         }
     }
 
@@ -481,6 +493,21 @@ impl Shard {
     /// The key set delivered for a JWKS URL, if any yet.
     pub fn jwks(&self, url: &str) -> Option<Arc<crate::auth::jwt::KeySet>> {
         self.jwks.borrow().get(url).cloned()
+    }
+
+    /// The `file:` secrets re-read since load (injection reads them while writing a head).
+    pub fn secret_files(
+        &self,
+    ) -> std::cell::Ref<'_, HashMap<std::path::PathBuf, Arc<crate::config::Secret>>> {
+        self.secret_files.borrow()
+    }
+
+    pub(super) fn set_secret_file(
+        &self,
+        path: std::path::PathBuf,
+        value: Arc<crate::config::Secret>,
+    ) {
+        self.secret_files.borrow_mut().insert(path, value);
     }
 
     pub(super) fn set_jwks(&self, url: Box<str>, keys: Arc<crate::auth::jwt::KeySet>) {

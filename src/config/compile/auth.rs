@@ -5,7 +5,7 @@ use super::*;
 use crate::auth::api_key::{KeyEntry, parse_sha256_hex};
 use crate::auth::jwt::{self, ClaimRules, KeySet};
 use crate::auth::*;
-use crate::config::JwtProviderConfig;
+use crate::config::{InjectConfig, JwtProviderConfig};
 use std::sync::Arc;
 
 pub(super) fn compile_auth(c: &mut Checker, config: &Config, base: &Path) -> AuthSpec {
@@ -77,11 +77,21 @@ pub(super) fn compile_auth(c: &mut Checker, config: &Config, base: &Path) -> Aut
         let roles: Vec<Box<str>> = consumer.roles.iter().map(|r| r.as_str().into()).collect();
         let mut identity = Identity::named(&consumer.name);
         identity.roles = roles;
+        let mut secrets = HashMap::new();
+        for (name, reference) in &consumer.secrets {
+            match load_header_secret(reference, base) {
+                Ok(secret) => {
+                    secrets.insert(name.clone(), secret);
+                }
+                Err(e) => c.problem(format!("{key}.secrets.{name}"), e),
+            }
+        }
         spec.consumer_by_name.insert(consumer.name.clone(), i);
         spec.consumers.push(ConsumerSpec {
             name: consumer.name.clone(),
             roles: consumer.roles.clone(),
             identity: Arc::new(identity),
+            secrets,
         });
     }
     for (name, p) in &config.jwt {
@@ -261,7 +271,8 @@ fn compile_provider(
     })
 }
 
-/// Names a forwarded claim must not take: framing, routing and the gateway's own fields.
+/// Names a forwarded claim or an injected header must not take: framing, routing and the
+/// gateway's own fields.
 const RESERVED_FORWARD: &[&str] = &[
     "host",
     "content-length",
@@ -464,6 +475,139 @@ fn num_in(text: &str, r: std::ops::Range<usize>) -> Option<i64> {
     s.bytes()
         .all(|c| c.is_ascii_digit())
         .then(|| s.parse().ok())?
+}
+
+/// An `env:`/`file:` secret whose value can go into a header (no control characters).
+fn load_header_secret(reference: &str, base: &Path) -> Result<Secret, String> {
+    let secret = Secret::load(reference, base)?;
+    if !jwt::is_header_safe(secret.expose()) {
+        return Err(format!(
+            "the value of {reference} has control characters (a line break?): not a header value"
+        ));
+    }
+    Ok(secret)
+}
+
+/// A route's injections: its own, then its upstream's for names it does not set.
+pub(super) fn compile_injections(
+    c: &mut Checker,
+    key: &str,
+    r: &RouteConfig,
+    upstream: Option<&UpstreamConfig>,
+    base: &Path,
+) -> Option<Arc<crate::perimeter::inject::Injections>> {
+    use crate::perimeter::inject::Injections;
+    let mut out = Injections {
+        audit: r.audit,
+        ..Default::default()
+    };
+    let add = |c: &mut Checker,
+               at: &str,
+               map: &std::collections::BTreeMap<String, InjectConfig>,
+               header: bool,
+               out: &mut Injections| {
+        for (name, inject) in map {
+            let field = format!("{at}.{name}");
+            let lower = if header {
+                name.to_ascii_lowercase()
+            } else {
+                name.clone()
+            };
+            let list = if header {
+                &mut out.headers
+            } else {
+                &mut out.query
+            };
+            if list.iter().any(|i| i.name == lower) {
+                continue; // the route's entry wins
+            }
+            let name_ok = if header {
+                // Credentials go in `authorization` or `cookie` too: those two may be set.
+                is_token(name)
+                    && (matches!(lower.as_str(), "authorization" | "cookie")
+                        || !RESERVED_FORWARD.contains(&lower.as_str()))
+            } else {
+                is_query_name(name)
+            };
+            if !name_ok {
+                c.problem(
+                    field.clone(),
+                    format!("{name:?} is not a name the gateway may set"),
+                );
+            }
+            if !is_field_value(&inject.prefix) {
+                c.problem(format!("{field}.prefix"), "must be header-safe text");
+            }
+            let source = if let Some(consumer_secret) = inject.secret.strip_prefix("consumer:") {
+                if r.auth.is_empty() {
+                    c.problem(
+                        format!("{field}.secret"),
+                        "a consumer: secret needs auth on the route (no consumer otherwise)",
+                    );
+                }
+                out.needs_consumer = true;
+                crate::perimeter::inject::SecretSource::Consumer(consumer_secret.to_string())
+            } else {
+                match load_header_secret(&inject.secret, base) {
+                    Ok(loaded) => match inject.secret.strip_prefix("file:") {
+                        Some(path) => crate::perimeter::inject::SecretSource::File {
+                            path: base.join(path),
+                            loaded,
+                        },
+                        None => crate::perimeter::inject::SecretSource::Fixed(loaded),
+                    },
+                    Err(e) => {
+                        c.problem(format!("{field}.secret"), e);
+                        continue;
+                    }
+                }
+            };
+            list.push(crate::perimeter::inject::Injection {
+                name: lower,
+                prefix: inject.prefix.clone(),
+                source,
+                reference: inject.secret.clone(),
+            });
+        }
+    };
+    add(
+        c,
+        &format!("{key}.inject_headers"),
+        &r.inject_headers,
+        true,
+        &mut out,
+    );
+    add(
+        c,
+        &format!("{key}.inject_query"),
+        &r.inject_query,
+        false,
+        &mut out,
+    );
+    if let Some(u) = upstream {
+        let ukey = "upstreams";
+        add(
+            c,
+            &format!("{ukey}.{}.inject_headers", u.name),
+            &u.inject_headers,
+            true,
+            &mut out,
+        );
+        add(
+            c,
+            &format!("{ukey}.{}.inject_query", u.name),
+            &u.inject_query,
+            false,
+            &mut out,
+        );
+    }
+    if r.audit && out.is_empty() {
+        c.problem(
+            format!("{key}.audit"),
+            "audits credential injections: the route has none",
+        );
+    }
+    (!out.is_empty()).then(|| Arc::new(out))
 }
 
 #[cfg(test)]

@@ -148,7 +148,7 @@ pub fn compile(file: &Path, config: &Config, lines: &KeyLines) -> Result<Snapsho
         "server.trusted_proxies",
         &config.server.trusted_proxies,
     );
-    let (routes, keys) = compile_routes(&mut c, config, &upstreams, &auth);
+    let (routes, keys) = compile_routes(&mut c, config, &upstreams, &auth, base);
     let router = match Router::build(&keys) {
         Ok(r) => Some(r),
         Err(conflicts) => {

@@ -10,6 +10,7 @@ pub(super) fn compile_routes(
     config: &Config,
     upstreams: &[UpstreamSpec],
     auth: &crate::auth::AuthSpec,
+    base: &Path,
 ) -> (Vec<RouteSpec>, Vec<RouteKey>) {
     c.unique_names("routes", config.routes.iter().map(|r| r.name.as_str()));
     let mut specs = Vec::new();
@@ -106,6 +107,15 @@ pub(super) fn compile_routes(
             tunnel_max_duration: r.tunnel_max_duration.0,
             auth: super::auth::compile_route_auth(c, &key, r, auth),
             ip_rules: super::ip_rules(c, &key, &r.ip_allow, &r.ip_deny),
+            injections: super::auth::compile_injections(
+                c,
+                &key,
+                r,
+                r.upstream
+                    .as_ref()
+                    .and_then(|name| config.upstreams.iter().find(|u| &u.name == name)),
+                base,
+            ),
         });
     }
     (specs, keys)

@@ -1,0 +1,98 @@
+//! The secret-file watcher: every `file:` secret an injection uses is checked twice a
+//! second; when the file changed, it is re-read and the new value goes to every shard
+//! through its inbox, so a rotated upstream key takes effect without a reload. A file that
+//! cannot be read (or holds a value that is not a header value) keeps the last good value,
+//! with a warning naming the file, never the value.
+
+use super::reload::ControlPlane;
+use crate::config::Secret;
+use crate::perimeter::inject::SecretSource;
+use crate::shard::Command;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+const EVERY: Duration = Duration::from_millis(500);
+
+/// What a file looked like when last read: its modification time and length.
+type Stamp = (Option<SystemTime>, u64);
+
+pub(super) fn start(plane: Arc<ControlPlane>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("secret-files".into())
+        .spawn(move || run(&plane))
+        .map(|_| ())
+}
+
+fn stamp(path: &PathBuf) -> Option<Stamp> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok(), meta.len()))
+}
+
+fn run(plane: &ControlPlane) {
+    // Kept across reloads: a file that changed after its last push is pushed again even if
+    // a reload read it in between (shards prefer a pushed value to the one loaded with the
+    // config, so the newest read always wins within one period).
+    let mut seen: HashMap<PathBuf, Stamp> = HashMap::new();
+    loop {
+        if crate::shard::DRAIN.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let current = plane.current();
+        let files: Vec<PathBuf> = current
+            .snapshot
+            .routes
+            .iter()
+            .filter_map(|r| r.injections.as_deref())
+            .flat_map(|i| i.all())
+            .filter_map(|i| match &i.source {
+                SecretSource::File { path, .. } => Some(path.clone()),
+                _ => None,
+            })
+            .collect();
+        for path in files {
+            let Some(now) = stamp(&path) else { continue };
+            let before = *seen.entry(path.clone()).or_insert(now);
+            if before == now {
+                continue;
+            }
+            seen.insert(path.clone(), now);
+            reread(plane, path);
+        }
+        std::thread::sleep(EVERY);
+    }
+}
+
+fn reread(plane: &ControlPlane, path: PathBuf) {
+    let reference = format!("file:{}", path.display());
+    let secret = Secret::load(&reference, std::path::Path::new("/")).and_then(|s| {
+        if crate::auth::jwt::is_header_safe(s.expose()) {
+            Ok(s)
+        } else {
+            Err("the new value has control characters (a line break?)".to_string())
+        }
+    });
+    match secret {
+        Ok(secret) => {
+            let value = Arc::new(secret);
+            for shard in 0..plane.mailboxes.len() {
+                plane.send(
+                    shard,
+                    Command::SecretFile {
+                        path: path.clone(),
+                        value: value.clone(),
+                    },
+                );
+            }
+            crate::observe::info(&format!(
+                "secret {} changed: the new value is in use",
+                path.display()
+            ));
+        }
+        Err(e) => crate::observe::warn(&format!(
+            "secret {}: cannot use the changed file ({e}); the last good value stays in use",
+            path.display()
+        )),
+    }
+}

@@ -1,0 +1,93 @@
+//! Upstream credential injection: headers and query parameters the gateway adds to the
+//! upstream request from a secret the client never sees (an `env:` or `file:` secret, or the
+//! authenticated consumer's own). Values are only ever written into the upstream head; they
+//! have no `Display` and their `Debug` shows the reference.
+
+use crate::config::Secret;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Where an injected value comes from.
+#[derive(Debug, Clone)]
+pub enum SecretSource {
+    /// `env:NAME`, read at load.
+    Fixed(Secret),
+    /// `file:PATH`, read at load and again whenever the file changes (the control thread
+    /// pushes the new value to every shard).
+    File { path: PathBuf, loaded: Secret },
+    /// `consumer:NAME`: the authenticated consumer's `secrets.NAME`.
+    Consumer(String),
+}
+
+/// One header or query parameter to set.
+#[derive(Debug, Clone)]
+pub struct Injection {
+    /// Lower-case header name, or the parameter name.
+    pub name: String,
+    pub prefix: String,
+    pub source: SecretSource,
+    /// The secret's reference (`env:OPENAI_API_KEY`), its only printable form.
+    pub reference: String,
+}
+
+/// A route's injections (its own and its upstream's, the route winning by name).
+#[derive(Debug, Clone, Default)]
+pub struct Injections {
+    pub headers: Vec<Injection>,
+    pub query: Vec<Injection>,
+    /// `audit = true` on the route.
+    pub audit: bool,
+    /// Some injection needs the consumer's own secret.
+    pub needs_consumer: bool,
+}
+
+impl Injections {
+    pub fn is_empty(&self) -> bool {
+        self.headers.is_empty() && self.query.is_empty()
+    }
+
+    /// Whether a client's header of this name is dropped (an injected name, any case).
+    pub fn drops_header(&self, name: &[u8]) -> bool {
+        self.headers
+            .iter()
+            .any(|i| i.name.as_bytes().eq_ignore_ascii_case(name))
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Injection> {
+        self.headers.iter().chain(&self.query)
+    }
+}
+
+/// What injection reads at request time: the consumer's secrets and the latest file values.
+pub struct Resolver<'a> {
+    pub consumer_secrets: Option<&'a HashMap<String, Secret>>,
+    pub files: &'a HashMap<PathBuf, Arc<Secret>>,
+}
+
+impl<'a> Resolver<'a> {
+    /// The value of an injection, `None` when the consumer has no such secret.
+    pub fn value(&self, injection: &'a Injection) -> Option<&'a [u8]> {
+        match &injection.source {
+            SecretSource::Fixed(secret) => Some(secret.expose()),
+            SecretSource::File { path, loaded } => Some(
+                self.files
+                    .get(path)
+                    .map_or(loaded.expose(), |latest| latest.expose()),
+            ),
+            SecretSource::Consumer(name) => self.consumer_secrets?.get(name).map(Secret::expose),
+        }
+    }
+}
+
+/// A query parameter value: bytes outside RFC 3986 unreserved are percent-encoded.
+pub fn push_query_value(out: &mut Vec<u8>, value: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in value {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
+    }
+}
