@@ -179,3 +179,52 @@ fn a_missing_secret_is_a_config_error_naming_the_key_not_the_value() {
     assert!(err.contains("RG_SURELY_UNSET_VAR"), "{err}");
     assert!(err.contains("routes[0].inject_query.k.secret"), "{err}");
 }
+
+#[test]
+fn a_file_secret_rotates_with_a_relative_config_path_and_trace_is_refused() {
+    let origin = Origin::start(|_| ok(b"done"));
+    let dir = temp_dir("inject-relative");
+    std::fs::write(dir.join("maps.key"), format!("{FILE_KEY}\n")).unwrap();
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    std::fs::write(
+        dir.join("gw.toml"),
+        format!(
+            "[server]\nworkers = 1\n\n[[listeners]]\nname = \"main\"\nbind = \"{listen}\"\n\n[[upstreams]]\nname = \"o\"\ntargets = [\"{}\"]\n\n[[routes]]\nname = \"r\"\nupstream = \"o\"\ninject_query = {{ \"key\" = {{ secret = \"file:maps.key\" }} }}\n",
+            origin.addr
+        ),
+    )
+    .unwrap();
+    // `--config gw.toml` from inside its folder: the secret's path stays relative.
+    let proc = spawn_bin_from(&dir, Some(&dir), &["run", "--config", "gw.toml"]);
+    assert!(
+        wait_for_port(listen, Duration::from_secs(15)),
+        "{}",
+        proc.stderr()
+    );
+    let get = |method: &str| {
+        let mut s = TcpStream::connect(listen).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "{method} /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        ResponseReader::default().read(&mut s, method == "HEAD")
+    };
+    assert_eq!(get("GET").status, 200);
+    assert!(origin.received()[0].request_line().contains(FILE_KEY));
+    std::fs::write(dir.join("maps.key"), format!("{ROTATED_KEY}\n")).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(15), || get("GET").status == 200
+            && origin
+                .received()
+                .last()
+                .is_some_and(|r| r.request_line().contains(ROTATED_KEY))),
+        "{}",
+        proc.stderr()
+    );
+    // An origin answering TRACE would echo the injected credential back.
+    let reached = origin.received().len();
+    assert_eq!(get("TRACE").status, 405);
+    assert_eq!(origin.received().len(), reached);
+}

@@ -15,8 +15,11 @@ use std::time::{Duration, SystemTime};
 
 const EVERY: Duration = Duration::from_millis(500);
 
-/// What a file looked like when last read: its modification time and length.
-type Stamp = (Option<SystemTime>, u64);
+/// What a file looked like when last read: modification time, length, and change time
+/// (ctime: set by every write, and not settable by `touch` or `cp -p`).
+type Stamp = (Option<SystemTime>, u64, i64, i64);
+/// A secret larger than this is refused (a key is a few hundred bytes at most).
+const MAX_SECRET_BYTES: u64 = 64 * 1024;
 
 pub(super) fn start(plane: Arc<ControlPlane>) -> std::io::Result<()> {
     std::thread::Builder::new()
@@ -26,8 +29,14 @@ pub(super) fn start(plane: Arc<ControlPlane>) -> std::io::Result<()> {
 }
 
 fn stamp(path: &PathBuf) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok(), meta.len()))
+    Some((
+        meta.modified().ok(),
+        meta.len(),
+        meta.ctime(),
+        meta.ctime_nsec(),
+    ))
 }
 
 fn run(plane: &ControlPlane) {
@@ -66,7 +75,16 @@ fn run(plane: &ControlPlane) {
 
 fn reread(plane: &ControlPlane, path: PathBuf) {
     let reference = format!("file:{}", path.display());
-    let secret = Secret::load(&reference, std::path::Path::new("/")).and_then(|s| {
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() > MAX_SECRET_BYTES) {
+        crate::observe::warn(&format!(
+            "secret {}: the changed file is over {MAX_SECRET_BYTES} bytes; the last good value stays in use",
+            path.display()
+        ));
+        return;
+    }
+    // The path is as the config resolved it (relative to the working directory when the
+    // config was given by a relative path): read it from here, as the watcher stats it.
+    let secret = Secret::load(&reference, std::path::Path::new(".")).and_then(|s| {
         if crate::auth::jwt::is_header_safe(s.expose()) {
             Ok(s)
         } else {

@@ -72,6 +72,14 @@ pub fn admit(p: &Policy, req: &RequestView) -> Result<Admitted, Refused> {
         return Err(redirect_to_https(req, port).into());
     }
     let (route, prefix_len) = route(p.cfg, req)?;
+    if p.cfg.routes[route].injections.is_some() && req.head.method(req.buf) == b"TRACE" {
+        // An origin answering TRACE would echo the injected credentials to the client.
+        return Err(Refused {
+            reject: reject::method_not_allowed("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+            route: Some(route),
+            denial: None,
+        });
+    }
     let rules = &p.cfg.routes[route].ip_rules;
     if !rules.is_empty() && !rules.permits(req.client_ip) {
         return Err(Refused {

@@ -121,8 +121,17 @@ impl Drop for Proc {
 
 /// Spawns the ringgate binary with `args`, stdout/stderr to files in `dir`.
 pub fn spawn_bin(dir: &std::path::Path, args: &[&str]) -> Proc {
+    spawn_bin_from(dir, None, args)
+}
+
+/// [`spawn_bin`] with the process's working directory set (for relative `--config` paths).
+pub fn spawn_bin_from(dir: &std::path::Path, cwd: Option<&std::path::Path>, args: &[&str]) -> Proc {
     let stderr_path = dir.join("stderr.log");
-    let child = Command::new(BIN)
+    let mut command = Command::new(BIN);
+    if let Some(cwd) = cwd {
+        command.current_dir(cwd);
+    }
+    let child = command
         .args(args)
         .stdout(Stdio::from(
             std::fs::File::create(dir.join("stdout.log")).expect("stdout file"),
