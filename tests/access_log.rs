@@ -210,18 +210,6 @@ fn a_log_sink_that_never_drains_costs_requests_nothing_and_drops_are_counted() {
     assert!(dropped() < n, "only what did not fit was dropped");
 }
 
-fn metric(admin: SocketAddr, name: &str) -> u64 {
-    let mut m = TcpStream::connect(admin).unwrap();
-    m.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(m, "GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
-    let mut all = String::new();
-    let _ = m.read_to_string(&mut all);
-    all.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn an_answer_the_client_never_got_is_499_and_names_keep_their_characters() {
     let stall = Origin::start(|_| {
@@ -277,7 +265,7 @@ fn lines_the_file_cannot_take_are_counted_as_dropped() {
         assert_eq!(gw.get("/hello").status, 200);
     }
     assert!(
-        wait_until(Duration::from_secs(10), || metric(
+        wait_until(Duration::from_secs(10), || admin_metric(
             admin,
             "ringgate_access_log_dropped_total"
         ) >= 20),

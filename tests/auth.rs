@@ -8,8 +8,8 @@ use base64::Engine;
 use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use ring::signature::KeyPair;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -161,18 +161,6 @@ fn start_jwt_gateway(origin: SocketAddr, jwks: &serde_json::Value, extra: &str) 
         gw: Gateway::start(&config),
         admin,
     }
-}
-
-fn metric(admin: SocketAddr, line_start: &str) -> u64 {
-    let mut m = TcpStream::connect(admin).unwrap();
-    m.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(m, "GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
-    let mut all = String::new();
-    let _ = m.read_to_string(&mut all);
-    all.lines()
-        .find_map(|l| l.strip_prefix(line_start)?.strip_prefix(' '))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 #[test]
@@ -446,13 +434,13 @@ fn good_tokens_of_every_algorithm_pass_with_consumer_and_claims_and_bad_ones_nev
         "no bad token reached the origin"
     );
     assert!(
-        metric(
+        admin_metric(
             admin,
             "ringgate_auth_denied_total{route=\"orders\",reason=\"token_signature\"}"
         ) >= 1
     );
     assert!(
-        metric(
+        admin_metric(
             admin,
             "ringgate_auth_denied_total{route=\"orders\",reason=\"missing_credentials\"}"
         ) >= 1
@@ -503,8 +491,8 @@ fn roles_and_scopes_refuse_with_403_and_the_cache_verifies_once() {
         &k.rsa,
         &claims("c", serde_json::json!({})),
     );
-    let misses_before = metric(admin, "ringgate_jwt_cache_misses_total");
-    let hits_before = metric(admin, "ringgate_jwt_cache_hits_total");
+    let misses_before = admin_metric(admin, "ringgate_jwt_cache_misses_total");
+    let hits_before = admin_metric(admin, "ringgate_jwt_cache_hits_total");
     let mut s = gw.connect();
     let mut reader_ = ResponseReader::default();
     for _ in 0..5 {
@@ -519,11 +507,11 @@ fn roles_and_scopes_refuse_with_403_and_the_cache_verifies_once() {
         assert_eq!(reader_.read(&mut s, false).status, 200);
     }
     assert_eq!(
-        metric(admin, "ringgate_jwt_cache_misses_total") - misses_before,
+        admin_metric(admin, "ringgate_jwt_cache_misses_total") - misses_before,
         1
     );
     assert_eq!(
-        metric(admin, "ringgate_jwt_cache_hits_total") - hits_before,
+        admin_metric(admin, "ringgate_jwt_cache_hits_total") - hits_before,
         4
     );
 
@@ -643,26 +631,7 @@ fn jwks_by_url_rotates_survives_an_outage_and_answers_503_before_the_first_fetch
 
 #[test]
 fn api_keys_from_keygen_work_by_header_apikey_scheme_and_configured_query_and_rotate() {
-    let keygen = |consumer: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_ringgate"))
-            .args([
-                "keygen",
-                "--consumer",
-                consumer,
-                "--id",
-                &format!("{consumer}-1"),
-            ])
-            .output()
-            .unwrap();
-        let text = String::from_utf8(out.stdout).unwrap();
-        let key = text.lines().nth(1).unwrap().trim().to_string();
-        let line = text
-            .lines()
-            .find(|l| l.starts_with("api_keys"))
-            .unwrap()
-            .to_string();
-        (key, line)
-    };
+    let keygen = |consumer: &str| keygen(consumer, &format!("{consumer}-1"));
     let (key1, line1) = keygen("acme");
     let (key2, line2) = keygen("acme");
     let (expired_key, expired_line) = keygen("old");

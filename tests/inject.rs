@@ -24,27 +24,12 @@ fn admin_get(admin: SocketAddr, path: &str) -> String {
     text
 }
 
-fn keygen(consumer: &str) -> (String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringgate"))
-        .args(["keygen", "--consumer", consumer, "--id", consumer])
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    let key = text.lines().nth(1).unwrap().trim().to_string();
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("api_keys"))
-        .unwrap()
-        .to_string();
-    (key, line)
-}
-
 #[test]
 fn injected_credentials_reach_only_the_origin_rotate_and_are_per_consumer() {
     let origin = Origin::start(|_| ok(b"done"));
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let (acme_key, acme_line) = keygen("acme");
-    let (bob_key, bob_line) = keygen("bob");
+    let (acme_key, acme_line) = keygen("acme", "acme");
+    let (bob_key, bob_line) = keygen("bob", "bob");
     let dir = temp_dir("inject-secrets");
     let key_file = dir.join("maps.key");
     std::fs::write(&key_file, format!("{FILE_KEY}\n")).unwrap();

@@ -568,3 +568,38 @@ fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>, stop: &AtomicBool) -> Opti
     }
     Some(req)
 }
+
+/// The value of one series (`name{labels}` as written) from admin `/metrics`; 0 if absent.
+pub fn admin_metric(admin: SocketAddr, series: &str) -> u64 {
+    let mut m = TcpStream::connect(admin).unwrap();
+    m.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    m.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let mut all = String::new();
+    let _ = m.read_to_string(&mut all);
+    all.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `ringgate keygen --consumer CONSUMER --id ID`: (the key, the `api_keys = [...]` line).
+pub fn keygen(consumer: &str, id: &str) -> (String, String) {
+    let out = Command::new(BIN)
+        .args(["keygen", "--consumer", consumer, "--id", id])
+        .output()
+        .expect("run keygen");
+    let text = String::from_utf8(out.stdout).expect("keygen prints text");
+    let key = text
+        .lines()
+        .nth(1)
+        .expect("the key line")
+        .trim()
+        .to_string();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("api_keys"))
+        .expect("the config line")
+        .to_string();
+    (key, line)
+}
