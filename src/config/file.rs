@@ -321,12 +321,19 @@ pub struct ListenerConfig {
     /// directly, where a client's own list is never true).
     #[serde(default)]
     pub x_forwarded_for: XForwardedFor,
-    /// CIDRs allowed to connect (empty: everyone), checked at accept, before any TLS.
+    /// CIDRs allowed to connect (empty: everyone), checked at accept, before any TLS (on a
+    /// `proxy_protocol` listener: right after the PROXY header, still before TLS).
     #[serde(default)]
     pub ip_allow: Vec<String>,
     /// CIDRs refused at accept (deny wins over allow).
     #[serde(default)]
     pub ip_deny: Vec<String>,
+    /// Every connection must start with a PROXY protocol header (v1 or v2, before TLS), read
+    /// within `header_read_timeout`; the client address is the one it carries, and
+    /// `ip_allow` / `ip_deny` apply to that address. Only for listeners that nothing but the
+    /// balancer can reach: anyone who can connect can claim any address.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -61,8 +61,10 @@ pub struct ListenerSpec {
     pub redirect_https: Option<u16>,
     /// `x_forwarded_for = "replace"`: the client's own `X-Forwarded-For` is dropped.
     pub replace_x_forwarded_for: bool,
-    /// `ip_allow` / `ip_deny`, checked at accept.
+    /// `ip_allow` / `ip_deny`, checked at accept (after the PROXY header when there is one).
     pub ip_rules: crate::perimeter::IpRules,
+    /// Connections start with a PROXY protocol header.
+    pub proxy_protocol: bool,
 }
 
 /// `[limits]` merged with a listener's overrides, in the units the data plane uses.

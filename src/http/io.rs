@@ -51,6 +51,21 @@ impl<S: AsyncReadRent> BufConn<S> {
         }
     }
 
+    /// Like [`BufConn::new`], with `early` already read from the connection (bytes a
+    /// preamble read took past its end). `buf` must be able to hold them.
+    pub fn with_buffered(io: S, mut buf: Vec<u8>, early: &[u8]) -> Self {
+        buf.clear();
+        buf.extend_from_slice(early);
+        BufConn {
+            io,
+            buf,
+            pos: 0,
+            in_flight: false,
+            lost: false,
+            consumed: 0,
+        }
+    }
+
     /// Bytes consumed so far (read and dealt with), over the connection's life.
     pub fn consumed(&self) -> u64 {
         self.consumed

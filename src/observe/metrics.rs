@@ -163,6 +163,8 @@ pub struct ListenerMetrics {
     pub tls_handshakes: Counter,
     /// Connections refused at accept by `ip_allow` / `ip_deny`.
     pub ip_denied: Counter,
+    /// Connections closed for a missing, malformed or late PROXY header.
+    pub proxy_protocol_refused: Counter,
 }
 
 /// One shard's series, by name.
@@ -239,6 +241,7 @@ pub fn render(shards: &[ShardMetrics], extra: &Extra) -> String {
     let mut handshakes: BTreeMap<String, u64> = BTreeMap::new();
     let mut denied: BTreeMap<(String, &str), u64> = BTreeMap::new();
     let mut ip_denied: BTreeMap<(&str, String), u64> = BTreeMap::new();
+    let mut proxy_refused: BTreeMap<String, u64> = BTreeMap::new();
     let mut injections: BTreeMap<(String, String, String), u64> = BTreeMap::new();
     for shard in shards {
         for (key, n) in shard
@@ -293,6 +296,9 @@ pub fn render(shards: &[ShardMetrics], extra: &Extra) -> String {
         {
             *active.entry(l.clone()).or_default() += m.connections_active.get();
             *handshakes.entry(l.clone()).or_default() += m.tls_handshakes.get();
+            if m.proxy_protocol_refused.get() > 0 {
+                *proxy_refused.entry(l.clone()).or_default() += m.proxy_protocol_refused.get();
+            }
             if m.ip_denied.get() > 0 {
                 *ip_denied.entry(("listener", l.clone())).or_default() += m.ip_denied.get();
             }
@@ -482,6 +488,19 @@ pub fn render(shards: &[ShardMetrics], extra: &Extra) -> String {
             out,
             "ringgate_ip_denied_total{{scope=\"{scope}\",name=\"{}\"}} {n}",
             escape(name)
+        );
+    }
+    family(
+        &mut out,
+        "ringgate_proxy_protocol_refused_total",
+        "counter",
+        "Connections closed on listeners with proxy_protocol = true for a missing, malformed or late PROXY header.",
+    );
+    for (l, n) in &proxy_refused {
+        let _ = writeln!(
+            out,
+            "ringgate_proxy_protocol_refused_total{{listener=\"{}\"}} {n}",
+            escape(l)
         );
     }
     family(

@@ -6,6 +6,7 @@
 
 pub mod cidr;
 pub mod inject;
+pub mod proxy_protocol;
 
 pub use cidr::Cidr;
 use std::net::IpAddr;

@@ -118,9 +118,10 @@ pub(super) struct TunnelLimits {
 pub(super) async fn accept_tls(
     tls: &crate::tls::ServerTls,
     stream: TcpStream,
+    early: &[u8],
 ) -> Option<(ConnRead, ConnWrite, Option<Box<str>>)> {
     let session = rustls::ServerConnection::new(tls.config.clone()).ok()?;
-    let handshake = crate::tls::handshake(stream, session, true);
+    let handshake = crate::tls::handshake(stream, session, true, early);
     let (read, write) = monoio::time::timeout(tls.handshake_timeout, handshake)
         .await
         .ok()?
@@ -135,6 +136,51 @@ pub(super) async fn accept_tls(
         ConnWrite::Tls(Box::new(write)),
         subject,
     ))
+}
+
+/// A `proxy_protocol` listener's preamble: the PROXY header, read within the header timeout.
+/// Returns the stream, the client the header names (the peer for `LOCAL` / `UNKNOWN`) and
+/// the bytes read past the header (the next layer's first). `None`: close the connection
+/// (no header, a malformed or late one, or a client the listener's rules or its per-address
+/// limit refuse), counted.
+pub(super) async fn read_proxy_preamble(
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    spec: &crate::config::ListenerSpec,
+    guard: &mut ConnGuard,
+) -> Option<(TcpStream, std::net::SocketAddr, Vec<u8>)> {
+    use crate::perimeter::proxy_protocol::{self, ProxyError};
+    let metrics = &guard.listener().metrics;
+    let deadline = Instant::now() + spec.limits.header_read_timeout;
+    let mut conn = BufConn::new(stream, Vec::with_capacity(proxy_protocol::V2_MAX));
+    let header = loop {
+        match proxy_protocol::parse(conn.buffered()) {
+            Ok(header) => break header,
+            Err(ProxyError::Incomplete) => {}
+            Err(_) => {
+                metrics.proxy_protocol_refused.add(1);
+                return None;
+            }
+        }
+        if conn.fill_until(deadline).await.is_err() {
+            metrics.proxy_protocol_refused.add(1);
+            return None;
+        }
+    };
+    conn.consume(header.len);
+    let client = header.source.map_or(peer, |source| {
+        std::net::SocketAddr::new(source.ip().to_canonical(), source.port())
+    });
+    if !spec.ip_rules.permits(client.ip()) {
+        metrics.ip_denied.add(1);
+        return None;
+    }
+    if !guard.rekey_peer(client.ip(), spec.limits.max_connections_per_ip) {
+        return None;
+    }
+    let early = conn.buffered().to_vec();
+    let (stream, _) = conn.into_parts();
+    Some((stream, client, early))
 }
 
 /// The parts of a connection's state that outlive it: parser indexes and re-chunking

@@ -50,7 +50,7 @@ use tunnel::*;
 /// request head arrives.
 pub async fn serve_connection(
     shard: Rc<Shard>,
-    guard: ConnGuard,
+    mut guard: ConnGuard,
     accepted: (Rc<Active>, usize),
     stream: TcpStream,
     peer: SocketAddr,
@@ -59,12 +59,20 @@ pub async fn serve_connection(
     let (config, listener) = accepted;
     let spec = &config.listeners[listener];
     let limits = spec.limits;
+    let (stream, peer, early) = if spec.proxy_protocol {
+        match read_proxy_preamble(stream, peer, spec, &mut guard).await {
+            Some(preamble) => preamble,
+            None => return,
+        }
+    } else {
+        (stream, peer, Vec::new())
+    };
     let (reader, writer, client_subject) = match &spec.tls {
         None => {
             let (r, w) = stream.into_split();
             (ConnRead::Plain(r), ConnWrite::Plain(w), None)
         }
-        Some(tls) => match accept_tls(tls, stream).await {
+        Some(tls) => match accept_tls(tls, stream, &early).await {
             Some(halves) => {
                 guard.listener().metrics.tls_handshakes.add(1);
                 halves
@@ -75,9 +83,10 @@ pub async fn serve_connection(
     let tls = reader.is_tls();
     let state = ConnState::take();
     let mut client = Client {
-        reader: BufConn::new(
+        reader: BufConn::with_buffered(
             reader,
             shard.bufs.take(limits.max_header_bytes.max(16 * 1024)),
+            if tls { &[] } else { &early },
         ),
         head: state.head,
         down: Downstream {

@@ -295,7 +295,8 @@ pub(super) async fn accept_loop(shard: Rc<Shard>, state: Rc<ListenerState>, list
                 let config = shard.config();
                 let spec = &config.listeners[state.index.get()];
                 // Before anything else (connection limits, TLS): a denied peer costs a close.
-                if !spec.ip_rules.permits(peer.ip()) {
+                // Behind a PROXY header the rules are for the client it names (checked there).
+                if !spec.proxy_protocol && !spec.ip_rules.permits(peer.ip()) {
                     state.metrics.ip_denied.add(1);
                     drop(stream);
                     continue;

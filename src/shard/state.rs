@@ -282,6 +282,32 @@ pub struct ConnGuard {
 }
 
 impl ConnGuard {
+    /// Counts the connection against `ip` instead of the accepting peer (a PROXY header named
+    /// the client): false, and nothing changed, when `ip` is already at `limit`.
+    pub fn rekey_peer(&mut self, ip: IpAddr, limit: usize) -> bool {
+        let ip = per_ip_key(ip);
+        if ip == self.peer {
+            return true;
+        }
+        let mut per_ip = self.listener.open_per_ip.borrow_mut();
+        let from_client = per_ip.entry(ip).or_insert(0);
+        if *from_client >= limit {
+            if *from_client == 0 {
+                per_ip.remove(&ip);
+            }
+            return false;
+        }
+        *from_client += 1;
+        if let Some(n) = per_ip.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.peer);
+            }
+        }
+        self.peer = ip;
+        true
+    }
+
     /// Marks the connection as waiting for its next request until `deadline`. Idle
     /// connections hold no timer: the shard's reaper (and drain) end them by shutting down
     /// their read side, which wakes the wait with EOF.

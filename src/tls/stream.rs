@@ -56,9 +56,12 @@ pub async fn handshake(
     mut stream: TcpStream,
     session: impl Into<rustls::Connection>,
     eof_without_close_notify_is_clean: bool,
+    early: &[u8],
 ) -> Result<(TlsReadHalf, TlsWriteHalf), HandshakeError> {
     let mut session = session.into();
-    let mut cipher = Vec::with_capacity(CIPHER_BUF);
+    let mut cipher = Vec::with_capacity(CIPHER_BUF.max(early.len()));
+    // Bytes a preamble read (a PROXY header) took past its end: the handshake's first.
+    cipher.extend_from_slice(early);
     let mut pos = 0;
     let mut out = Vec::new();
     let mut records = RecordTracker::default();

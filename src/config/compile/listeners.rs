@@ -65,6 +65,7 @@ pub(super) fn compile_listeners(
             redirect_https: l.redirect_https.as_ref().map(|r| r.port),
             replace_x_forwarded_for: l.x_forwarded_for == super::XForwardedFor::Replace,
             ip_rules: super::ip_rules(c, &format!("listeners[{i}]"), &l.ip_allow, &l.ip_deny),
+            proxy_protocol: l.proxy_protocol,
         });
     }
     out
