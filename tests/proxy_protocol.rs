@@ -101,7 +101,8 @@ fn v1_and_v2_headers_name_the_client() {
     s.write_all(&header[9..]).unwrap();
     let mut reader = ResponseReader::default();
     for _ in 0..2 {
-        s.write_all(b"GET /who HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        s.write_all(b"GET /who HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
         assert_eq!(reader.read(&mut s, false).text(), "192.0.2.8");
     }
     drop(s);
@@ -112,7 +113,13 @@ fn v1_and_v2_headers_name_the_client() {
         text = std::fs::read_to_string(&log).unwrap_or_default();
         text.lines().count() >= 8
     }));
-    for ip in ["192.0.2.7", "2001:db8::5", "198.51.100.9", "203.0.113.4", "192.0.2.8"] {
+    for ip in [
+        "192.0.2.7",
+        "2001:db8::5",
+        "198.51.100.9",
+        "203.0.113.4",
+        "192.0.2.8",
+    ] {
         assert!(
             text.contains(&format!("\"client_ip\":\"{ip}\"")),
             "{ip} not logged: {text}"
@@ -159,7 +166,10 @@ fn a_bad_or_missing_header_closes_without_an_answer() {
     );
     assert!(origin.received().is_empty());
     // The readiness probe of the test kit (connect, close) counts too: at least ours.
-    let refused = admin_metric(admin, "ringgate_proxy_protocol_refused_total{listener=\"edge\"}");
+    let refused = admin_metric(
+        admin,
+        "ringgate_proxy_protocol_refused_total{listener=\"edge\"}",
+    );
     assert!(refused >= 9, "{refused}");
 }
 
@@ -188,7 +198,10 @@ fn listener_rules_apply_to_the_address_the_header_names() {
     }
     assert_eq!(origin.received().len(), 1);
     assert_eq!(
-        admin_metric(admin, "ringgate_ip_denied_total{scope=\"listener\",name=\"edge\"}"),
+        admin_metric(
+            admin,
+            "ringgate_ip_denied_total{scope=\"listener\",name=\"edge\"}"
+        ),
         3
     );
 }
@@ -231,7 +244,11 @@ fn tls_follows_the_header() {
     for (preamble, coalesce, client) in [
         (v2_tcp4([192, 0, 2, 10], 5), false, "192.0.2.10"),
         (v2_tcp4([192, 0, 2, 11], 5), true, "192.0.2.11"),
-        (b"PROXY TCP6 2001:db8::7 ::1 1 2\r\n".to_vec(), true, "2001:db8::7"),
+        (
+            b"PROXY TCP6 2001:db8::7 ::1 1 2\r\n".to_vec(),
+            true,
+            "2001:db8::7",
+        ),
     ] {
         let mut tls = tls_behind(gw.listen, &ca, &preamble, coalesce);
         tls.write_all(b"GET /who HTTP/1.1\r\nHost: a.test\r\n\r\n")

@@ -701,6 +701,29 @@ pub struct RouteConfig {
     /// A `credential_injected` audit event for every request that gets an injection.
     #[serde(default)]
     pub audit: bool,
+    /// Checks a request must pass before any origin sees it.
+    pub validate: Option<ValidateConfig>,
+}
+
+/// A route's `validate = {...}`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidateConfig {
+    /// Media types a request body may have (`"application/json"`, `"text/*"`), compared
+    /// without parameters and case-insensitively; others get 415. Requests without a body
+    /// are not asked for one.
+    #[serde(default)]
+    pub content_types: Vec<String>,
+    /// Header fields that must be present with a non-empty value (400).
+    #[serde(default)]
+    pub required_headers: Vec<String>,
+    /// At most this many `&`-separated query parameters (400).
+    pub max_query_params: Option<usize>,
+    /// A request body must be one well-formed JSON value nested at most 64 deep (400 saying
+    /// where it broke). Such bodies are read whole (up to `max_body_bytes`) before the origin
+    /// is chosen; other routes stream.
+    #[serde(default)]
+    pub json: bool,
 }
 
 /// Header edits: `add` sets a header (replacing any of the same name), `remove` drops it.

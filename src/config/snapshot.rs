@@ -214,6 +214,8 @@ pub struct RouteSpec {
     pub ip_rules: crate::perimeter::IpRules,
     /// Upstream credentials to inject (the route's and its upstream's).
     pub injections: Option<Arc<crate::perimeter::inject::Injections>>,
+    /// `validate = {...}`.
+    pub validate: Option<Arc<crate::perimeter::validate::Validation>>,
 }
 
 impl RouteSpec {

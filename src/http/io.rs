@@ -66,6 +66,18 @@ impl<S: AsyncReadRent> BufConn<S> {
         }
     }
 
+    /// Puts `bytes` back in front of the unconsumed ones, as if never consumed (a head set
+    /// aside while its body was read whole). The buffer grows if it must.
+    pub fn unread(&mut self, bytes: &[u8]) {
+        if self.pos >= bytes.len() {
+            self.pos -= bytes.len();
+            self.buf[self.pos..self.pos + bytes.len()].copy_from_slice(bytes);
+        } else {
+            self.buf.splice(self.pos..self.pos, bytes.iter().copied());
+        }
+        self.consumed -= bytes.len() as u64;
+    }
+
     /// Bytes consumed so far (read and dealt with), over the connection's life.
     pub fn consumed(&self) -> u64 {
         self.consumed
@@ -203,6 +215,44 @@ impl<S: AsyncReadRent> BufConn<S> {
 
     pub fn into_parts(self) -> (S, Vec<u8>) {
         (self.io, self.buf)
+    }
+}
+
+/// A writer into memory, for a body that must be read whole before it goes anywhere (the
+/// caller bounds its size).
+#[derive(Default)]
+pub struct Collect(pub Vec<u8>);
+
+impl AsyncWriteRent for Collect {
+    async fn write<T: IoBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+        let n = buf.bytes_init();
+        // SAFETY: the buffer has `bytes_init` initialised bytes at `read_ptr`.
+        let bytes = unsafe { std::slice::from_raw_parts(buf.read_ptr(), n) };
+        self.0.extend_from_slice(bytes);
+        (Ok(n), buf)
+    }
+
+    async fn writev<T: monoio::buf::IoVecBuf>(&mut self, buf: T) -> monoio::BufResult<usize, T> {
+        let mut n = 0;
+        for i in 0..buf.read_iovec_len() {
+            // SAFETY: the buffer has `read_iovec_len` iovecs at `read_iovec_ptr`, each
+            // describing initialised bytes.
+            let bytes = unsafe {
+                let iov = &*buf.read_iovec_ptr().add(i);
+                std::slice::from_raw_parts(iov.iov_base as *const u8, iov.iov_len)
+            };
+            self.0.extend_from_slice(bytes);
+            n += bytes.len();
+        }
+        (Ok(n), buf)
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

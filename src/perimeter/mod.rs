@@ -1,12 +1,14 @@
 //! The perimeter: who the client is (the peer, or what trusted proxies say in
 //! `X-Forwarded-For`), whether that address may come in (`ip_allow` / `ip_deny` on
-//! listeners and routes), and what crosses outward: the upstream credentials the gateway
+//! listeners and routes), whether the request is acceptable at all ([`validate`]), and
+//! what crosses outward: the upstream credentials the gateway
 //! injects ([`inject`]). Pure functions and compiled data: no sockets, no shard state.
 //! Must not know about routes or authentication.
 
 pub mod cidr;
 pub mod inject;
 pub mod proxy_protocol;
+pub mod validate;
 
 pub use cidr::Cidr;
 use std::net::IpAddr;

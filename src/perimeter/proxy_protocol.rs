@@ -80,10 +80,18 @@ fn parse_v1(bytes: &[u8]) -> Result<ProxyHeader, ProxyError> {
     let source = match fields.next() {
         Some("UNKNOWN") => None,
         Some(family @ ("TCP4" | "TCP6")) => {
-            let src = fields.next().ok_or(ProxyError::Malformed("v1 source missing"))?;
-            let dst = fields.next().ok_or(ProxyError::Malformed("v1 destination missing"))?;
-            let sport = fields.next().ok_or(ProxyError::Malformed("v1 port missing"))?;
-            let dport = fields.next().ok_or(ProxyError::Malformed("v1 port missing"))?;
+            let src = fields
+                .next()
+                .ok_or(ProxyError::Malformed("v1 source missing"))?;
+            let dst = fields
+                .next()
+                .ok_or(ProxyError::Malformed("v1 destination missing"))?;
+            let sport = fields
+                .next()
+                .ok_or(ProxyError::Malformed("v1 port missing"))?;
+            let dport = fields
+                .next()
+                .ok_or(ProxyError::Malformed("v1 port missing"))?;
             if fields.next().is_some() {
                 return Err(ProxyError::Malformed("v1 line has extra fields"));
             }
@@ -94,7 +102,11 @@ fn parse_v1(bytes: &[u8]) -> Result<ProxyHeader, ProxyError> {
             v1_port(dport)?;
             Some(SocketAddr::new(src, sport))
         }
-        _ => return Err(ProxyError::Malformed("v1 protocol is not TCP4, TCP6 or UNKNOWN")),
+        _ => {
+            return Err(ProxyError::Malformed(
+                "v1 protocol is not TCP4, TCP6 or UNKNOWN",
+            ));
+        }
     };
     Ok(ProxyHeader { len, source })
 }
@@ -149,7 +161,10 @@ fn parse_v2(bytes: &[u8]) -> Result<ProxyHeader, ProxyError> {
                 .get(..12)
                 .ok_or(ProxyError::Malformed("v2 IPv4 address block too short"))?;
             let ip = Ipv4Addr::new(addrs[0], addrs[1], addrs[2], addrs[3]);
-            Some(SocketAddr::new(ip.into(), u16::from_be_bytes([addrs[8], addrs[9]])))
+            Some(SocketAddr::new(
+                ip.into(),
+                u16::from_be_bytes([addrs[8], addrs[9]]),
+            ))
         }
         2 => {
             let addrs = body
@@ -158,7 +173,10 @@ fn parse_v2(bytes: &[u8]) -> Result<ProxyHeader, ProxyError> {
             let mut octets = [0u8; 16];
             octets.copy_from_slice(&addrs[..16]);
             let ip = Ipv6Addr::from(octets);
-            Some(SocketAddr::new(ip.into(), u16::from_be_bytes([addrs[32], addrs[33]])))
+            Some(SocketAddr::new(
+                ip.into(),
+                u16::from_be_bytes([addrs[32], addrs[33]]),
+            ))
         }
         // AF_UNIX: a local socket path says nothing about a client address.
         3 => None,
@@ -224,13 +242,21 @@ mod tests {
     fn incomplete_until_the_header_is_whole() {
         let full = b"PROXY TCP4 192.0.2.1 198.51.100.2 56324 443\r\n";
         for cut in 0..full.len() {
-            assert_eq!(parse(&full[..cut]), Err(ProxyError::Incomplete), "cut {cut}");
+            assert_eq!(
+                parse(&full[..cut]),
+                Err(ProxyError::Incomplete),
+                "cut {cut}"
+            );
         }
         let mut body = vec![192, 0, 2, 1, 10, 0, 0, 1, 0x1f, 0x90, 0x01, 0xbb];
         body.extend_from_slice(&[0x04, 0, 3, b'x', b'y', b'z']); // a TLV
         let full = v2(1, 0x11, &body);
         for cut in 0..full.len() {
-            assert_eq!(parse(&full[..cut]), Err(ProxyError::Incomplete), "cut {cut}");
+            assert_eq!(
+                parse(&full[..cut]),
+                Err(ProxyError::Incomplete),
+                "cut {cut}"
+            );
         }
         let h = parse(&full).unwrap();
         assert_eq!(h.len, full.len());
@@ -249,13 +275,19 @@ mod tests {
         assert_eq!(h.source, None);
         let h = parse(&v2(0, 0x00, &[])).unwrap();
         assert_eq!((h.len, h.source), (16, None));
-        assert_eq!(
-            parse(&v2(1, 0x11, &[0; V2_MAX])),
-            Err(ProxyError::TooLong)
-        );
-        assert!(matches!(parse(&v2(1, 0x11, &[0; 4])), Err(ProxyError::Malformed(_))));
-        assert!(matches!(parse(&v2(2, 0x11, &[0; 12])), Err(ProxyError::Malformed(_))));
-        assert!(matches!(parse(&v2(1, 0x51, &[0; 12])), Err(ProxyError::Malformed(_))));
+        assert_eq!(parse(&v2(1, 0x11, &[0; V2_MAX])), Err(ProxyError::TooLong));
+        assert!(matches!(
+            parse(&v2(1, 0x11, &[0; 4])),
+            Err(ProxyError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse(&v2(2, 0x11, &[0; 12])),
+            Err(ProxyError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse(&v2(1, 0x51, &[0; 12])),
+            Err(ProxyError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -120,6 +120,15 @@ pub fn admit(p: &Policy, req: &RequestView) -> Result<Admitted, Refused> {
             denial: None,
         });
     }
+    if let Some(rules) = &p.cfg.routes[route].validate {
+        rules
+            .check_head(req.buf, req.head)
+            .map_err(|invalid| Refused {
+                reject: Reject::invalid(invalid),
+                route: Some(route),
+                denial: None,
+            })?;
+    }
     Ok(Admitted {
         route,
         prefix_len,

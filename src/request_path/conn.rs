@@ -75,6 +75,7 @@ pub(super) struct Downstream {
 }
 
 /// Facts about the current request that outlive its head bytes in the read buffer.
+#[derive(Clone)]
 pub(super) struct Exchange {
     pub(super) request_id: [u8; 128],
     pub(super) request_id_len: usize,

@@ -44,6 +44,9 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use tunnel::*;
 
+/// Largest output buffer a connection keeps between exchanges.
+const MAX_KEPT_OUT: usize = 256 * 1024;
+
 /// Serves one client connection. `accepted` is the config the connection was accepted
 /// under, and its listener's index there: the listener's settings (limits, TLS, forwarding)
 /// hold for the connection's life; each exchange runs on the config current when its
@@ -313,7 +316,13 @@ async fn exchange(shard: &Shard, guard: &ConnGuard, c: &mut Client) -> Next {
             body,
         } => direct_response(c, &ex, route, *status, content_type, body).await,
         RouteAction::Proxy { upstream } => {
-            proxy(shard, cfg, c, &ex, route, *upstream, prefix_len).await
+            let next = proxy(shard, cfg, c, &ex, route, *upstream, prefix_len).await;
+            // A whole body (a `json = true` route) went through `out`: do not keep its size
+            // for the connection's life.
+            if c.down.out.capacity() > MAX_KEPT_OUT {
+                c.down.out = Vec::with_capacity(OUT_BUF);
+            }
+            next
         }
     }
 }

@@ -9,9 +9,10 @@ use super::transform::*;
 use super::*;
 use crate::config::RouteSpec;
 use crate::http::body::{BodyError, BodyLimits, stream_body};
-use crate::http::io::write_all_within;
+use crate::http::io::{Collect, write_all_within};
 use crate::http::{Framing, Version};
 use crate::perimeter::inject::Resolver;
+use crate::perimeter::validate::{check_json, has_body};
 use crate::shard::{Active, Shard};
 use crate::upstream::attempt::{Attempts, RetryPolicy};
 use crate::upstream::{Outcome, UpstreamConn};
@@ -40,6 +41,25 @@ pub(super) async fn proxy(
     {
         return reject(c, &reject::BODY_TOO_LARGE, ex.request_id(), true).await;
     }
+    // A `json = true` route reads the body whole and checks it before any origin is chosen;
+    // it then goes up as one length-delimited body, replayable like any small one.
+    let checked_json;
+    let mut whole_body = None;
+    let ex = if route.validate.as_ref().is_some_and(|v| v.json) && has_body(ex.framing) {
+        match read_json_body(c, ex).await {
+            Ok(body) => {
+                checked_json = Exchange {
+                    framing: Framing::Length(body.len() as u64),
+                    ..ex.clone()
+                };
+                whole_body = Some(body);
+                &checked_json
+            }
+            Err(answered) => return answered,
+        }
+    } else {
+        ex
+    };
     // Circuit breaking and target choice (healthy, not ejected) come before any work.
     if !cfg.upstreams.has_capacity(upstream) {
         return reject_with_body_pending(c, ex, reject::UPSTREAM_OVERLOADED).await;
@@ -78,6 +98,10 @@ pub(super) async fn proxy(
     }
     c.reader.consume(c.head.len);
     let body_inline = match ex.framing {
+        _ if whole_body.is_some() => {
+            out.extend_from_slice(whole_body.as_deref().unwrap_or_default());
+            true
+        }
         Framing::None => true,
         Framing::Length(n) => {
             let n = n as usize;
@@ -127,6 +151,55 @@ pub(super) async fn proxy(
         }
         Err(failure) => fail_upstream(c, ex, failure, true).await,
     }
+}
+
+/// Reads a `json = true` route's body whole (within the body limits, after a `100 Continue`
+/// when asked) and checks it. `Ok`: the body, with the head back in front of the read buffer
+/// as if untouched. `Err`: the exchange's end, already answered (400 saying where the JSON
+/// broke, or the body's own failure).
+async fn read_json_body(c: &mut Client, ex: &Exchange) -> Result<Vec<u8>, Next> {
+    if c.head.expect_continue && ex.version == Version::Http11 {
+        let continued = monoio::time::timeout(ex.send_timeout, c.down.writer.write_all(CONTINUE));
+        if !matches!(continued.await, Ok((Ok(_), _))) {
+            return Err(Next::Close);
+        }
+    }
+    let head = c.reader.buffered()[..c.head.len].to_vec();
+    c.reader.consume(c.head.len);
+    let limits = BodyLimits {
+        max_bytes: c.limits.max_body_bytes,
+        read_timeout: c.limits.idle_timeout,
+        write_timeout: c.limits.send_timeout,
+        read_deadline: Some(Instant::now() + c.limits.body_read_timeout),
+    };
+    let expected = match ex.framing {
+        Framing::Length(n) => n as usize,
+        _ => 0,
+    };
+    let mut body = Collect(Vec::with_capacity(expected));
+    let read = stream_body(
+        &mut c.reader,
+        &mut body,
+        ex.framing,
+        false,
+        limits,
+        &mut c.up_scratch,
+    );
+    if let Err(e) = read.await {
+        return Err(fail_upstream(c, ex, client_body_failure(e), false).await);
+    }
+    if let Err(invalid) = check_json(&body.0) {
+        // The body was read to its end: the connection may carry another request.
+        return Err(reject(
+            c,
+            &Reject::invalid(invalid),
+            ex.request_id(),
+            !ex.keep_alive,
+        )
+        .await);
+    }
+    c.reader.unread(&head);
+    Ok(body.0)
 }
 
 /// A request whose body is streamed: the body goes up while the response may already come

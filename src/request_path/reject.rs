@@ -11,8 +11,9 @@ use crate::http::head::PathError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reject {
     pub status: u16,
-    /// The `error` text of the JSON body.
-    pub message: &'static str,
+    /// The `error` text of the JSON body (written by the gateway, or escaped when it quotes
+    /// a peer: the JSON writer escapes it either way).
+    pub message: std::borrow::Cow<'static, str>,
     /// Stable label for metrics and logs (`no_route`, `upstream_timeout`, …).
     pub kind: &'static str,
     /// Header lines the answer carries (`allow`, `location`, …), each ending in CRLF.
@@ -26,10 +27,22 @@ impl Reject {
     pub const fn new(status: u16, kind: &'static str, message: &'static str) -> Reject {
         Reject {
             status,
-            message,
+            message: std::borrow::Cow::Borrowed(message),
             kind,
             headers: Vec::new(),
             closes: false,
+        }
+    }
+
+    /// A refusal from `validate = {...}`.
+    pub fn invalid(invalid: crate::perimeter::validate::Invalid) -> Reject {
+        let kind = match invalid.status {
+            415 => "unsupported_media_type",
+            _ => "invalid_request",
+        };
+        Reject {
+            message: invalid.message,
+            ..Reject::new(invalid.status, kind, "")
         }
     }
 

@@ -21,7 +21,7 @@ pub(super) async fn reject(
     push_error_response(
         &mut down.out,
         refusal.status,
-        refusal.message,
+        &refusal.message,
         request_id,
         close,
         &refusal.headers,

@@ -4,6 +4,7 @@ use super::*;
 use crate::config::file::*;
 use crate::config::snapshot::*;
 use crate::route::{PathMatch, RouteKey};
+use std::sync::Arc;
 
 pub(super) fn compile_routes(
     c: &mut Checker,
@@ -88,6 +89,7 @@ pub(super) fn compile_routes(
             path: path.clone(),
             methods,
         });
+        let validate = r.validate.as_ref().map(|v| validation(c, &key, v, &action));
         specs.push(RouteSpec {
             name: r.name.clone(),
             host: r.host.clone(),
@@ -116,9 +118,56 @@ pub(super) fn compile_routes(
                     .and_then(|name| config.upstreams.iter().find(|u| &u.name == name)),
                 base,
             ),
+            validate,
         });
     }
     (specs, keys)
+}
+
+fn validation(
+    c: &mut Checker,
+    key: &str,
+    v: &super::ValidateConfig,
+    action: &RouteAction,
+) -> Arc<crate::perimeter::validate::Validation> {
+    for t in &v.content_types {
+        let (main, sub) = t.split_once('/').unwrap_or((t, ""));
+        let token = |s: &str| !s.is_empty() && s.bytes().all(crate::http::is_token_byte);
+        if !token(main) || !(sub == "*" || token(sub)) {
+            c.problem(
+                format!("{key}.validate.content_types"),
+                format!("{t:?} is not a media type (type/subtype or type/*, no parameters)"),
+            );
+        }
+    }
+    for h in &v.required_headers {
+        if h.is_empty() || !h.bytes().all(crate::http::is_token_byte) {
+            c.problem(
+                format!("{key}.validate.required_headers"),
+                format!("{h:?} is not a header name"),
+            );
+        }
+    }
+    if v.json && !matches!(action, RouteAction::Proxy { .. }) {
+        c.problem(
+            format!("{key}.validate.json"),
+            "only routes with an upstream read request bodies",
+        );
+    }
+    Arc::new(crate::perimeter::validate::Validation {
+        content_types: v
+            .content_types
+            .iter()
+            .map(|t| t.to_ascii_lowercase())
+            .collect(),
+        required_headers: v
+            .required_headers
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+        max_query_params: v.max_query_params,
+        json: v.json,
+    })
 }
 
 pub(super) fn with_hsts(
