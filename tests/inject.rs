@@ -163,6 +163,24 @@ fn a_missing_secret_is_a_config_error_naming_the_key_not_the_value() {
     );
     assert!(err.contains("RG_SURELY_UNSET_VAR"), "{err}");
     assert!(err.contains("routes[0].inject_query.k.secret"), "{err}");
+
+    // A "secret" file that is really something else (a log, a dump) is refused, not read.
+    std::fs::write(dir.join("big.key"), "x".repeat(70 * 1024)).unwrap();
+    std::fs::write(
+        &path,
+        "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:1\"\n\n[[upstreams]]\nname = \"u\"\ntargets = [\"127.0.0.1:9\"]\n\n[[routes]]\nname = \"r\"\nupstream = \"u\"\ninject_headers = { \"x-key\" = { secret = \"file:big.key\" } }\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringgate"))
+        .args(["check", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("routes[0].inject_headers.x-key.secret") && err.contains("over 65536 bytes"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -212,4 +230,77 @@ fn a_file_secret_rotates_with_a_relative_config_path_and_trace_is_refused() {
     let reached = origin.received().len();
     assert_eq!(get("TRACE").status, 405);
     assert_eq!(origin.received().len(), reached);
+}
+
+#[test]
+fn an_origin_redirect_never_hands_the_injected_parameter_to_the_client() {
+    const KEY: &str = "sk-redirect-7f3a9c";
+    // The origin redirects to its own URL, with the request's query in it (as many do).
+    let origin = Origin::start(|r| {
+        let target = r
+            .request_line()
+            .split(' ')
+            .nth(1)
+            .unwrap_or("/")
+            .to_string();
+        Action::Raw(
+            format!(
+                "HTTP/1.1 302 Found\r\nLocation: https://api.example{target}#frag\r\nContent-Location: {target}\r\ncontent-length: 0\r\n\r\n"
+            )
+            .into_bytes(),
+        )
+    });
+    // SAFETY: set before the gateway starts; no other thread of this test reads it.
+    unsafe { std::env::set_var("RG_TEST_REDIRECT_KEY", KEY) };
+    let gw = Gateway::start(&format!(
+        "[server]\nworkers = 1\n\n[[listeners]]\nname = \"main\"\nbind = \"{{listen}}\"\n\n[[upstreams]]\nname = \"o\"\ntargets = [\"{}\"]\n\n[[routes]]\nname = \"r\"\nupstream = \"o\"\ninject_query = {{ \"api_key\" = {{ secret = \"env:RG_TEST_REDIRECT_KEY\" }} }}\n",
+        origin.addr
+    ));
+    let r = gw.get("/v1/x?a=1&api%5Fkey=mine&b=2");
+    assert_eq!(r.status, 302);
+    assert!(origin.received()[0].request_line().contains(KEY));
+    assert_eq!(
+        r.header("location"),
+        Some("https://api.example/v1/x?a=1&b=2#frag")
+    );
+    assert_eq!(r.header("content-location"), Some("/v1/x?a=1&b=2"));
+    let r = gw.get("/only");
+    assert_eq!(r.header("location"), Some("https://api.example/only#frag"));
+    assert_eq!(r.header("content-location"), Some("/only"));
+}
+
+#[test]
+fn a_consumer_file_secret_rotates_without_a_reload() {
+    let origin = Origin::start(|r| ok(r.header("x-upstream-key").unwrap_or_default().as_bytes()));
+    let dir = temp_dir("inject-consumer-file");
+    std::fs::write(dir.join("acme.key"), "acme-FILE-1\n").unwrap();
+    let (key, line) = keygen("acme", "acme");
+    let gw = Gateway::start(&format!(
+        "[server]\nworkers = 2\n\n[[consumers]]\nname = \"acme\"\n{line}\nsecrets = {{ own = \"file:{}\" }}\n\n[[listeners]]\nname = \"main\"\nbind = \"{{listen}}\"\n\n[[upstreams]]\nname = \"o\"\ntargets = [\"{}\"]\n\n[[routes]]\nname = \"r\"\nupstream = \"o\"\nauth = [\"api_key\"]\ninject_headers = {{ \"x-upstream-key\" = {{ secret = \"consumer:own\" }} }}\n",
+        dir.join("acme.key").display(),
+        origin.addr
+    ));
+    let get = || {
+        gw.request(&format!(
+            "GET /x HTTP/1.1\r\nHost: t\r\nx-api-key: {key}\r\nConnection: close\r\n\r\n"
+        ))
+    };
+    assert_eq!(get().status, 200);
+    assert_eq!(
+        origin.received()[0].header("x-upstream-key").as_deref(),
+        Some("acme-FILE-1")
+    );
+    std::fs::write(dir.join("acme.key"), "acme-FILE-2\n").unwrap();
+    // Both shards get the new value: every later request carries it.
+    assert!(wait_until(Duration::from_secs(15), || {
+        (0..4).all(|_| {
+            get();
+            origin
+                .received()
+                .last()
+                .and_then(|r| r.header("x-upstream-key"))
+                .as_deref()
+                == Some("acme-FILE-2")
+        })
+    }));
 }

@@ -54,7 +54,8 @@ pub struct ConsumerSpec {
     /// What an API key of this consumer authenticates as.
     pub identity: Arc<Identity>,
     /// Its own upstream credentials (`secrets`), by name.
-    pub secrets: HashMap<String, crate::config::Secret>,
+    /// `file:` ones are watched and rotate like injected `file:` secrets.
+    pub secrets: HashMap<String, crate::perimeter::inject::SecretSource>,
 }
 
 /// Where a JWT is presented.

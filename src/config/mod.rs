@@ -21,7 +21,7 @@ mod units;
 pub use compile::compile;
 pub use file::*;
 pub use file_identity::*;
-pub use secret::{Secret, constant_time_eq};
+pub use secret::{MAX_SECRET_BYTES, Secret, constant_time_eq};
 pub use snapshot::*;
 pub use units::{ByteSize, ConfigDuration, parse_duration, parse_size};
 

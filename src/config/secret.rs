@@ -73,6 +73,9 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// The bytes a secret reference points at, or a message saying what was wrong (naming the
 /// reference, never the value).
+/// A secret file larger than this is refused (keys and PEM bundles are a few KiB at most).
+pub const MAX_SECRET_BYTES: u64 = 64 * 1024;
+
 pub fn resolve(reference: &str, base: &Path) -> Result<Vec<u8>, String> {
     let value = if let Some(name) = reference.strip_prefix("env:") {
         std::env::var(name)
@@ -80,8 +83,22 @@ pub fn resolve(reference: &str, base: &Path) -> Result<Vec<u8>, String> {
             .into_bytes()
     } else if let Some(path) = reference.strip_prefix("file:") {
         let path = base.join(path);
-        let mut bytes = std::fs::read(&path)
+        let mut bytes = Vec::new();
+        // Bounded: a path pointing at a log or a device must not be read whole.
+        std::fs::File::open(&path)
+            .and_then(|f| {
+                std::io::Read::read_to_end(
+                    &mut std::io::Read::take(f, MAX_SECRET_BYTES + 1),
+                    &mut bytes,
+                )
+            })
             .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
+        if bytes.len() as u64 > MAX_SECRET_BYTES {
+            return Err(format!(
+                "secret file {} is over {MAX_SECRET_BYTES} bytes: not a secret",
+                path.display()
+            ));
+        }
         while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
             bytes.pop();
         }

@@ -260,6 +260,10 @@ pub enum RouteAction {
 pub struct CompiledTransform {
     pub remove: Vec<String>,
     pub add: Vec<u8>,
+    /// Query parameters the gateway injects upstream: dropped from the URLs of an origin's
+    /// `Location` and `Content-Location` (an origin redirecting to its own URL would hand
+    /// the credential to the client).
+    pub redact_query: Vec<String>,
 }
 
 impl CompiledTransform {

@@ -18,8 +18,7 @@ const EVERY: Duration = Duration::from_millis(500);
 /// What a file looked like when last read: modification time, length, and change time
 /// (ctime: set by every write, and not settable by `touch` or `cp -p`).
 type Stamp = (Option<SystemTime>, u64, i64, i64);
-/// A secret larger than this is refused (a key is a few hundred bytes at most).
-const MAX_SECRET_BYTES: u64 = 64 * 1024;
+use crate::config::MAX_SECRET_BYTES;
 
 pub(super) fn start(plane: Arc<ControlPlane>) -> std::io::Result<()> {
     std::thread::Builder::new()
@@ -49,17 +48,27 @@ fn run(plane: &ControlPlane) {
             return;
         }
         let current = plane.current();
-        let files: Vec<PathBuf> = current
-            .snapshot
+        let snapshot = &current.snapshot;
+        let injected = snapshot
             .routes
             .iter()
             .filter_map(|r| r.injections.as_deref())
             .flat_map(|i| i.all())
-            .filter_map(|i| match &i.source {
+            .map(|i| &i.source);
+        let consumers = snapshot
+            .auth
+            .consumers
+            .iter()
+            .flat_map(|c| c.secrets.values());
+        let mut files: Vec<PathBuf> = injected
+            .chain(consumers)
+            .filter_map(|source| match source {
                 SecretSource::File { path, .. } => Some(path.clone()),
                 _ => None,
             })
             .collect();
+        files.sort();
+        files.dedup();
         for path in files {
             let Some(now) = stamp(&path) else { continue };
             let before = *seen.entry(path.clone()).or_insert(now);

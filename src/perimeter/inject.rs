@@ -61,7 +61,7 @@ impl Injections {
 
 /// What injection reads at request time: the consumer's secrets and the latest file values.
 pub struct Resolver<'a> {
-    pub consumer_secrets: Option<&'a HashMap<String, Secret>>,
+    pub consumer_secrets: Option<&'a HashMap<String, SecretSource>>,
     pub files: &'a HashMap<PathBuf, Arc<Secret>>,
 }
 
@@ -69,13 +69,21 @@ impl<'a> Resolver<'a> {
     /// The value of an injection, `None` when the consumer has no such secret.
     pub fn value(&self, injection: &'a Injection) -> Option<&'a [u8]> {
         match &injection.source {
+            SecretSource::Consumer(name) => self.resolve(self.consumer_secrets?.get(name)?),
+            own => self.resolve(own),
+        }
+    }
+
+    /// A fixed or file secret's current value (a consumer's secrets are never `consumer:`).
+    fn resolve(&self, source: &'a SecretSource) -> Option<&'a [u8]> {
+        match source {
             SecretSource::Fixed(secret) => Some(secret.expose()),
             SecretSource::File { path, loaded } => Some(
                 self.files
                     .get(path)
                     .map_or(loaded.expose(), |latest| latest.expose()),
             ),
-            SecretSource::Consumer(name) => self.consumer_secrets?.get(name).map(Secret::expose),
+            SecretSource::Consumer(_) => None,
         }
     }
 }

@@ -229,6 +229,23 @@ fn push_query_without(out: &mut Vec<u8>, query: &[u8], dropped: impl Fn(&[u8]) -
     first
 }
 
+/// A URL-valued field less the query parameters named in `drop` (compared as origins read
+/// them: percent-decoded). The fragment, if any, is kept.
+fn push_url_field_without(out: &mut Vec<u8>, name: &[u8], url: &[u8], drop: &[String]) {
+    let fragment_at = url.iter().position(|&b| b == b'#').unwrap_or(url.len());
+    let (url, fragment) = url.split_at(fragment_at);
+    let query_at = url.iter().position(|&b| b == b'?').unwrap_or(url.len());
+    let (base, query) = url.split_at(query_at);
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(base);
+    push_query_without(out, query, |n| {
+        drop.iter().any(|d| crate::auth::name_is(n, d.as_bytes()))
+    });
+    out.extend_from_slice(fragment);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// A `Cookie` field less the cookies named in `drop`; nothing when none is left.
 fn push_cookie_without(out: &mut Vec<u8>, value: &[u8], drop: &[String]) {
     let mut first = true;
@@ -297,7 +314,15 @@ pub(super) fn write_client_head(
         if resp.is_connection_named(buf, name) || edits.removes(name) {
             continue;
         }
-        push_header(out, name, &buf[field.value.clone()]);
+        let value = &buf[field.value.clone()];
+        if !edits.redact_query.is_empty()
+            && (name.eq_ignore_ascii_case(b"location")
+                || name.eq_ignore_ascii_case(b"content-location"))
+        {
+            push_url_field_without(out, name, value, &edits.redact_query);
+            continue;
+        }
+        push_header(out, name, value);
     }
     out.extend_from_slice(&edits.add);
     out.extend_from_slice(extra);

@@ -79,9 +79,9 @@ pub(super) fn compile_auth(c: &mut Checker, config: &Config, base: &Path) -> Aut
         identity.roles = roles;
         let mut secrets = HashMap::new();
         for (name, reference) in &consumer.secrets {
-            match load_header_secret(reference, base) {
-                Ok(secret) => {
-                    secrets.insert(name.clone(), secret);
+            match secret_source(reference, base) {
+                Ok(source) => {
+                    secrets.insert(name.clone(), source);
                 }
                 Err(e) => c.problem(format!("{key}.secrets.{name}"), e),
             }
@@ -488,6 +488,22 @@ fn load_header_secret(reference: &str, base: &Path) -> Result<Secret, String> {
     Ok(secret)
 }
 
+/// An `env:` or `file:` secret for a header, loaded now; a `file:` one is watched.
+fn secret_source(
+    reference: &str,
+    base: &Path,
+) -> Result<crate::perimeter::inject::SecretSource, String> {
+    use crate::perimeter::inject::SecretSource;
+    let loaded = load_header_secret(reference, base)?;
+    Ok(match reference.strip_prefix("file:") {
+        Some(path) => SecretSource::File {
+            path: base.join(path),
+            loaded,
+        },
+        None => SecretSource::Fixed(loaded),
+    })
+}
+
 /// A route's injections: its own, then its upstream's for names it does not set.
 pub(super) fn compile_injections(
     c: &mut Checker,
@@ -548,14 +564,8 @@ pub(super) fn compile_injections(
                 out.needs_consumer = true;
                 crate::perimeter::inject::SecretSource::Consumer(consumer_secret.to_string())
             } else {
-                match load_header_secret(&inject.secret, base) {
-                    Ok(loaded) => match inject.secret.strip_prefix("file:") {
-                        Some(path) => crate::perimeter::inject::SecretSource::File {
-                            path: base.join(path),
-                            loaded,
-                        },
-                        None => crate::perimeter::inject::SecretSource::Fixed(loaded),
-                    },
+                match secret_source(&inject.secret, base) {
+                    Ok(source) => source,
                     Err(e) => {
                         c.problem(format!("{field}.secret"), e);
                         continue;

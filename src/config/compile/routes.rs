@@ -90,6 +90,20 @@ pub(super) fn compile_routes(
             methods,
         });
         let validate = r.validate.as_ref().map(|v| validation(c, &key, v, &action));
+        let injections = super::auth::compile_injections(
+            c,
+            &key,
+            r,
+            r.upstream
+                .as_ref()
+                .and_then(|name| config.upstreams.iter().find(|u| &u.name == name)),
+            base,
+        );
+        let mut response_headers = response_headers;
+        if let Some(injections) = &injections {
+            response_headers.redact_query =
+                injections.query.iter().map(|i| i.name.clone()).collect();
+        }
         specs.push(RouteSpec {
             name: r.name.clone(),
             host: r.host.clone(),
@@ -109,15 +123,7 @@ pub(super) fn compile_routes(
             tunnel_max_duration: r.tunnel_max_duration.0,
             auth: super::auth::compile_route_auth(c, &key, r, auth),
             ip_rules: super::ip_rules(c, &key, &r.ip_allow, &r.ip_deny),
-            injections: super::auth::compile_injections(
-                c,
-                &key,
-                r,
-                r.upstream
-                    .as_ref()
-                    .and_then(|name| config.upstreams.iter().find(|u| &u.name == name)),
-                base,
-            ),
+            injections,
             validate,
         });
     }
