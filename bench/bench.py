@@ -54,9 +54,11 @@ SCENARIOS = {
     "gw-jwt": ("/jwt/", 64, None, "RS256 JWT on every request, keep-alive (cache hits), 64 conns"),
     "gw-jwt-unique": ("/jwt/", 64, None, "a different RS256 JWT per request (every one verified)"),
     "gw-key": ("/key/", 64, None, "API key on every request, keep-alive, 64 connections"),
+    "gw-perimeter": ("/perimeter/", 64, "",
+                     "route with ip_allow + ip_deny and an injected header, 64 connections"),
 }
 GATEWAY_SCENARIOS = {"gw-jwt": {"ringgate", "haproxy"}, "gw-jwt-unique": {"ringgate", "haproxy"},
-                     "gw-key": {"ringgate"}}
+                     "gw-key": {"ringgate"}, "gw-perimeter": {"ringgate"}}
 DEFAULT_SCENARIOS = [s for s in SCENARIOS if s not in GATEWAY_SCENARIOS]
 FIXED_RATE = "fixed-rate"
 TARGETS = ["direct", "ringgate", "nginx", "haproxy"]

@@ -86,8 +86,13 @@ request = function()
   return wrk.format(nil, nil, {{ ["Authorization"] = "Bearer " .. tokens[i] }})
 end
 """
+    scripts["gw-perimeter"] = ""
+    upstream_key = os.path.join(workdir, "upstream.key")
+    with open(upstream_key, "w") as f:
+        f.write("sk-bench-upstream-key-not-real\n")
     return {"jwks": jwks, "public_pem": public_pem, "scripts": scripts,
-            "key_sha256": hashlib.sha256(API_KEY.encode()).hexdigest()}
+            "key_sha256": hashlib.sha256(API_KEY.encode()).hexdigest(),
+            "upstream_key": upstream_key}
 
 
 def ringgate_routes(material):
@@ -112,6 +117,13 @@ name = "key"
 path_prefix = "/key"
 upstream = "origin"
 auth = ["api_key"]
+[[routes]]
+name = "perimeter"
+path_prefix = "/perimeter"
+upstream = "origin"
+ip_allow = ["127.0.0.0/8"]
+ip_deny = ["10.0.0.0/8"]
+inject_headers = {{ "authorization" = {{ secret = "file:{material['upstream_key']}", prefix = "Bearer " }} }}
 """
 
 
