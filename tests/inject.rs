@@ -234,7 +234,7 @@ fn a_file_secret_rotates_with_a_relative_config_path_and_trace_is_refused() {
 
 #[test]
 fn an_origin_redirect_never_hands_the_injected_parameter_to_the_client() {
-    const KEY: &str = "sk-redirect-7f3a9c";
+    const KEY: &str = "sk-redirect/7f3a+9c";
     // The origin redirects to its own URL, with the request's query in it (as many do).
     let origin = Origin::start(|r| {
         let target = r
@@ -245,7 +245,8 @@ fn an_origin_redirect_never_hands_the_injected_parameter_to_the_client() {
             .to_string();
         Action::Raw(
             format!(
-                "HTTP/1.1 302 Found\r\nLocation: https://api.example{target}#frag\r\nContent-Location: {target}\r\ncontent-length: 0\r\n\r\n"
+                "HTTP/1.1 302 Found {target}\r\nLocation: https://api.example{target}#frag\r\nContent-Location: {target}\r\nLink: <{target}>; rel=\"next\"\r\nRefresh: 0; url=/login?next={}#/cb{target}\r\ncontent-length: 0\r\n\r\n",
+                target.replace('%', "%25").replace('/', "%2F").replace('?', "%3F").replace('&', "%26").replace('=', "%3D")
             )
             .into_bytes(),
         )
@@ -258,7 +259,25 @@ fn an_origin_redirect_never_hands_the_injected_parameter_to_the_client() {
     ));
     let r = gw.get("/v1/x?a=1&api%5Fkey=mine&b=2");
     assert_eq!(r.status, 302);
-    assert!(origin.received()[0].request_line().contains(KEY));
+    // The origin got the key (encoded as a query value) ...
+    let sent = origin.received()[0].request_line().to_string();
+    assert!(sent.contains("api_key=sk-redirect%2F7f3a%2B9c"), "{sent}");
+    // ... and no byte of the answer carries it, in any form (status line, Link, Refresh
+    // with the URL encoded inside another parameter, a fragment).
+    let head = r.head.to_ascii_lowercase();
+    for form in ["sk-redirect", "7f3a"] {
+        assert!(!head.contains(form), "{}", r.head);
+    }
+    assert!(
+        r.header("link").unwrap().contains("[redacted]"),
+        "{}",
+        r.head
+    );
+    assert!(
+        r.header("refresh").unwrap().contains("[redacted]"),
+        "{}",
+        r.head
+    );
     assert_eq!(
         r.header("location"),
         Some("https://api.example/v1/x?a=1&b=2#frag")

@@ -44,9 +44,23 @@ fn v2_local() -> Vec<u8> {
 }
 
 fn gateway(listener_extra: &str, tls: &str, origin: SocketAddr) -> (Gateway, SocketAddr) {
+    gateway_with(2, listener_extra, tls, origin)
+}
+
+fn gateway_with(
+    workers: usize,
+    listener_extra: &str,
+    tls: &str,
+    origin: SocketAddr,
+) -> (Gateway, SocketAddr) {
+    let listener_extra = if listener_extra.starts_with("limits") {
+        listener_extra.to_string()
+    } else {
+        format!("limits = {{ header_read_timeout = \"2s\" }}\n{listener_extra}")
+    };
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let gw = Gateway::start(&format!(
-        "[server]\nworkers = 2\n\n[admin]\nbind = \"{admin}\"\n\n[access_log]\npath = \"access.log\"\n\n[[listeners]]\nname = \"edge\"\nbind = \"{{listen}}\"\nproxy_protocol = true\nlimits = {{ header_read_timeout = \"2s\" }}\n{listener_extra}\n{tls}\n[[upstreams]]\nname = \"o\"\ntargets = [\"{origin}\"]\n\n[[routes]]\nname = \"all\"\nupstream = \"o\"\n"
+        "[server]\nworkers = {workers}\n\n[admin]\nbind = \"{admin}\"\n\n[access_log]\npath = \"access.log\"\n\n[[listeners]]\nname = \"edge\"\nbind = \"{{listen}}\"\nproxy_protocol = true\n{listener_extra}\n{tls}\n[[upstreams]]\nname = \"o\"\ntargets = [\"{origin}\"]\n\n[[routes]]\nname = \"all\"\nupstream = \"o\"\n"
     ));
     (gw, admin)
 }
@@ -264,4 +278,42 @@ fn tls_follows_the_header() {
     conn.write_tls(&mut hello).unwrap();
     (&tcp).write_all(&hello).unwrap();
     closed_silently(tcp);
+}
+
+#[test]
+fn connections_count_per_named_client_not_against_the_balancer() {
+    let origin = real_ip_origin();
+    // One shard: the per-address limit is per shard.
+    let (gw, _) = gateway_with(
+        1,
+        "limits = { header_read_timeout = \"20s\", max_connections_per_ip = 2 }",
+        "",
+        origin.addr,
+    );
+    // Three connections from the balancer's address that have not sent their header yet do
+    // not lock out the next client.
+    let idle: Vec<TcpStream> = (0..3).map(|_| gw.connect()).collect();
+    let r = get_behind(&gw, b"PROXY TCP4 192.0.2.50 127.0.0.1 1 2\r\n").unwrap();
+    assert_eq!(r.text(), "192.0.2.50");
+    // The limit holds per client the headers name: a third connection of 192.0.2.51 is
+    // closed, one of 192.0.2.52 is served.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = gw.connect();
+        s.write_all(b"PROXY TCP4 192.0.2.51 127.0.0.1 1 2\r\nGET /who HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        assert_eq!(
+            ResponseReader::default().read(&mut s, false).text(),
+            "192.0.2.51"
+        );
+        held.push(s);
+    }
+    let mut third = gw.connect();
+    third
+        .write_all(b"PROXY TCP4 192.0.2.51 127.0.0.1 1 2\r\nGET /who HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    closed_silently(third);
+    let r = get_behind(&gw, b"PROXY TCP4 192.0.2.52 127.0.0.1 1 2\r\n").unwrap();
+    assert_eq!(r.text(), "192.0.2.52");
+    drop(idle);
 }

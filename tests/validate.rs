@@ -46,9 +46,23 @@ fn each_head_check_refuses_with_its_status_before_the_origin() {
         "{}",
     ));
     assert_eq!(r.status, 415);
+    assert!(
+        r.head
+            .starts_with("HTTP/1.1 415 Unsupported Media Type\r\n")
+    );
     assert_eq!(
         error_of(&r),
         "unsupported content type; expected application/json"
+    );
+    // Two Content-Types: which would the origin read? Refused.
+    let r = gw.request(&post(
+        "/api/x",
+        "X-Tenant: acme\r\nContent-Type: application/json\r\nContent-Type: text/xml\r\n",
+        "{}",
+    ));
+    assert_eq!(
+        (r.status, error_of(&r).as_str()),
+        (400, "more than one Content-Type")
     );
     let r = gw.request(&post("/api/x", "X-Tenant: acme\r\n", "{}"));
     assert_eq!(r.status, 415, "a body without a content type");
@@ -96,6 +110,27 @@ fn json_bodies_are_checked_whole_and_sent_up_length_delimited() {
         error.starts_with("body is not valid JSON: ") && error.contains("line 2 column"),
         "{error}"
     );
+    // Strings must be text; the error (quoting a control character) is still valid JSON.
+    for bad in ["[\"\\ud800\"]", "[\"a\u{1}\"]"] {
+        let r = gw.request(&post("/api/x", JSON, bad));
+        assert_eq!(r.status, 400, "{bad:?}");
+        assert!(error_of(&r).starts_with("body is not valid JSON"));
+    }
+    // serde_json's words quote `\u0000-\u001F`: the client reads them as written.
+    let r = gw.request(&post("/api/x", JSON, "[\"a\u{1}\"]"));
+    assert!(
+        error_of(&r).contains("(\\u0000-\\u001F)"),
+        "{}",
+        error_of(&r)
+    );
+    let mut s = gw.connect();
+    let mut raw = format!(
+        "POST /api/x HTTP/1.1\r\nHost: t\r\n{JSON}Content-Length: 6\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    raw.extend_from_slice(b"[\"\xff\xfe\"]");
+    s.write_all(&raw).unwrap();
+    assert_eq!(ResponseReader::default().read(&mut s, false).status, 400);
     assert!(origin.received().is_empty());
 
     // Chunked, in pieces: decoded, checked, and sent as one Content-Length body.

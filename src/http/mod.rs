@@ -38,6 +38,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         408 => "Request Timeout",
         413 => "Content Too Large",
         414 => "URI Too Long",
+        415 => "Unsupported Media Type",
         417 => "Expectation Failed",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
@@ -80,6 +81,47 @@ pub fn push_status_line(out: &mut Vec<u8>, status: u16) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Copies clean runs whole and escapes byte by byte only where needed; bytes from 0x80 up
+/// are kept only when `utf8` says the input is valid UTF-8.
+pub fn push_escaped_json(out: &mut Vec<u8>, bytes: &[u8], utf8: bool) {
+    out.push(b'"');
+    let mut clean = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            0x20..=0x7e => continue,
+            0x80..=0xff if utf8 => continue,
+            _ => &[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                JSON_HEX[usize::from(b >> 4)],
+                JSON_HEX[usize::from(b & 15)],
+            ],
+        };
+        out.extend_from_slice(&bytes[clean..i]);
+        out.extend_from_slice(escape);
+        clean = i + 1;
+    }
+    out.extend_from_slice(&bytes[clean..]);
+    out.push(b'"');
+}
+
+/// The length of `text` as [`push_escaped_json`] writes it (UTF-8 text), quotes excluded.
+pub fn escaped_json_len(text: &str) -> usize {
+    text.bytes()
+        .map(|b| match b {
+            b'"' | b'\\' => 2,
+            0x20..=0x7e | 0x80..=0xff => 1,
+            _ => 6,
+        })
+        .sum()
+}
+
+const JSON_HEX: &[u8; 16] = b"0123456789abcdef";
+
 /// A gateway-generated response: status, the `{"error", "status"}` JSON body of DESIGN.md §6,
 /// the request id, and `extra` header lines (already CRLF-terminated).
 pub fn push_error_response(
@@ -92,8 +134,8 @@ pub fn push_error_response(
 ) {
     push_status_line(out, status);
     out.extend_from_slice(b"content-type: application/json\r\n");
-    // `{"error":"` + message + `","status":` + three digits + `}\n`
-    let body_len = 10 + message.len() + 11 + 3 + 2;
+    // `{"error":` + the message as a JSON string + `,"status":` + three digits + `}\n`
+    let body_len = 9 + escaped_json_len(message) + 2 + 10 + 3 + 2;
     out.extend_from_slice(b"content-length: ");
     push_decimal(out, body_len as u64);
     out.extend_from_slice(b"\r\n");
@@ -104,9 +146,9 @@ pub fn push_error_response(
     out.extend_from_slice(extra);
     out.extend_from_slice(b"\r\n");
     let body_start = out.len();
-    out.extend_from_slice(b"{\"error\":\"");
-    out.extend_from_slice(message.as_bytes());
-    out.extend_from_slice(b"\",\"status\":");
+    out.extend_from_slice(b"{\"error\":");
+    push_escaped_json(out, message.as_bytes(), true);
+    out.extend_from_slice(b",\"status\":");
     push_decimal(out, u64::from(status));
     out.extend_from_slice(b"}\n");
     debug_assert_eq!(out.len() - body_start, body_len);

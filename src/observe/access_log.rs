@@ -120,46 +120,16 @@ fn or_dash(bytes: &[u8]) -> &[u8] {
     if bytes.is_empty() { b"-" } else { bytes }
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
 /// A JSON string of peer bytes: `"` `\\` and every control or non-ASCII byte escaped, so the
 /// line is valid UTF-8 and one line whatever the bytes were.
 pub fn push_json_string(out: &mut Vec<u8>, bytes: &[u8]) {
-    push_escaped_json(out, bytes, false);
+    crate::http::push_escaped_json(out, bytes, false);
 }
 
 /// A JSON string of text that is already UTF-8 (names from the config, claims): quotes,
 /// backslashes and control characters escaped, other characters kept as they are.
 pub fn push_json_text(out: &mut Vec<u8>, text: &str) {
-    push_escaped_json(out, text.as_bytes(), true);
-}
-
-/// Copies clean runs whole and escapes byte by byte only where needed; bytes from 0x80 up
-/// are kept only when `utf8` says the input is valid UTF-8.
-fn push_escaped_json(out: &mut Vec<u8>, bytes: &[u8], utf8: bool) {
-    out.push(b'"');
-    let mut clean = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let escape: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            0x20..=0x7e => continue,
-            0x80..=0xff if utf8 => continue,
-            _ => &[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[usize::from(b >> 4)],
-                HEX[usize::from(b & 15)],
-            ],
-        };
-        out.extend_from_slice(&bytes[clean..i]);
-        out.extend_from_slice(escape);
-        clean = i + 1;
-    }
-    out.extend_from_slice(&bytes[clean..]);
-    out.push(b'"');
+    crate::http::push_escaped_json(out, text.as_bytes(), true);
 }
 
 pub fn push_json_text_or_null(out: &mut Vec<u8>, value: Option<&str>) {

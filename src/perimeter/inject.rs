@@ -66,6 +66,11 @@ pub struct Resolver<'a> {
 }
 
 impl<'a> Resolver<'a> {
+    /// Every value these injections send, for [`redact`].
+    pub fn values(&self, injections: &'a Injections) -> impl Iterator<Item = &'a [u8]> + '_ {
+        injections.all().filter_map(|i| self.value(i))
+    }
+
     /// The value of an injection, `None` when the consumer has no such secret.
     pub fn value(&self, injection: &'a Injection) -> Option<&'a [u8]> {
         match &injection.source {
@@ -84,6 +89,49 @@ impl<'a> Resolver<'a> {
                     .map_or(loaded.expose(), |latest| latest.expose()),
             ),
             SecretSource::Consumer(_) => None,
+        }
+    }
+}
+
+/// What replaces an injected secret found in a response head.
+pub const REDACTED: &[u8] = b"[redacted]";
+
+/// Replaces every occurrence of an injected value in `head` (a response head on its way to
+/// the client): as written, percent-encoded as a query value, and encoded twice (a URL
+/// carried inside another parameter, as login redirects do). An origin that echoes its
+/// request URL in `Link`, `Refresh`, a `Location` fragment or a reason phrase must not hand
+/// the key to the client.
+pub fn redact(head: &mut Vec<u8>, value: &[u8]) {
+    if value.is_empty() {
+        return;
+    }
+    replace_all(head, value, false);
+    let mut once = Vec::with_capacity(value.len() * 3);
+    push_query_value(&mut once, value);
+    if once != value {
+        replace_all(head, &once, true);
+        let mut twice = Vec::with_capacity(once.len() * 3);
+        push_query_value(&mut twice, &once);
+        replace_all(head, &twice, true);
+    }
+}
+
+/// Replaces `needle` (hex digits in any case when `any_case`) with [`REDACTED`].
+fn replace_all(haystack: &mut Vec<u8>, needle: &[u8], any_case: bool) {
+    let matches = |w: &[u8]| {
+        if any_case {
+            w.eq_ignore_ascii_case(needle)
+        } else {
+            w == needle
+        }
+    };
+    let mut at = 0;
+    while at + needle.len() <= haystack.len() {
+        if matches(&haystack[at..at + needle.len()]) {
+            haystack.splice(at..at + needle.len(), REDACTED.iter().copied());
+            at += REDACTED.len();
+        } else {
+            at += 1;
         }
     }
 }

@@ -73,9 +73,13 @@ fn parse_v1(bytes: &[u8]) -> Result<ProxyHeader, ProxyError> {
         return Err(ProxyError::Malformed("v1 line not ended by CRLF"));
     }
     let end = newline - 1;
+    let len = end + 2;
+    // "UNKNOWN": the receiver ignores whatever follows (the spec's words).
+    if window[6..end].starts_with(b"UNKNOWN") && matches!(window.get(13), Some(b' ' | b'\r')) {
+        return Ok(ProxyHeader { len, source: None });
+    }
     let line = std::str::from_utf8(&window[6..end])
         .map_err(|_| ProxyError::Malformed("v1 line is not text"))?;
-    let len = end + 2;
     let mut fields = line.split(' ');
     let source = match fields.next() {
         Some("UNKNOWN") => None,
@@ -153,6 +157,18 @@ fn parse_v2(bytes: &[u8]) -> Result<ProxyHeader, ProxyError> {
         return Err(ProxyError::Incomplete);
     }
     let body = &bytes[16..len];
+    // LOCAL: the real endpoints are used and the address block is discarded, whatever it is.
+    if local {
+        return Ok(ProxyHeader { len, source: None });
+    }
+    // The only families the spec defines for a stream: UNSPEC and TCP over IPv4, IPv6 or a
+    // UNIX socket; every other value "must be rejected as invalid" (UDP included: this is a
+    // TCP connection).
+    if !matches!(family, 0x00 | 0x11 | 0x21 | 0x31) {
+        return Err(ProxyError::Malformed(
+            "v2 address family and transport not TCP",
+        ));
+    }
     let source = match family >> 4 {
         // AF_UNSPEC: no address (always so for LOCAL).
         0 => None,
@@ -180,16 +196,9 @@ fn parse_v2(bytes: &[u8]) -> Result<ProxyHeader, ProxyError> {
         }
         // AF_UNIX: a local socket path says nothing about a client address.
         3 => None,
-        _ => return Err(ProxyError::Malformed("v2 address family unknown")),
+        _ => None,
     };
-    // The transport (low nibble): 0 unspec, 1 stream, 2 datagram.
-    if family & 0x0f > 2 {
-        return Err(ProxyError::Malformed("v2 transport unknown"));
-    }
-    Ok(ProxyHeader {
-        len,
-        source: if local { None } else { source },
-    })
+    Ok(ProxyHeader { len, source })
 }
 
 #[cfg(test)]
@@ -214,6 +223,9 @@ mod tests {
         assert_eq!(h.source, Some("[2001:db8::1]:1".parse().unwrap()));
         let h = parse(b"PROXY UNKNOWN whatever 1 2\r\n\x16\x03").unwrap();
         assert_eq!((h.len, h.source), (28, None));
+        let h = parse(b"PROXY UNKNOWN \xff\xfe\r\n").unwrap();
+        assert_eq!((h.len, h.source), (18, None));
+        assert_eq!(parse(b"PROXY UNKNOWN\r\n").unwrap().len, 15);
     }
 
     #[test]
@@ -284,10 +296,17 @@ mod tests {
             parse(&v2(2, 0x11, &[0; 12])),
             Err(ProxyError::Malformed(_))
         ));
-        assert!(matches!(
-            parse(&v2(1, 0x51, &[0; 12])),
-            Err(ProxyError::Malformed(_))
-        ));
+        for family in [0x51, 0x10, 0x20, 0x12, 0x22, 0x13] {
+            assert!(
+                matches!(
+                    parse(&v2(1, family, &[0; 36])),
+                    Err(ProxyError::Malformed(_))
+                ),
+                "{family:#x}"
+            );
+        }
+        // LOCAL discards the block whatever its family.
+        assert_eq!(parse(&v2(0, 0x51, &[0; 4])).unwrap().source, None);
     }
 
     #[test]

@@ -59,6 +59,15 @@ impl Validation {
             }
         }
         if !self.content_types.is_empty() && has_body(head.framing) {
+            let copies = head
+                .fields
+                .iter()
+                .filter(|f| buf[f.name.clone()].eq_ignore_ascii_case(b"content-type"))
+                .count();
+            if copies > 1 {
+                // Which one would the origin read? Refuse to guess.
+                return Err(Invalid::bad("more than one Content-Type"));
+            }
             let media = head.field(buf, b"content-type").map(media_type);
             if !media.is_some_and(|m| self.content_types.iter().any(|t| media_matches(t, m))) {
                 return Err(Invalid {
@@ -115,9 +124,56 @@ pub fn check_json(body: &[u8]) -> Result<(), Invalid> {
             "body is not accepted JSON: nested deeper than {MAX_JSON_DEPTH} at byte {offset}"
         )));
     }
-    serde_json::from_slice::<serde::de::IgnoredAny>(body)
+    serde_json::from_slice::<Checked>(body)
         .map(|_| ())
         .map_err(|e| Invalid::bad(format!("body is not valid JSON: {e}")))
+}
+
+/// Any JSON value, visited without being kept: unlike `IgnoredAny`, strings (keys too) are
+/// decoded, so invalid UTF-8 and lone surrogate escapes are refused. Nesting is bounded
+/// before this runs ([`too_deep`]), so the recursion is too.
+struct Checked;
+
+impl<'de> serde::Deserialize<'de> for Checked {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Checked, D::Error> {
+        d.deserialize_any(CheckedVisitor)
+    }
+}
+
+struct CheckedVisitor;
+
+impl<'de> serde::de::Visitor<'de> for CheckedVisitor {
+    type Value = Checked;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_unit<E>(self) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+        while seq.next_element::<Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+        while map.next_entry::<Checked, Checked>()?.is_some() {}
+        Ok(Checked)
+    }
 }
 
 /// The offset where nesting first exceeds the bound, if it does (strings skipped, escapes
@@ -197,6 +253,8 @@ mod tests {
             Err(415)
         );
         assert_eq!(verdict(&ok.replace("X-Tenant: t", "X-Tenant:")), Err(400));
+        let twice = ok.replace("Content-Length", "Content-Type: text/xml\r\nContent-Length");
+        assert_eq!(verdict(&twice), Err(400));
         assert_eq!(verdict(&ok.replace("X-Tenant", "X-Other")), Err(400));
         assert_eq!(verdict(&ok.replace("?x=1&y=2", "?x=1&y=2&z")), Err(400));
         assert_eq!(verdict(&ok.replace("?x=1&y=2", "?x=1&&y=2&")), Ok(()));
@@ -225,6 +283,11 @@ mod tests {
         let bomb = "[".repeat(1_000_000);
         let e = check_json(bomb.as_bytes()).unwrap_err();
         assert!(e.message.contains("nested deeper"), "{}", e.message);
+        // Strings must be text: raw invalid UTF-8 and lone surrogates are refused.
+        assert!(check_json(b"[\"\xff\xfe\"]").is_err());
+        assert!(check_json(br#"["\ud800"]"#).is_err());
+        assert!(check_json(br#"{"\udc00": 1}"#).is_err());
+        assert_eq!(check_json(br#"["\ud83d\ude00", "caf\u00e9"]"#), Ok(()));
         // Brackets inside strings (with escaped quotes) do not count.
         let quoted = format!("[\"\\\"{}\"]", "[".repeat(100));
         assert_eq!(check_json(quoted.as_bytes()), Ok(()));

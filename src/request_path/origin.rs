@@ -303,6 +303,18 @@ pub(super) async fn relay_response(
         close,
         upgraded,
     );
+    if let Some(injections) = &route.injections {
+        // The secret-file values are borrowed only while the head is scanned (no await).
+        let files = shard.secret_files();
+        let resolver = crate::perimeter::inject::Resolver {
+            consumer_secrets: super::proxy::consumer_of(cfg, down.record.identity.as_deref())
+                .map(|c| &c.secrets),
+            files: &files,
+        };
+        for value in resolver.values(injections) {
+            crate::perimeter::inject::redact(&mut out, value);
+        }
+    }
     up.consume(down.resp.len);
     let inline_body = match framing {
         Framing::None => true,

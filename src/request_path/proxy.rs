@@ -467,7 +467,7 @@ pub(super) async fn fail_upstream(
 }
 
 /// The configured consumer an identity names, if any.
-fn consumer_of<'a>(
+pub(super) fn consumer_of<'a>(
     cfg: &'a Active,
     identity: Option<&crate::auth::Identity>,
 ) -> Option<&'a crate::auth::ConsumerSpec> {

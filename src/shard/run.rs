@@ -301,7 +301,13 @@ pub(super) async fn accept_loop(shard: Rc<Shard>, state: Rc<ListenerState>, list
                     drop(stream);
                     continue;
                 }
-                match shard.admit(&state, &spec.limits, stream.as_raw_fd(), key) {
+                // Behind a PROXY header the peer is the balancer: its connections count
+                // per client once the header names one, never against each other.
+                let mut limits = spec.limits;
+                if spec.proxy_protocol {
+                    limits.max_connections_per_ip = usize::MAX;
+                }
+                match shard.admit(&state, &limits, stream.as_raw_fd(), key) {
                     Some(guard) => {
                         let accepted = (config.clone(), state.index.get());
                         monoio::spawn(serve_guarded(shard.clone(), guard, accepted, stream, peer));
