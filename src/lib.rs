@@ -10,9 +10,12 @@
 //! - [`route`]: host/path/method lookup tables
 //! - [`auth`]: identity (API keys, JWT with shard-local caches, client certificates) and
 //!   authorization by role and scope
-//! - [`perimeter`]: the client's address (trusted proxies) and IP allow/deny rules
+//! - [`perimeter`]: the client's address (trusted proxies, PROXY protocol), IP allow/deny
+//!   rules, request validation, upstream credential injection
+//! - [`limit`]: rate limits and quotas (shard-local cells, global over gossip, cluster over
+//!   Redis)
 //! - [`tls`]: TLS termination and origination (rustls), certificates, SNI, mTLS
-//! - [`gossip`]: the lock-free cross-shard channel (backend state now, global quotas next)
+//! - [`gossip`]: the lock-free cross-shard channel (backend state, additive quota usage)
 //! - [`upstream`]: target choice, per-shard keep-alive pools, health, the retry policy
 //! - [`admin`]: the admin listener (`/healthz`, `/readyz`, `/upstreams`, `/shards`, `/config`,
 //!   `POST /reload`) on its own thread
@@ -27,6 +30,7 @@ pub mod control;
 pub mod echo;
 pub mod gossip;
 pub mod http;
+pub mod limit;
 pub mod observe;
 pub mod perimeter;
 pub mod request_path;

@@ -366,6 +366,12 @@ fn metrics_text(plane: &ControlPlane, snapshot: &Snapshot) -> String {
             access_log_lost: plane.cluster.access_log.lost.load(Relaxed),
             audit_log_lost: plane.cluster.audit_log.lost.load(Relaxed),
             jwks: jwks_stats(plane, snapshot),
+            cluster: snapshot.cluster.as_ref().map(|_| {
+                (
+                    plane.limit_sync.up.load(Relaxed),
+                    plane.limit_sync.nodes.load(Relaxed),
+                )
+            }),
         },
     )
 }

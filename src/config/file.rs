@@ -40,6 +40,11 @@ pub struct Config {
     /// JWT providers by name (`auth = ["jwt:NAME"]` on a route).
     #[serde(default)]
     pub jwt: BTreeMap<String, super::JwtProviderConfig>,
+    /// Rate-limit and quota policies by name (`rate_limits = [...]` on a route).
+    #[serde(default)]
+    pub rate_limits: BTreeMap<String, super::RateLimitConfig>,
+    /// Shared with other ringgate processes (`scope = "cluster"` limits).
+    pub cluster: Option<super::ClusterConfig>,
 }
 
 /// `[audit_log]`: JSON lines, written off the shards like the access log.
@@ -703,6 +708,10 @@ pub struct RouteConfig {
     pub audit: bool,
     /// Checks a request must pass before any origin sees it.
     pub validate: Option<ValidateConfig>,
+    /// `[rate_limits.NAME]` policies, all of which must admit the request (after
+    /// authentication: consumer keys need the consumer).
+    #[serde(default)]
+    pub rate_limits: Vec<String>,
 }
 
 /// A route's `validate = {...}`.

@@ -12,6 +12,7 @@
 pub mod compile;
 pub mod file;
 mod file_identity;
+mod file_limits;
 pub mod reload;
 mod secret;
 pub mod snapshot;
@@ -21,6 +22,7 @@ mod units;
 pub use compile::compile;
 pub use file::*;
 pub use file_identity::*;
+pub use file_limits::*;
 pub use secret::{MAX_SECRET_BYTES, Secret, constant_time_eq};
 pub use snapshot::*;
 pub use units::{ByteSize, ConfigDuration, parse_duration, parse_size};

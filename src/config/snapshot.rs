@@ -40,6 +40,20 @@ pub struct Snapshot {
     pub auth: crate::auth::AuthSpec,
     /// `[server] trusted_proxies`.
     pub trusted_proxies: Vec<crate::perimeter::Cidr>,
+    /// `[rate_limits.NAME]`, in name order (routes refer to them by index).
+    pub rate_limits: Vec<Arc<crate::limit::PolicySpec>>,
+    /// `[cluster]`.
+    pub cluster: Option<ClusterSpec>,
+}
+
+/// `[cluster]` compiled: the Redis URL (a secret: it may hold a password).
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    pub redis: super::Secret,
+    /// The URL with any password redacted, for messages.
+    pub shown: String,
+    pub sync_interval: Duration,
+    pub on_redis_down: super::RedisDown,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,6 +230,8 @@ pub struct RouteSpec {
     pub injections: Option<Arc<crate::perimeter::inject::Injections>>,
     /// `validate = {...}`.
     pub validate: Option<Arc<crate::perimeter::validate::Validation>>,
+    /// Indices into [`Snapshot::rate_limits`]; all must admit.
+    pub rate_limits: Vec<usize>,
 }
 
 impl RouteSpec {

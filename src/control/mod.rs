@@ -3,6 +3,7 @@
 //! drain) and waits for the shards to drain. Never on a request's path.
 
 pub mod jwks;
+pub mod limits;
 pub mod reload;
 mod secrets;
 
@@ -77,6 +78,7 @@ pub fn start(snapshot: &Arc<Snapshot>) -> Result<Running, StartError> {
     let threads = shard::spawn_shards(first, &plane.cluster, &plane.mailboxes, tx);
     jwks::start(plane.clone()).map_err(StartError::Signals)?;
     secrets::start(plane.clone()).map_err(StartError::Signals)?;
+    limits::start(plane.clone()).map_err(StartError::Signals)?;
     let running = Running { threads, plane };
     for _ in 0..snapshot.workers {
         let failure = match rx.recv() {

@@ -50,6 +50,8 @@ pub struct ControlPlane {
     signal_pending: std::sync::atomic::AtomicBool,
     /// JWKS fetches by URL (written by the fetcher thread, read by `/metrics`).
     pub jwks_stats: Mutex<std::collections::HashMap<String, super::jwks::FetchStats>>,
+    /// The cluster sync thread's view of Redis (read by `/metrics`).
+    pub limit_sync: super::limits::SyncState,
 }
 
 type ReloadRequest = (
@@ -101,6 +103,7 @@ impl ControlPlane {
             reloader: std::sync::OnceLock::new(),
             signal_pending: std::sync::atomic::AtomicBool::new(false),
             jwks_stats: Mutex::new(Default::default()),
+            limit_sync: Default::default(),
         }
     }
 

@@ -14,6 +14,8 @@
 //! shard (`server.gossip_interval`, default 5 ms) plus that shard's current task, i.e. well
 //! under two ticks on a shard that is not overloaded.
 
+pub mod usage;
+
 use crossbeam_queue::ArrayQueue;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

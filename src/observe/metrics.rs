@@ -181,6 +181,16 @@ pub struct ShardMetrics {
     targets: Mutex<BTreeMap<(String, String), Arc<TargetMetrics>>>,
     listeners: Mutex<BTreeMap<String, Arc<ListenerMetrics>>>,
     injections: Mutex<BTreeMap<(String, String, String), Arc<Counter>>>,
+    limits: Mutex<BTreeMap<String, Arc<LimitMetrics>>>,
+}
+
+/// One rate-limit policy's series on one shard.
+#[derive(Debug, Default)]
+pub struct LimitMetrics {
+    pub admitted: Counter,
+    pub rejected: Counter,
+    /// Keys with a cell on this shard.
+    pub keys: Gauge,
 }
 
 fn handle<K: Ord, V: Default>(map: &Mutex<BTreeMap<K, Arc<V>>>, key: K) -> Arc<V> {
@@ -206,6 +216,11 @@ impl ShardMetrics {
         )
     }
 
+    /// The series of rate-limit policy `name`.
+    pub fn limit(&self, name: &str) -> Arc<LimitMetrics> {
+        handle(&self.limits, name.to_string())
+    }
+
     pub fn target(&self, upstream: &str, target: &str) -> Arc<TargetMetrics> {
         handle(&self.targets, (upstream.to_string(), target.to_string()))
     }
@@ -228,6 +243,8 @@ pub struct Extra<'a> {
     pub audit_log_lost: u64,
     /// JWT providers with a `jwks_url`: (provider, fetches ok, fetches failed, keys loaded).
     pub jwks: Vec<(String, u64, u64, bool)>,
+    /// `[cluster]` sync with Redis: (up, nodes last counted), when configured.
+    pub cluster: Option<(bool, u64)>,
 }
 
 /// The whole exposition: every shard's series merged, plus process metrics.
@@ -243,7 +260,19 @@ pub fn render(shards: &[ShardMetrics], extra: &Extra) -> String {
     let mut ip_denied: BTreeMap<(&str, String), u64> = BTreeMap::new();
     let mut proxy_refused: BTreeMap<String, u64> = BTreeMap::new();
     let mut injections: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+    let mut limits: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
     for shard in shards {
+        for (name, m) in shard
+            .limits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let sums = limits.entry(name.clone()).or_default();
+            sums.0 += m.admitted.get();
+            sums.1 += m.rejected.get();
+            sums.2 += m.keys.get();
+        }
         for (key, n) in shard
             .injections
             .lock()
@@ -479,6 +508,61 @@ pub fn render(shards: &[ShardMetrics], extra: &Extra) -> String {
     }
     family(
         &mut out,
+        "ringgate_ratelimit_admitted_total",
+        "counter",
+        "Requests a rate-limit policy admitted.",
+    );
+    for (name, (admitted, _, _)) in &limits {
+        let _ = writeln!(
+            out,
+            "ringgate_ratelimit_admitted_total{{policy=\"{}\"}} {admitted}",
+            escape(name)
+        );
+    }
+    family(
+        &mut out,
+        "ringgate_ratelimit_rejected_total",
+        "counter",
+        "Requests a rate-limit policy refused (429, or 503 while Redis is down with on_redis_down = \"closed\").",
+    );
+    for (name, (_, rejected, _)) in &limits {
+        let _ = writeln!(
+            out,
+            "ringgate_ratelimit_rejected_total{{policy=\"{}\"}} {rejected}",
+            escape(name)
+        );
+    }
+    family(
+        &mut out,
+        "ringgate_ratelimit_keys",
+        "gauge",
+        "Keys with a cell, summed over shards (each shard holds at most max_keys).",
+    );
+    for (name, (_, _, keys)) in &limits {
+        let _ = writeln!(
+            out,
+            "ringgate_ratelimit_keys{{policy=\"{}\"}} {keys}",
+            escape(name)
+        );
+    }
+    if let Some((up, nodes)) = extra.cluster {
+        family(
+            &mut out,
+            "ringgate_ratelimit_redis_up",
+            "gauge",
+            "1 while the last sync of cluster rate limits with Redis succeeded.",
+        );
+        let _ = writeln!(out, "ringgate_ratelimit_redis_up {}", u8::from(up));
+        family(
+            &mut out,
+            "ringgate_ratelimit_cluster_nodes",
+            "gauge",
+            "ringgate processes sharing the cluster limits, as Redis last counted them.",
+        );
+        let _ = writeln!(out, "ringgate_ratelimit_cluster_nodes {nodes}");
+    }
+    family(
+        &mut out,
         "ringgate_ip_denied_total",
         "counter",
         "Refused by ip_allow/ip_deny: connections at a listener, requests on a route.",
@@ -637,6 +721,7 @@ mod tests {
                 access_log_lost: 0,
                 audit_log_lost: 0,
                 jwks: Vec::new(),
+                cluster: None,
             },
         );
         assert!(

@@ -33,6 +33,8 @@ pub struct Policy<'a> {
     pub counters: CacheCounters<'a>,
     /// Unix seconds; `None`: read the clock, only when a route needs it.
     pub now: Option<u64>,
+    /// This shard's rate-limit cells for the running config.
+    pub limits: &'a crate::limit::ShardLimits,
 }
 
 /// What the policy stages let through: a route (by index in the snapshot), how much of
@@ -42,6 +44,8 @@ pub struct Admitted {
     pub route: usize,
     pub prefix_len: usize,
     pub identity: Option<Arc<Identity>>,
+    /// What the route's rate-limit policies said (for `RateLimit` on the response).
+    pub limits: crate::limit::Decisions,
 }
 
 /// A refusal, with the route when one had matched and the denial when authentication or
@@ -66,8 +70,13 @@ impl From<Reject> for Refused {
 const NO_HOST_FOR_REDIRECT: Reject =
     Reject::new(400, "bad_request", "missing host for the https redirect");
 
-/// Runs the policy stages in order: the first refusal wins.
-pub fn admit(p: &Policy, req: &RequestView) -> Result<Admitted, Refused> {
+/// Runs the policy stages in order: the first refusal wins. Concurrency slots a rate-limit
+/// policy grants go to `held`, for the exchange's end.
+pub fn admit(
+    p: &Policy,
+    req: &RequestView,
+    held: &mut crate::limit::Held,
+) -> Result<Admitted, Refused> {
     if let Some(port) = req.redirect_https {
         return Err(redirect_to_https(req, port).into());
     }
@@ -120,6 +129,26 @@ pub fn admit(p: &Policy, req: &RequestView) -> Result<Admitted, Refused> {
             denial: None,
         });
     }
+    let spec = &p.cfg.routes[route];
+    let limits = if spec.rate_limits.is_empty() {
+        crate::limit::Decisions::default()
+    } else {
+        let input = crate::limit::KeyInput {
+            consumer: identity.as_deref().map(|i| &*i.consumer),
+            client_ip: req.client_ip,
+            route: &spec.name,
+            buf: req.buf,
+            head: req.head,
+        };
+        let now = crate::limit::gcra::Clocks::now();
+        p.limits
+            .admit(&spec.rate_limits, &input, now, held)
+            .map_err(|refusal| Refused {
+                reject: Reject::rate_limited(p.limits, &refusal),
+                route: Some(route),
+                denial: None,
+            })?
+    };
     if let Some(rules) = &p.cfg.routes[route].validate {
         rules
             .check_head(req.buf, req.head)
@@ -133,6 +162,7 @@ pub fn admit(p: &Policy, req: &RequestView) -> Result<Admitted, Refused> {
         route,
         prefix_len,
         identity,
+        limits,
     })
 }
 
@@ -373,8 +403,9 @@ direct_response = { status = 200, body = "hi" }
                 misses: &misses,
             },
             now: Some(1_800_000_000),
+            limits: &crate::limit::ShardLimits::new(),
         };
-        admit(&policy, &view).map_err(|r| r.reject)
+        admit(&policy, &view, &mut Default::default()).map_err(|r| r.reject)
     }
 
     struct NoUrlKeys;
@@ -401,6 +432,7 @@ direct_response = { status = 200, body = "hi" }
                 route: 0,
                 prefix_len: 3,
                 identity: None,
+                limits: Default::default(),
             }
         );
         let direct = admit_raw(&cfg, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n", None).unwrap();

@@ -51,6 +51,9 @@ pub(super) struct Client {
     pub(super) linger: bool,
     /// The listener says `x_forwarded_for = "replace"`.
     pub(super) replace_x_forwarded_for: bool,
+    /// Concurrency slots of rate-limit policies the current exchange holds (given back at
+    /// its one exit).
+    pub(super) held: crate::limit::Held,
 }
 
 /// Everything that writes to the client.

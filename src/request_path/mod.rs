@@ -113,6 +113,7 @@ pub async fn serve_connection(
         client_subject,
         linger: false,
         replace_x_forwarded_for: spec.replace_x_forwarded_for,
+        held: Default::default(),
     };
     // Idle connections must not keep an old config (and its pools) alive.
     drop(config);
@@ -152,6 +153,7 @@ pub async fn serve_connection(
 /// The one exit: every exchange that read a request head is recorded once, whatever
 /// happened to it (answered, refused, failed upstream, client gone, tunnel ended).
 fn record_exchange(shard: &Shard, c: &mut Client) {
+    c.held.release();
     let record = &mut c.down.record;
     if record.started {
         record.finish((c.reader.consumed(), c.down.writer.written()));
@@ -285,12 +287,14 @@ async fn exchange(shard: &Shard, guard: &ConnGuard, c: &mut Client) -> Next {
             misses: &metrics.jwt_cache_misses,
         },
         now: None,
+        limits: &cfg.limits,
     };
     let Admitted {
         route: route_index,
         prefix_len,
         identity,
-    } = match admit(&policy, &view) {
+        limits,
+    } = match admit(&policy, &view, &mut c.held) {
         Ok(admitted) => admitted,
         Err(refused) => {
             note_refusal(shard, cfg, c, &ex, &refused);
@@ -301,6 +305,9 @@ async fn exchange(shard: &Shard, guard: &ConnGuard, c: &mut Client) -> Next {
         }
     };
     c.down.record.identity = identity;
+    if !limits.is_empty() {
+        crate::limit::push_fields(&mut c.down.extra, &cfg.limits, &limits);
+    }
     let route = &cfg.routes[route_index];
     c.down.record.route = Some(route_index);
     c.down.record.route_metrics = Some(cfg.route_metrics[route_index].clone());

@@ -46,6 +46,20 @@ impl Reject {
         }
     }
 
+    /// A refusal by a rate-limit policy: 429 with `Retry-After` and the policy's fields, or
+    /// 503 for a cluster limit that cannot be checked (`on_redis_down = "closed"`).
+    pub fn rate_limited(
+        limits: &crate::limit::ShardLimits,
+        refusal: &crate::limit::Refusal,
+    ) -> Reject {
+        let mut reject = match refusal.verdict {
+            Some(_) => Reject::new(429, "rate_limited", "rate limit exceeded"),
+            None => Reject::new(503, "ratelimit_unavailable", "rate limit cannot be checked"),
+        };
+        crate::limit::push_refusal_fields(&mut reject.headers, limits, refusal);
+        reject
+    }
+
     /// The same answer, closing the connection after it.
     pub const fn closing(mut self) -> Reject {
         self.closes = true;

@@ -80,6 +80,7 @@ pub(super) async fn direct_response(
     push_decimal(out, body.len() as u64);
     out.extend_from_slice(b"\r\n");
     push_header(out, b"x-request-id", ex.request_id());
+    out.extend_from_slice(&c.down.extra);
     out.extend_from_slice(&route.response_edits(ex.tls).add);
     push_connection_header(out, ex, close);
     out.extend_from_slice(b"\r\n");

@@ -223,6 +223,7 @@ impl Shard {
             upstreams: old.upstreams.rebuild(snapshot.clone()),
             auth: crate::auth::ShardAuth::new(&snapshot.auth),
             injection_counters: injection_counters(metrics, &snapshot),
+            limits: old.limits.rebuild(&snapshot.rate_limits, metrics),
             snapshot,
             generation,
             listener_states: listeners,
@@ -278,6 +279,7 @@ impl Shard {
                 Command::Apply(next) => self.apply(*next),
                 Command::Jwks { url, keys } => self.set_jwks(url, keys),
                 Command::SecretFile { path, value } => self.set_secret_file(path, value),
+                Command::ClusterMode(mode) => self.config().limits.set_mode(mode),
             }
         }
     }
@@ -458,6 +460,7 @@ pub(super) async fn tick_loop(shard: &Rc<Shard>) {
     while !DRAIN.load(Ordering::Acquire) {
         shard.take_commands();
         shard.flush_log();
+        shard.exchange_usage();
         let config = shard.config();
         config.upstreams.health().drain_gossip();
         let now = Instant::now();

@@ -50,6 +50,56 @@ pub struct Shard {
     jwks: RefCell<std::collections::HashMap<Box<str>, Arc<crate::auth::jwt::KeySet>>>,
     /// The latest values of `file:` secrets that changed since they were loaded, by path.
     secret_files: RefCell<HashMap<std::path::PathBuf, Arc<crate::config::Secret>>>,
+    /// Usage batches an inbox had no room for: (destination, batch), sent again next tick
+    /// (`None`: the cluster sync thread).
+    usage_unsent: RefCell<Vec<(Option<usize>, Arc<crate::gossip::usage::UsageBatch>)>>,
+}
+
+/// Batches kept for full inboxes at most (about a second of ticks for every peer): beyond
+/// that a receiver is not draining at all, and the oldest are dropped.
+const MAX_UNSENT_USAGE: usize = 4096;
+
+impl Shard {
+    /// The tick's rate-limit exchange: what this shard admitted for global and cluster
+    /// policies goes to every other shard (and the cluster sync thread); what they admitted
+    /// is charged to this shard's cells. Never waits: a full inbox keeps the batch here for
+    /// the next tick.
+    pub(super) fn exchange_usage(&self) {
+        let usage = &self.cluster.usage;
+        let now = crate::limit::gcra::Clocks::now();
+        let config = self.config();
+        let mut unsent = self.usage_unsent.borrow_mut();
+        let retry = std::mem::take(&mut *unsent);
+        let mut send = |to: Option<usize>, batch: Arc<crate::gossip::usage::UsageBatch>| {
+            let sent = match to {
+                Some(shard) => usage.send(shard, batch),
+                None => usage.send_to_cluster(batch),
+            };
+            if let Err(batch) = sent {
+                unsent.push((to, batch));
+            }
+        };
+        for (to, batch) in retry {
+            send(to, batch);
+        }
+        if let Some(batch) = config.limits.take_usage(self.id, now) {
+            let batch = Arc::new(batch);
+            for shard in (0..usage.shards()).filter(|&s| s != self.id) {
+                send(Some(shard), batch.clone());
+            }
+            if batch.policies.iter().any(|p| p.cluster) {
+                send(None, batch);
+            }
+        }
+        if unsent.len() > MAX_UNSENT_USAGE {
+            let excess = unsent.len() - MAX_UNSENT_USAGE;
+            unsent.drain(..excess);
+        }
+        drop(unsent);
+        while let Some(batch) = usage.receive(self.id) {
+            config.limits.charge(&batch, now);
+        }
+    }
 }
 
 /// Lines gathered on the shard for one log, handed to its writer in chunks.
@@ -114,6 +164,9 @@ pub struct Active {
     /// Injection counters by route: `[injection * (consumers + 1) + consumer]`, the last
     /// consumer slot for callers that are not configured consumers.
     pub injection_counters: Vec<Vec<Arc<crate::observe::metrics::Counter>>>,
+    /// This shard's rate-limit cells for this config's policies (cells of policies a reload
+    /// kept are the same cells).
+    pub limits: crate::limit::ShardLimits,
 }
 
 impl Active {
@@ -198,6 +251,9 @@ pub enum Command {
         path: std::path::PathBuf,
         value: Arc<crate::config::Secret>,
     },
+    /// Whether cluster rate limits are synced with Redis, and what to do while they are not
+    /// (from the cluster sync thread).
+    ClusterMode(crate::limit::ClusterMode),
     /// A JWKS URL's keys, fetched by the control thread.
     Jwks {
         url: Box<str>,
@@ -391,6 +447,7 @@ impl Shard {
             listener_states: Vec::new(),
             auth: crate::auth::ShardAuth::new(&Default::default()),
             injection_counters: Vec::new(),
+            limits: crate::limit::ShardLimits::new(),
         };
         Shard {
             id,
@@ -410,6 +467,7 @@ impl Shard {
             access_lines: LineBuffer::default(),
             audit_lines: LineBuffer::default(),
             jwks: RefCell::new(Default::default()),
+            usage_unsent: RefCell::new(Vec::new()),
             secret_files: RefCell::new(Default::default()),
         }
     }

@@ -112,6 +112,8 @@ pub struct Cluster {
     pub audit_log: std::sync::Arc<crate::observe::access_log::LogPipe>,
     /// JWKS URLs a shard saw an unknown `kid` for: the control thread refetches them.
     pub jwks_wanted: crossbeam_queue::ArrayQueue<Box<str>>,
+    /// Rate-limit usage between shards, and to and from the cluster sync thread.
+    pub usage: crate::gossip::usage::UsageExchange,
 }
 
 impl Cluster {
@@ -138,6 +140,7 @@ impl Cluster {
                 None,
             )),
             jwks_wanted: crossbeam_queue::ArrayQueue::new(64),
+            usage: crate::gossip::usage::UsageExchange::new(workers),
         }
     }
 

@@ -3,6 +3,7 @@
 //! [`listeners`], [`upstreams`], [`routes`]; this file holds the checker and the order.
 
 mod auth;
+mod limits;
 mod listeners;
 mod routes;
 mod upstreams;
@@ -148,7 +149,8 @@ pub fn compile(file: &Path, config: &Config, lines: &KeyLines) -> Result<Snapsho
         "server.trusted_proxies",
         &config.server.trusted_proxies,
     );
-    let (routes, keys) = compile_routes(&mut c, config, &upstreams, &auth, base);
+    let (rate_limits, cluster) = limits::compile_limits(&mut c, config, base);
+    let (routes, keys) = compile_routes(&mut c, config, &upstreams, &auth, &rate_limits, base);
     let router = match Router::build(&keys) {
         Ok(r) => Some(r),
         Err(conflicts) => {
@@ -186,6 +188,8 @@ pub fn compile(file: &Path, config: &Config, lines: &KeyLines) -> Result<Snapsho
             router,
             auth,
             trusted_proxies,
+            rate_limits,
+            cluster,
         }),
         _ => Err(c.problems),
     }

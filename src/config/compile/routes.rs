@@ -11,6 +11,7 @@ pub(super) fn compile_routes(
     config: &Config,
     upstreams: &[UpstreamSpec],
     auth: &crate::auth::AuthSpec,
+    rate_limits: &[Arc<crate::limit::PolicySpec>],
     base: &Path,
 ) -> (Vec<RouteSpec>, Vec<RouteKey>) {
     c.unique_names("routes", config.routes.iter().map(|r| r.name.as_str()));
@@ -125,6 +126,13 @@ pub(super) fn compile_routes(
             ip_rules: super::ip_rules(c, &key, &r.ip_allow, &r.ip_deny),
             injections,
             validate,
+            rate_limits: super::limits::route_limits(
+                c,
+                &key,
+                &r.rate_limits,
+                rate_limits,
+                &config.rate_limits,
+            ),
         });
     }
     (specs, keys)
