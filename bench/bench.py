@@ -56,9 +56,12 @@ SCENARIOS = {
     "gw-key": ("/key/", 64, None, "API key on every request, keep-alive, 64 connections"),
     "gw-perimeter": ("/perimeter/", 64, "",
                      "route with ip_allow + ip_deny and an injected header, 64 connections"),
+    "gw-limit": ("/limited/", 64, "",
+                 "route with a global GCRA limit keyed by client IP (never refusing), 64 conns"),
 }
 GATEWAY_SCENARIOS = {"gw-jwt": {"ringgate", "haproxy"}, "gw-jwt-unique": {"ringgate", "haproxy"},
-                     "gw-key": {"ringgate"}, "gw-perimeter": {"ringgate"}}
+                     "gw-key": {"ringgate"}, "gw-perimeter": {"ringgate"},
+                     "gw-limit": {"ringgate"}}
 DEFAULT_SCENARIOS = [s for s in SCENARIOS if s not in GATEWAY_SCENARIOS]
 FIXED_RATE = "fixed-rate"
 TARGETS = ["direct", "ringgate", "nginx", "haproxy"]

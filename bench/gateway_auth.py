@@ -86,7 +86,7 @@ request = function()
   return wrk.format(nil, nil, {{ ["Authorization"] = "Bearer " .. tokens[i] }})
 end
 """
-    scripts["gw-perimeter"] = ""
+    scripts["gw-perimeter"] = scripts["gw-limit"] = ""
     upstream_key = os.path.join(workdir, "upstream.key")
     with open(upstream_key, "w") as f:
         f.write("sk-bench-upstream-key-not-real\n")
@@ -124,6 +124,16 @@ upstream = "origin"
 ip_allow = ["127.0.0.0/8"]
 ip_deny = ["10.0.0.0/8"]
 inject_headers = {{ "authorization" = {{ secret = "file:{material['upstream_key']}", prefix = "Bearer " }} }}
+[rate_limits.bench-global]
+key = "ip"
+rate = 1000000
+burst = 1000000
+scope = "global"
+[[routes]]
+name = "limited"
+path_prefix = "/limited"
+upstream = "origin"
+rate_limits = ["bench-global"]
 """
 
 

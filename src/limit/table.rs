@@ -15,9 +15,11 @@ use std::hash::{BuildHasherDefault, Hasher};
 /// How many of the least recently seen keys an insertion looks at for one at rest.
 pub const EVICTION_SCAN: usize = 16;
 
-/// Upper bound of the memory one key takes: its slot, and its index entry (8-byte key,
-/// 4-byte slot, one control byte, at hashbrown's 7/8 load).
-pub const BYTES_PER_KEY: usize = std::mem::size_of::<Slot>() + (8 + 4 + 1) * 8 / 7 + 1;
+/// The memory one key takes in a full table: its slot (48 bytes) and its index entry (a
+/// 16-byte `(u64, u32)` plus one control byte, at hashbrown's 7/8 load): 68 bytes. While a
+/// table fills, doubling can leave up to twice that allocated per key.
+pub const BYTES_PER_KEY: usize =
+    std::mem::size_of::<Slot>() + (std::mem::size_of::<(u64, u32)>() + 1) * 8 / 7 + 1;
 
 const NONE: u32 = u32::MAX;
 
@@ -334,6 +336,12 @@ mod tests {
             "key 1 was the least recently seen"
         );
         assert!(t.index.contains_key(&0));
+    }
+
+    #[test]
+    fn a_key_costs_what_the_docs_say() {
+        assert_eq!(std::mem::size_of::<Slot>(), 48);
+        assert_eq!(BYTES_PER_KEY, 68);
     }
 
     #[test]
