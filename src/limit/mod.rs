@@ -113,17 +113,25 @@ pub struct Refusal {
 /// Concurrency slots an exchange holds until its end.
 #[derive(Default)]
 pub struct Held {
-    slots: Vec<(Rc<RefCell<PolicyState>>, u64, u64)>,
+    /// (policy, key, weight, whether the key had to share the overflow cell)
+    slots: Vec<(Rc<RefCell<PolicyState>>, u64, u64, bool)>,
 }
 
 impl Held {
     /// Gives every slot back (the exchange ended, however).
     pub fn release(&mut self) {
-        for (state, key, weight) in self.slots.drain(..) {
+        for (state, key, weight, overflow) in self.slots.drain(..) {
             let mut state = state.borrow_mut();
             let state = &mut *state;
             let algorithm = state.spec.algorithm;
-            if let Some(place) = state.table.existing(key) {
+            // A key with requests in flight is never at rest, so it kept its cell (slots may
+            // move on a reload's trim: look it up by key).
+            let place = if overflow {
+                Some(Place::Overflow)
+            } else {
+                state.table.existing(key)
+            };
+            if let Some(place) = place {
                 algorithm.release(state.table.cell(place), weight);
                 if state.spec.scope != Scope::Shard {
                     state.table.note_usage(place, -(weight as i64));
@@ -357,7 +365,9 @@ impl ShardLimits {
                 state.table.note_usage(place, weight as i64);
             }
             if matches!(state.spec.algorithm, Algorithm::Concurrency { .. }) {
-                held.slots.push((self.policies[p].clone(), key, weight));
+                let overflow = place == Place::Overflow;
+                held.slots
+                    .push((self.policies[p].clone(), key, weight, overflow));
             }
         }
         Ok(decisions)
@@ -667,5 +677,36 @@ mod tests {
         assert!(second.is_empty());
         first.release();
         assert!(limits.admit(&[0], &input, now, &mut second).is_ok());
+        second.release();
+
+        // One key per shard: "acme" in flight holds the only cell, so others share the
+        // overflow cell, and giving a slot back gives back the overflow's.
+        let narrow = vec![Arc::new(PolicySpec {
+            max_keys: 1,
+            ..(*specs[0]).clone()
+        })];
+        let limits = ShardLimits::new().rebuild(&narrow, &metrics);
+        let as_consumer = |name: &'static str| KeyInput {
+            consumer: Some(name),
+            ..input
+        };
+        let (mut a, mut b, mut c) = (Held::default(), Held::default(), Held::default());
+        assert!(
+            limits
+                .admit(&[0], &as_consumer("acme"), now, &mut a)
+                .is_ok()
+        );
+        assert!(limits.admit(&[0], &as_consumer("bob"), now, &mut b).is_ok());
+        assert!(
+            limits
+                .admit(&[0], &as_consumer("carol"), now, &mut c)
+                .is_err()
+        );
+        b.release();
+        assert!(
+            limits
+                .admit(&[0], &as_consumer("carol"), now, &mut c)
+                .is_ok()
+        );
     }
 }
