@@ -58,10 +58,12 @@ SCENARIOS = {
                      "route with ip_allow + ip_deny and an injected header, 64 connections"),
     "gw-limit": ("/limited/", 64, "",
                  "route with a global GCRA limit keyed by client IP (never refusing), 64 conns"),
+    "gw-limit-reject": ("/reject/", 64, "",
+                        "every request over a per-IP limit of 1/s: 429s (nginx: limit_req)"),
 }
 GATEWAY_SCENARIOS = {"gw-jwt": {"ringgate", "haproxy"}, "gw-jwt-unique": {"ringgate", "haproxy"},
                      "gw-key": {"ringgate"}, "gw-perimeter": {"ringgate"},
-                     "gw-limit": {"ringgate"}}
+                     "gw-limit": {"ringgate"}, "gw-limit-reject": {"ringgate", "nginx"}}
 DEFAULT_SCENARIOS = [s for s in SCENARIOS if s not in GATEWAY_SCENARIOS]
 FIXED_RATE = "fixed-rate"
 TARGETS = ["direct", "ringgate", "nginx", "haproxy"]
@@ -193,7 +195,16 @@ http {{
       proxy_http_version 1.1;
       proxy_set_header Connection "";
     }}
+    # gw-limit-reject: one request per second per client address, the rest answered 429.
+    location /reject/ {{
+      limit_req zone=bench_reject;
+      limit_req_status 429;
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
   }}
+  limit_req_zone $binary_remote_addr zone=bench_reject:10m rate=1r/s;
 }}
 """
 

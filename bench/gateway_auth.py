@@ -86,7 +86,7 @@ request = function()
   return wrk.format(nil, nil, {{ ["Authorization"] = "Bearer " .. tokens[i] }})
 end
 """
-    scripts["gw-perimeter"] = scripts["gw-limit"] = ""
+    scripts["gw-perimeter"] = scripts["gw-limit"] = scripts["gw-limit-reject"] = ""
     upstream_key = os.path.join(workdir, "upstream.key")
     with open(upstream_key, "w") as f:
         f.write("sk-bench-upstream-key-not-real\n")
@@ -134,6 +134,15 @@ name = "limited"
 path_prefix = "/limited"
 upstream = "origin"
 rate_limits = ["bench-global"]
+[rate_limits.bench-reject]
+key = "ip"
+rate = 1
+scope = "global"
+[[routes]]
+name = "reject"
+path_prefix = "/reject"
+upstream = "origin"
+rate_limits = ["bench-reject"]
 """
 
 

@@ -25,6 +25,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Keys whose counters are read back while quiet here (other nodes may be using them).
 const WATCH_FOR: Duration = Duration::from_secs(2);
 const NODES_KEY: &str = "ringgate:nodes";
+/// How long a GCRA policy's Redis counter lives before the next one starts (at least).
+const GCRA_COUNTER_US: u64 = 60_000_000;
 
 /// What `/metrics` shows of the sync.
 #[derive(Default)]
@@ -46,6 +48,7 @@ struct Seen {
     /// The total Redis returned last time.
     total: i64,
     period_us: u64,
+    gcra: bool,
     last_used: Instant,
 }
 
@@ -60,7 +63,8 @@ struct Sync {
     node: String,
     conn: Option<(Vec<u8>, redis::Connection)>,
     /// This node's usage since the last successful sync.
-    pending: HashMap<CounterId, (i64, u64)>,
+    /// (requests, counter length, GCRA) per counter.
+    pending: HashMap<CounterId, (i64, u64, bool)>,
     seen: HashMap<CounterId, Seen>,
     retry_at: Instant,
     backoff: Duration,
@@ -147,19 +151,22 @@ impl Sync {
         let now_unix = crate::limit::gcra::Clocks::now().unix_us;
         while let Some(batch) = plane.cluster.usage.receive_for_cluster() {
             for policy in batch.policies.iter().filter(|p| p.cluster) {
+                // Fixed windows count in their own window; GCRA usage goes to counters that
+                // rotate (so they expire) far more slowly than syncs happen, since what is
+                // read back is the difference between two syncs.
+                let (length_us, gcra) = if policy.entries.first().is_some_and(|u| u.window == 0) {
+                    (policy.period_us.max(GCRA_COUNTER_US), true)
+                } else {
+                    (policy.period_us.max(1), false)
+                };
                 for u in &policy.entries {
-                    // GCRA counters rotate every refill period so they expire.
-                    let window = if u.window == 0 {
-                        now_unix / policy.period_us.max(1)
-                    } else {
-                        u.window
-                    };
+                    let window = if gcra { now_unix / length_us } else { u.window };
                     let id = CounterId {
                         policy: policy.name.clone(),
                         key: u.key,
                         window,
                     };
-                    let entry = self.pending.entry(id).or_insert((0, policy.period_us));
+                    let entry = self.pending.entry(id).or_insert((0, length_us, gcra));
                     entry.0 += u.n;
                 }
             }
@@ -186,19 +193,19 @@ impl Sync {
         let now = Instant::now();
         self.seen
             .retain(|_, s| now.duration_since(s.last_used) < WATCH_FOR);
-        let mut ids: Vec<(CounterId, i64, u64)> = self
+        let mut ids: Vec<(CounterId, i64, u64, bool)> = self
             .pending
             .iter()
-            .map(|(id, &(n, period))| (id.clone(), n, period))
+            .map(|(id, &(n, period, gcra))| (id.clone(), n, period, gcra))
             .collect();
         for (id, s) in &self.seen {
             if !self.pending.contains_key(id) {
-                ids.push((id.clone(), 0, s.period_us));
+                ids.push((id.clone(), 0, s.period_us, s.gcra));
             }
         }
         let now_ms = crate::observe::unix_ms();
         let mut pipe = redis::pipe();
-        for (id, n, period_us) in &ids {
+        for (id, n, period_us, _) in &ids {
             let key = format!("ringgate:rl:{}:{:016x}:{}", id.policy, id.key, id.window);
             let ttl_ms = (2 * period_us / 1000).max(1000);
             pipe.cmd("INCRBY").arg(&key).arg(*n);
@@ -226,13 +233,22 @@ impl Sync {
         self.nodes = replies.pop().unwrap_or(1).max(1) as u64;
         self.pending.clear();
         let mut others: HashMap<Arc<str>, PolicyUsage> = HashMap::new();
-        for ((id, n, period_us), total) in ids.into_iter().zip(replies) {
+        for ((id, n, period_us, gcra), total) in ids.into_iter().zip(replies) {
+            let first_sight = !self.seen.contains_key(&id);
             let seen = self.seen.entry(id.clone()).or_insert(Seen {
                 total: 0,
                 period_us,
+                gcra,
                 last_used: now,
             });
-            let elsewhere = total - seen.total - n;
+            // A GCRA counter sums a minute of usage, most of it refilled long ago: the first
+            // reading is a baseline, and only what others add after it is charged. A quota's
+            // window is what it counts: all of it is charged.
+            let elsewhere = if first_sight && gcra {
+                0
+            } else {
+                total - seen.total - n
+            };
             seen.total = total;
             if n != 0 {
                 seen.last_used = now;
