@@ -2,7 +2,9 @@
 # Bounded soak and fault runs. Each scenario stops by itself and ends with a line saying what
 # was lost ("LOST 0" is the goal). Only 127.0.0.1 is used; only processes started here are
 # stopped (by PID).
-#   loadtest/run.sh [--quick] [soak|idle|slow|kill|reload|all]
+#   loadtest/run.sh [--quick] [soak|idle|slow|kill|reload|limits|all]
+# `limits` (loadtest/limits.py: rate-limit accuracy in every load shape, and cluster limits on
+# a real redis-server) needs wrk and redis-server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,8 +13,8 @@ scenario=all
 for arg in "$@"; do
   case "$arg" in
     --quick) quick=1 ;;
-    soak|idle|slow|kill|reload|all) scenario="$arg" ;;
-    *) echo "usage: $0 [--quick] [soak|idle|slow|kill|reload|all]" >&2; exit 2 ;;
+    soak|idle|slow|kill|reload|limits|all) scenario="$arg" ;;
+    *) echo "usage: $0 [--quick] [soak|idle|slow|kill|reload|limits|all]" >&2; exit 2 ;;
   esac
 done
 if [ "$quick" = 1 ]; then soak_s=20; load_s=10; idle_n=2000; else soak_s=300; load_s=30; idle_n=10000; fi
@@ -153,5 +155,10 @@ TOML
   cat "$work/reloads.txt"
   grep -q ' 0 refused' "$work/reloads.txt" || status=1
   cp "$work/base.toml" "$work/ringgate.toml"
+fi
+if [ "$scenario" = limits ] || [ "$scenario" = all ]; then
+  echo "## limits: rate-limit accuracy (global: 2 and 4 shards, three load shapes; cluster: 2 nodes, Redis killed mid-run)"
+  if [ "$quick" = 1 ]; then periods=3; else periods=10; fi
+  python3 loadtest/limits.py --periods "$periods" || status=1
 fi
 exit "$status"

@@ -386,3 +386,199 @@ fn cluster_limits_are_shared_through_redis_and_redis_down_follows_the_config() {
     .status
         == 200));
 }
+
+/// Checks a `RateLimit-Policy` or `RateLimit` value is a structured-field List of items,
+/// each an sf-string with integer parameters (RFC 9651): `"name";k=1;k=2, "other";k=3`.
+fn parse_sf_list(value: &str) -> Vec<(String, Vec<(String, u64)>)> {
+    let mut items = Vec::new();
+    for member in value.split(", ") {
+        let rest = member.strip_prefix('"').expect("an item is an sf-string");
+        let (name, params) = rest.split_once('"').expect("the string ends");
+        assert!(
+            name.bytes()
+                .all(|b| (0x20..0x7f).contains(&b) && b != b'\\'),
+            "{name:?}"
+        );
+        let mut parsed = Vec::new();
+        for param in params.split(';').skip(1) {
+            let (key, v) = param.split_once('=').expect("key=value");
+            assert!(
+                key.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{key:?}"
+            );
+            parsed.push((key.to_string(), v.parse().expect("an sf-integer")));
+        }
+        assert!(params.is_empty() || params.starts_with(';'), "{params:?}");
+        items.push((name.to_string(), parsed));
+    }
+    items
+}
+
+#[test]
+fn the_fields_parse_as_structured_field_lists() {
+    let origin = Origin::start(|_| ok(b"ok"));
+    let gw = gateway(
+        1,
+        admin_addr(),
+        "[rate_limits.a]\nkey = \"ip\"\nrate = 3\nperiod = \"1m\"\n\n[rate_limits.b-2]\nkey = \"route\"\nrate = 100\nperiod = \"1h\"\nburst = 5",
+        "rate_limits = [\"a\", \"b-2\"]",
+        origin.addr,
+    );
+    let r = get(&gw, "");
+    let policy = parse_sf_list(r.header("ratelimit-policy").unwrap());
+    assert_eq!(
+        policy,
+        [
+            (
+                "a".to_string(),
+                vec![("q".to_string(), 3), ("w".to_string(), 60)]
+            ),
+            (
+                "b-2".to_string(),
+                vec![("q".to_string(), 100), ("w".to_string(), 3600)]
+            ),
+        ]
+    );
+    let state = parse_sf_list(r.header("ratelimit").unwrap());
+    assert_eq!(
+        state[0],
+        (
+            "a".to_string(),
+            vec![("r".to_string(), 0), ("t".to_string(), 20)]
+        )
+    );
+    assert_eq!(state[1].1[0], ("r".to_string(), 5));
+    let refused = get(&gw, "");
+    assert_eq!(refused.status, 429);
+    let only = parse_sf_list(refused.header("ratelimit").unwrap());
+    assert_eq!(only.len(), 1, "the refusing policy's state");
+    assert_eq!(only[0].0, "a");
+}
+
+/// Sends requests as fast as `threads` clients can for `seconds`, each on its own keep-alive
+/// connection; how many were admitted.
+fn drive(listen: SocketAddr, threads: usize, seconds: f64) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs_f64(seconds);
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(listen).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut reader = ResponseReader::default();
+                let mut admitted = 0;
+                while std::time::Instant::now() < deadline {
+                    s.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+                    admitted += usize::from(reader.read(&mut s, false).status == 200);
+                }
+                admitted
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).sum()
+}
+
+/// A connection served by a different shard than `first` (found through /shards).
+fn connection_on_another_shard(
+    gw: &Gateway,
+    admin: SocketAddr,
+    first: &mut TcpStream,
+) -> TcpStream {
+    let mut shard_of = |s: &mut TcpStream| {
+        let before = shard_exchanges(admin);
+        s.write_all(b"GET /probe HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        ResponseReader::default().read(s, false);
+        let after = shard_exchanges(admin);
+        (0..before.len()).find(|&i| after[i] > before[i])
+    };
+    let home = shard_of(first);
+    for _ in 0..64 {
+        let mut s = gw.connect();
+        if shard_of(&mut s) != home {
+            return s;
+        }
+    }
+    panic!("64 connections all landed on shard {home:?}");
+}
+
+#[test]
+fn a_global_limit_is_the_process_limit_in_every_load_shape() {
+    let origin = Origin::start(|_| ok(b"ok"));
+    // 100 per second plus 10 at once; each run lasts 2 s (two periods).
+    let policy = "[rate_limits.one]\nkey = \"route\"\nrate = 100\nperiod = \"1s\"\nburst = 10\nscope = \"global\"";
+    for workers in [2, 4] {
+        for shape in ["uniform", "one connection", "moving"] {
+            let admin = admin_addr();
+            let gw = gateway(
+                workers,
+                admin,
+                policy,
+                "rate_limits = [\"one\"]",
+                origin.addr,
+            );
+            let started = std::time::Instant::now();
+            let driven = match shape {
+                "uniform" => drive(gw.listen, 8, 2.0),
+                "one connection" => drive(gw.listen, 1, 2.0),
+                _ => {
+                    let mut first = gw.connect();
+                    let mut second = connection_on_another_shard(&gw, admin, &mut first);
+                    // The probes above were admitted too: count from here.
+                    let before =
+                        admin_metric(admin, "ringgate_ratelimit_admitted_total{policy=\"one\"}");
+                    let mut n = 0;
+                    for (s, until) in [(&mut first, 1.0), (&mut second, 2.0)] {
+                        let mut reader = ResponseReader::default();
+                        while started.elapsed().as_secs_f64() < until {
+                            s.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+                            n += usize::from(reader.read(s, false).status == 200);
+                        }
+                    }
+                    n + before as usize
+                }
+            };
+            let elapsed = started.elapsed().as_secs_f64();
+            let admitted =
+                admin_metric(admin, "ringgate_ratelimit_admitted_total{policy=\"one\"}") as usize;
+            assert_eq!(admitted, driven, "the metric counts what clients got");
+            let allowed = 11.0 + 100.0 * elapsed;
+            let bound = (workers - 1) as f64 * (11.0 + 100.0 * 0.01);
+            // Generous margins (a loaded 2-core machine), yet far from a per-shard split
+            // (allowed / workers) and from independent shards (allowed * workers).
+            assert!(
+                admitted as f64 >= allowed * 0.75 && admitted as f64 <= allowed * 1.1 + bound,
+                "{workers} shards, {shape}: admitted {admitted}, allowed {allowed:.0}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_concurrency_limit_never_lets_more_through_than_it_says() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (n, p) = (now.clone(), peak.clone());
+    let origin = Origin::start(move |_| {
+        let inside = n.fetch_add(1, Ordering::SeqCst) + 1;
+        p.fetch_max(inside, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(30));
+        n.fetch_sub(1, Ordering::SeqCst);
+        ok(b"ok")
+    });
+    let gw = gateway(
+        1,
+        admin_addr(),
+        "[rate_limits.three]\nkey = \"route\"\nconcurrency = 3",
+        "rate_limits = [\"three\"]",
+        origin.addr,
+    );
+    let admitted = drive(gw.listen, 12, 2.0);
+    assert!(admitted > 20, "requests went through: {admitted}");
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        3,
+        "at most 3 in flight, and the limit was reached"
+    );
+}
