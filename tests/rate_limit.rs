@@ -484,7 +484,7 @@ fn connection_on_another_shard(
     admin: SocketAddr,
     first: &mut TcpStream,
 ) -> TcpStream {
-    let mut shard_of = |s: &mut TcpStream| {
+    let shard_of = |s: &mut TcpStream| {
         let before = shard_exchanges(admin);
         s.write_all(b"GET /probe HTTP/1.1\r\nHost: t\r\n\r\n")
             .unwrap();
