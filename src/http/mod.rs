@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod chunked;
+pub mod date;
 pub mod head;
 pub mod io;
 
@@ -79,6 +80,8 @@ pub fn push_status_line(out: &mut Vec<u8>, status: u16) {
     out.push(b' ');
     out.extend_from_slice(reason_phrase(status).as_bytes());
     out.extend_from_slice(b"\r\n");
+    // Every answer the gateway makes itself starts here: it carries the time it was made.
+    date::push_date(out);
 }
 
 /// Copies clean runs whole and escapes byte by byte only where needed; bytes from 0x80 up
@@ -139,7 +142,10 @@ pub fn push_error_response(
     out.extend_from_slice(b"content-length: ");
     push_decimal(out, body_len as u64);
     out.extend_from_slice(b"\r\n");
-    push_header(out, b"x-request-id", request_id);
+    // Empty before any request was read (a plain request on a TLS port).
+    if !request_id.is_empty() {
+        push_header(out, b"x-request-id", request_id);
+    }
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }

@@ -121,12 +121,40 @@ pub(super) struct TunnelLimits {
 /// or stalled handshake just closes the connection (rustls has sent its alert).
 pub(super) async fn accept_tls(
     tls: &crate::tls::ServerTls,
-    stream: TcpStream,
+    mut stream: TcpStream,
     early: &[u8],
 ) -> Option<(ConnRead, ConnWrite, Option<Box<str>>)> {
+    let deadline = Instant::now() + tls.handshake_timeout;
+    let mut first = Vec::with_capacity(crate::tls::CIPHER_BUF.max(early.len()));
+    first.extend_from_slice(early);
+    if first.is_empty() {
+        use monoio::io::AsyncReadRent;
+        let read = stream.read(first);
+        let (result, buf) = monoio::time::timeout_at(deadline, read).await.ok()?;
+        first = buf;
+        if !matches!(result, Ok(n) if n > 0) {
+            return None;
+        }
+    }
+    // A TLS connection starts with a handshake record (0x16); an upper-case letter is an
+    // HTTP method: answer in HTTP, as nginx does, instead of a TLS alert nobody can read.
+    if first[0].is_ascii_uppercase() {
+        let mut out = Vec::with_capacity(256);
+        crate::http::push_error_response(
+            &mut out,
+            400,
+            "plain HTTP request sent to an HTTPS port",
+            b"",
+            true,
+            b"",
+        );
+        use monoio::io::AsyncWriteRentExt;
+        let _ = monoio::time::timeout(Duration::from_secs(1), stream.write_all(out)).await;
+        return None;
+    }
     let session = rustls::ServerConnection::new(tls.config.clone()).ok()?;
-    let handshake = crate::tls::handshake(stream, session, true, early);
-    let (read, write) = monoio::time::timeout(tls.handshake_timeout, handshake)
+    let handshake = crate::tls::handshake(stream, session, true, first);
+    let (read, write) = monoio::time::timeout_at(deadline, handshake)
         .await
         .ok()?
         .ok()?;

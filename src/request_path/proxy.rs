@@ -62,7 +62,8 @@ pub(super) async fn proxy(
     };
     // Circuit breaking and target choice (healthy, not ejected) come before any work.
     if !cfg.upstreams.has_capacity(upstream) {
-        return reject_with_body_pending(c, ex, reject::UPSTREAM_OVERLOADED).await;
+        let refusal = reject::UPSTREAM_OVERLOADED.with_header(b"retry-after", b"1");
+        return reject_with_body_pending(c, ex, refusal).await;
     }
     cfg.upstreams.count_request(upstream);
     c.down.record.upstream = Some(upstream);
@@ -74,7 +75,9 @@ pub(super) async fn proxy(
     };
     let mut attempts = Attempts::new(&cfg.upstreams, upstream, affinity, policy);
     let Ok(target) = attempts.first() else {
-        return reject_with_body_pending(c, ex, reject::NO_HEALTHY_TARGET).await;
+        // Health checks and ejections work on seconds: ask for a retry in one.
+        let refusal = reject::NO_HEALTHY_TARGET.with_header(b"retry-after", b"1");
+        return reject_with_body_pending(c, ex, refusal).await;
     };
     // Transform the head (plus a small, fully buffered body) into `out`.
     let label = &cfg.snapshot.upstreams[upstream].targets[target].label;

@@ -13,7 +13,7 @@ mod certs;
 mod stream;
 
 pub use certs::{ClientTls, ServerTls, ServerTlsSettings, TlsProblem, client_tls, server_tls};
-pub use stream::{HandshakeError, TlsReadHalf, TlsWriteHalf, handshake};
+pub use stream::{CIPHER_BUF, HandshakeError, TlsReadHalf, TlsWriteHalf, handshake};
 
 use crate::http::io::BufPool;
 use monoio::BufResult;

@@ -17,7 +17,7 @@ use std::rc::Rc;
 
 /// Ciphertext read size. rustls reassembles records across reads, so this need not hold a
 /// whole record; matching the shard pool's buffer size lets idle connections lend it back.
-const CIPHER_BUF: usize = 16 * 1024;
+pub const CIPHER_BUF: usize = 16 * 1024;
 
 type Session = Rc<RefCell<rustls::Connection>>;
 
@@ -56,12 +56,14 @@ pub async fn handshake(
     mut stream: TcpStream,
     session: impl Into<rustls::Connection>,
     eof_without_close_notify_is_clean: bool,
-    early: &[u8],
+    mut cipher: Vec<u8>,
 ) -> Result<(TlsReadHalf, TlsWriteHalf), HandshakeError> {
     let mut session = session.into();
-    let mut cipher = Vec::with_capacity(CIPHER_BUF.max(early.len()));
-    // Bytes a preamble read (a PROXY header) took past its end: the handshake's first.
-    cipher.extend_from_slice(early);
+    // `cipher` may already hold the peer's first bytes (read to tell TLS from plain HTTP, or
+    // past a PROXY header): the handshake starts with them.
+    if cipher.capacity() < CIPHER_BUF {
+        cipher.reserve_exact(CIPHER_BUF - cipher.len());
+    }
     let mut pos = 0;
     let mut out = Vec::new();
     let mut records = RecordTracker::default();

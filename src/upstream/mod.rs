@@ -558,7 +558,7 @@ impl ShardUpstreams {
             let session =
                 rustls::ClientConnection::new(tls.config.clone(), tls.server_name.clone())
                     .map_err(|e| ConnectError::Tls(e.into()))?;
-            let (r, w) = crate::tls::handshake(stream, session, false, &[])
+            let (r, w) = crate::tls::handshake(stream, session, false, Vec::new())
                 .await
                 .map_err(ConnectError::Tls)?;
             Ok((ConnRead::Tls(Box::new(r)), ConnWrite::Tls(Box::new(w)), fd))

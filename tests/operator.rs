@@ -1,0 +1,77 @@
+//! What an operator of nginx or HAProxy takes for granted (issue #16), through the real
+//! binary: plain HTTP sent to a TLS port gets a readable 400, every answer the gateway makes
+//! itself carries `Date`, and its 503s say when to come back.
+
+mod common;
+use common::pki::*;
+use common::*;
+use rcgen::PKCS_ECDSA_P256_SHA256;
+use std::io::{Read, Write};
+
+fn is_imf_fixdate(v: &str) -> bool {
+    // `Tue, 01 Dec 2026 11:30:35 GMT`
+    let b = v.as_bytes();
+    b.len() == 29
+        && v.ends_with(" GMT")
+        && b[3] == b','
+        && b[7] == b' '
+        && b[11] == b' '
+        && b[16] == b' '
+        && b[19] == b':'
+        && b[22] == b':'
+}
+
+#[test]
+fn plain_http_on_a_tls_port_gets_a_400_it_can_read() {
+    let ca = Ca::new("operator ca");
+    let dir = temp_dir("operator-tls");
+    let cert = write_leaf(
+        &dir,
+        "a",
+        &ca.leaf(&["a.test"], "a", &PKCS_ECDSA_P256_SHA256),
+    );
+    let gw = Gateway::start(&format!(
+        "{}{}[[routes]]\nname = \"hello\"\npath = \"/hello\"\ndirect_response = {{ status = 200, body = \"hi\" }}\n",
+        base_config(),
+        tls_listener(&[cert], "")
+    ));
+    let mut s = gw.connect();
+    s.write_all(b"GET /hello HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer:?}"
+    );
+    assert!(
+        answer.contains("plain HTTP request sent to an HTTPS port"),
+        "{answer}"
+    );
+    assert!(answer.contains("\r\nconnection: close\r\n"));
+    // TLS still works on the same port.
+    let mut tls = tls_connect(gw.listen, client_config(&ca, None), "a.test").unwrap();
+    tls.write_all(b"GET /hello HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .unwrap();
+    let r = ResponseReader::default().read(&mut tls, false);
+    assert_eq!((r.status, r.text().as_str()), (200, "hi"));
+    assert!(r.header("date").is_some_and(is_imf_fixdate), "{}", r.head);
+}
+
+#[test]
+fn the_gateways_own_answers_carry_date_and_its_503s_retry_after() {
+    // An upstream whose only target refuses connections, with passive ejection quick.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let gw = Gateway::start(&format!(
+        "{}[[upstreams]]\nname = \"gone\"\ntargets = [\"{dead}\"]\npanic_mode = false\n[upstreams.passive]\nconsecutive_failures = 1\nejection_time = \"30s\"\nmax_ejection_percent = 100\n\n[[routes]]\nname = \"gone\"\nupstream = \"gone\"\nretries = 0\n",
+        base_config()
+    ));
+    let r = gw.get("/nothing-here");
+    assert!(r.status == 502 || r.status == 503, "{}", r.head);
+    assert!(r.header("date").is_some_and(is_imf_fixdate), "{}", r.head);
+    // Once ejected on both shards: no healthy target, 503 with Retry-After.
+    assert!(wait_until(std::time::Duration::from_secs(15), || {
+        let r = gw.get("/x");
+        r.status == 503 && r.header("retry-after") == Some("1")
+    }));
+}
