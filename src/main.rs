@@ -24,6 +24,11 @@ enum Command {
         /// The TOML config file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Bind listener addresses another process already serves (a deliberate hand-over,
+        /// e.g. a binary upgrade: both share the connections until the old one is stopped).
+        /// Without it, ringgate refuses to start on a served address.
+        #[arg(long)]
+        handover: bool,
     },
     /// Validate a config file: print every problem and exit 1, or a summary and exit 0.
     Check {
@@ -75,8 +80,12 @@ const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config } => match config::load(&config) {
-            Ok(snapshot) => run(Arc::new(snapshot)),
+        Command::Run { config, handover } => match config::load(&config) {
+            Ok(snapshot) => {
+                ringgate::control::reload::HANDOVER
+                    .store(handover, std::sync::atomic::Ordering::Relaxed);
+                run(Arc::new(snapshot))
+            }
             Err(e) => fail(e),
         },
         Command::Check { config } => check(&config),

@@ -75,3 +75,63 @@ fn the_gateways_own_answers_carry_date_and_its_503s_retry_after() {
         r.status == 503 && r.header("retry-after") == Some("1")
     }));
 }
+
+#[test]
+fn a_second_instance_on_a_served_address_is_refused_unless_handing_over() {
+    let first = Gateway::start(&format!(
+        "{}[[routes]]\nname = \"hello\"\npath = \"/hello\"\ndirect_response = {{ status = 200, body = \"first\" }}\n",
+        base_config()
+    ));
+    let path = first.dir.join("ringgate.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringgate"))
+        .args(["run", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot bind {}", first.listen)),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("pid {} (ringgate)", first.proc.pid())),
+        "names the process: {stderr}"
+    );
+    assert!(stderr.contains("--handover"), "{stderr}");
+
+    // A listener that is not ringgate's is refused the same way.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = temp_dir("operator-taken");
+    let other = dir.join("other.toml");
+    std::fs::write(
+        &other,
+        format!(
+            "[[listeners]]\nname = \"l\"\nbind = \"{}\"\n",
+            taken.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringgate"))
+        .args(["run", "--config", other.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("pid {}", std::process::id())),
+        "{stderr}"
+    );
+
+    // --handover joins the address on purpose: the second one runs.
+    let mut second = spawn_bin(
+        &first.dir,
+        &["run", "--handover", "--config", path.to_str().unwrap()],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(
+        second.wait_exit(std::time::Duration::from_millis(10)),
+        None,
+        "{}",
+        second.stderr()
+    );
+    assert_eq!(first.get("/hello").status, 200);
+}

@@ -341,6 +341,13 @@ fn bind_for_every_shard(
     spec: &crate::config::ListenerSpec,
     per_shard: &mut [Vec<ListenerPlan>],
 ) -> Result<(), Problem> {
+    if !HANDOVER.load(Ordering::Relaxed) {
+        refuse_if_served(spec.addr).map_err(|message| Problem {
+            key: format!("listeners[{i}].bind"),
+            line: spec.bind_line,
+            message,
+        })?;
+    }
     for plans in per_shard.iter_mut() {
         let socket = bind_reuseport(spec.addr).map_err(|e| Problem {
             key: format!("listeners[{i}].bind"),
@@ -359,6 +366,71 @@ fn unprobed_slots(snapshot: &Snapshot) -> impl Iterator<Item = usize> + '_ {
         .iter()
         .filter(|u| u.health.is_none())
         .flat_map(|u| u.targets.iter().map(|t| t.slot))
+}
+
+/// `ringgate run --handover`: bind addresses another process serves (a deliberate hand-over,
+/// such as a binary upgrade: both serve until the old one is stopped).
+pub static HANDOVER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `SO_REUSEPORT` would let this process join another's listening group and split its
+/// connections with it; nginx refuses to start instead, and so do we. A probe socket without
+/// `SO_REUSEPORT` cannot bind where anyone listens.
+fn refuse_if_served(addr: SocketAddr) -> Result<(), String> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let probe =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).and_then(|s| {
+            // TIME_WAIT leftovers do not count; a listener does.
+            s.set_reuse_address(true)?;
+            s.bind(&addr.into())
+        });
+    match probe {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(format!(
+            "cannot bind {addr}: it is already served by {}; stop that, or start with `ringgate run --handover` to share the address on purpose",
+            who_listens(addr.port()).unwrap_or_else(|| "another process".to_string())
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The process listening on `port` ("pid 1234 (nginx)"), when /proc lets this user see it.
+fn who_listens(port: u16) -> Option<String> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            // State 0A is LISTEN.
+            if local_port == Some(port)
+                && fields.get(3) == Some(&"0A")
+                && let Some(inode) = fields.get(9)
+            {
+                inodes.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let pid = entry.file_name().to_string_lossy().to_string();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == std::process::id().to_string() {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            if inodes.iter().any(|i| target.as_os_str() == i.as_str()) {
+                let name = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+                return Some(format!("pid {pid} ({})", name.trim()));
+            }
+        }
+    }
+    None
 }
 
 /// A listening socket in the address's `SO_REUSEPORT` group: each shard has its own, and
