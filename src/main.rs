@@ -1,6 +1,6 @@
 //! The `ringgate` command line (DESIGN.md §5).
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use ringgate::config::{self, Snapshot};
 use ringgate::route::PathMatch;
 use ringgate::{control, echo, observe};
@@ -78,7 +78,8 @@ enum Command {
 const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().version(version_line()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match cli.command {
         Command::Run { config, handover } => match config::load(&config) {
             Ok(snapshot) => {
@@ -114,6 +115,23 @@ fn main() -> ExitCode {
             Err(e) => fail(format!("echo: cannot bind {bind}: {e}")),
         },
     }
+}
+
+/// `ringgate --version`: the release, the commit and date it was built from, and whether this
+/// kernel lets ringgate use io_uring (else shards fall back to epoll, loudly).
+fn version_line() -> &'static str {
+    let driver = if monoio::utils::detect_uring() {
+        "io_uring available"
+    } else {
+        "io_uring unavailable here: epoll fallback"
+    };
+    let line = format!(
+        "{} (commit {}, built {}; {driver})",
+        env!("CARGO_PKG_VERSION"),
+        env!("RINGGATE_COMMIT"),
+        env!("RINGGATE_BUILD_DATE"),
+    );
+    Box::leak(line.into_boxed_str())
 }
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {

@@ -135,3 +135,33 @@ fn a_second_instance_on_a_served_address_is_refused_unless_handing_over() {
     );
     assert_eq!(first.get("/hello").status, 200);
 }
+
+#[test]
+fn version_names_the_commit_the_build_date_and_the_io_driver() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringgate"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with(&format!("ringgate {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    let commit = text
+        .split("commit ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap();
+    assert!(
+        commit == "unknown"
+            || commit
+                .trim_end_matches("-dirty")
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit()),
+        "{text}"
+    );
+    assert!(text.contains(", built 20"), "{text}");
+    assert!(text.contains("io_uring"), "{text}");
+}
