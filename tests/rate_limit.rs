@@ -136,6 +136,16 @@ fn header_keys_quotas_and_the_shared_bucket_of_a_missing_header() {
     assert!(wait_until(Duration::from_secs(10), || {
         admin_metric(admin, "ringgate_ratelimit_keys{policy=\"daily\"}") == 4
     }));
+    // Two copies of the key header: which one names the bucket would be the client's pick
+    // (a fresh name to dodge an exhausted one), so neither is believed.
+    let twice = get(&gw, "x-user: ann\r\nX-User: carol\r\n");
+    assert_eq!(twice.status, 400);
+    assert_eq!(error_of(&twice), "more than one x-user header");
+    assert_eq!(
+        admin_metric(admin, "ringgate_ratelimit_keys{policy=\"daily\"}"),
+        4,
+        "a refused request makes no key"
+    );
 }
 
 #[test]

@@ -12,7 +12,7 @@
 
 use super::reload::ControlPlane;
 use crate::config::RedisDown;
-use crate::gossip::usage::{FROM_CLUSTER, PolicyUsage, Usage, UsageBatch};
+use crate::gossip::usage::{FROM_CLUSTER, PolicyUsage, Usage, UsageBatch, UsageKind};
 use crate::limit::ClusterMode;
 use crate::shard::Command;
 use std::collections::HashMap;
@@ -52,6 +52,16 @@ struct Seen {
     last_used: Instant,
 }
 
+impl Seen {
+    fn remember_for(&self) -> Duration {
+        if self.gcra {
+            WATCH_FOR
+        } else {
+            Duration::from_micros(self.period_us) + WATCH_FOR
+        }
+    }
+}
+
 pub(super) fn start(plane: Arc<ControlPlane>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("limit-sync".into())
@@ -61,7 +71,7 @@ pub(super) fn start(plane: Arc<ControlPlane>) -> std::io::Result<()> {
 
 struct Sync {
     node: String,
-    conn: Option<(Vec<u8>, redis::Connection)>,
+    conn: Option<(Vec<u8>, Link)>,
     /// This node's usage since the last successful sync.
     /// (requests, counter length, GCRA) per counter.
     pending: HashMap<CounterId, (i64, u64, bool)>,
@@ -154,7 +164,7 @@ impl Sync {
                 // Fixed windows count in their own window; GCRA usage goes to counters that
                 // rotate (so they expire) far more slowly than syncs happen, since what is
                 // read back is the difference between two syncs.
-                let (length_us, gcra) = if policy.entries.first().is_some_and(|u| u.window == 0) {
+                let (length_us, gcra) = if policy.kind == UsageKind::Admissions {
                     (policy.period_us.max(GCRA_COUNTER_US), true)
                 } else {
                     (policy.period_us.max(1), false)
@@ -189,48 +199,60 @@ impl Sync {
     /// One round trip: this node's usage in, the totals and the node count out. Returns
     /// what the other nodes admitted since the last sync.
     fn sync(&mut self, url: &[u8], interval: Duration) -> redis::RedisResult<Option<UsageBatch>> {
-        self.connect(url)?;
+        let deadline = Instant::now() + TIMEOUT;
+        self.connect(url, deadline)?;
         let now = Instant::now();
+        // A quota's counter is remembered until its window ends, so that using it again
+        // after a quiet spell charges only what the others added (never this node's own
+        // earlier usage twice); a GCRA counter's first reading after a quiet spell is a
+        // fresh baseline. Only counters used lately are polled.
         self.seen
-            .retain(|_, s| now.duration_since(s.last_used) < WATCH_FOR);
+            .retain(|_, s| now.duration_since(s.last_used) < s.remember_for());
         let mut ids: Vec<(CounterId, i64, u64, bool)> = self
             .pending
             .iter()
             .map(|(id, &(n, period, gcra))| (id.clone(), n, period, gcra))
             .collect();
         for (id, s) in &self.seen {
-            if !self.pending.contains_key(id) {
+            if !self.pending.contains_key(id) && now.duration_since(s.last_used) < WATCH_FOR {
                 ids.push((id.clone(), 0, s.period_us, s.gcra));
             }
         }
         let now_ms = crate::observe::unix_ms();
-        let mut pipe = redis::pipe();
+        let mut packed = Vec::with_capacity(ids.len() * 96 + 256);
         for (id, n, period_us, _) in &ids {
             let key = format!("ringgate:rl:{}:{:016x}:{}", id.policy, id.key, id.window);
             let ttl_ms = (2 * period_us / 1000).max(1000);
-            pipe.cmd("INCRBY").arg(&key).arg(*n);
-            pipe.cmd("PEXPIRE").arg(&key).arg(ttl_ms).ignore();
+            packed.extend(redis::cmd("INCRBY").arg(&key).arg(*n).get_packed_command());
+            packed.extend(
+                redis::cmd("PEXPIRE")
+                    .arg(&key)
+                    .arg(ttl_ms)
+                    .get_packed_command(),
+            );
         }
         let stale = now_ms.saturating_sub(3 * (interval.as_millis() as u64).max(1000));
-        pipe.cmd("ZADD")
-            .arg(NODES_KEY)
-            .arg(now_ms)
-            .arg(&self.node)
-            .ignore();
-        pipe.cmd("ZREMRANGEBYSCORE")
-            .arg(NODES_KEY)
-            .arg(0)
-            .arg(stale)
-            .ignore();
-        pipe.cmd("ZCARD").arg(NODES_KEY);
-        let Some((_, conn)) = &mut self.conn else {
+        let mut zadd = redis::cmd("ZADD");
+        zadd.arg(NODES_KEY).arg(now_ms).arg(&self.node);
+        packed.extend(zadd.get_packed_command());
+        let mut zrem = redis::cmd("ZREMRANGEBYSCORE");
+        zrem.arg(NODES_KEY).arg(0).arg(stale);
+        packed.extend(zrem.get_packed_command());
+        packed.extend(redis::cmd("ZCARD").arg(NODES_KEY).get_packed_command());
+        let Some((_, link)) = &mut self.conn else {
             return Err(redis::RedisError::from((
                 redis::ErrorKind::IoError,
                 "no connection",
             )));
         };
-        let mut replies: Vec<i64> = pipe.query(conn)?;
-        self.nodes = replies.pop().unwrap_or(1).max(1) as u64;
+        let all = link.query(&packed, 2 * ids.len() + 3, deadline)?;
+        // INCRBY replies are every other one (PEXPIRE's in between); ZCARD's is last.
+        let replies = all[..2 * ids.len()]
+            .iter()
+            .step_by(2)
+            .map(as_int)
+            .collect::<redis::RedisResult<Vec<i64>>>()?;
+        self.nodes = all.last().map(as_int).transpose()?.unwrap_or(1).max(1) as u64;
         self.pending.clear();
         let mut others: HashMap<Arc<str>, PolicyUsage> = HashMap::new();
         for ((id, n, period_us, gcra), total) in ids.into_iter().zip(replies) {
@@ -258,6 +280,11 @@ impl Sync {
                     .entry(id.policy.clone())
                     .or_insert_with(|| PolicyUsage {
                         name: id.policy.clone(),
+                        kind: if gcra {
+                            UsageKind::Admissions
+                        } else {
+                            UsageKind::WindowCounts
+                        },
                         cluster: true,
                         period_us,
                         entries: Vec::new(),
@@ -276,7 +303,7 @@ impl Sync {
         }))
     }
 
-    fn connect(&mut self, url: &[u8]) -> redis::RedisResult<()> {
+    fn connect(&mut self, url: &[u8], deadline: Instant) -> redis::RedisResult<()> {
         if self.conn.as_ref().is_some_and(|(u, _)| u != url) {
             self.conn = None;
         }
@@ -284,10 +311,8 @@ impl Sync {
             let text = std::str::from_utf8(url).map_err(|_| {
                 redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "not UTF-8"))
             })?;
-            let conn = redis::Client::open(text)?.get_connection_with_timeout(TIMEOUT)?;
-            conn.set_read_timeout(Some(TIMEOUT))?;
-            conn.set_write_timeout(Some(TIMEOUT))?;
-            self.conn = Some((url.to_vec(), conn));
+            let link = Link::open(redis::Client::open(text)?.get_connection_info(), deadline)?;
+            self.conn = Some((url.to_vec(), link));
         }
         Ok(())
     }
@@ -303,5 +328,127 @@ fn describe(e: &redis::RedisError) -> String {
         "I/O error".to_string()
     } else {
         format!("{:?}", e.kind())
+    }
+}
+
+fn as_int(v: &redis::Value) -> redis::RedisResult<i64> {
+    match v {
+        redis::Value::Int(n) => Ok(*n),
+        _ => Err(redis::RedisError::from((
+            redis::ErrorKind::TypeError,
+            "Redis answered something other than an integer",
+        ))),
+    }
+}
+
+/// A connection to Redis whose every exchange has one deadline for the whole round trip.
+/// (The `redis` crate's own connection applies its timeout to each reply of a pipeline, so a
+/// Redis that stops answering mid-pipeline held the sync for one timeout per reply.) The
+/// crate still encodes the commands and parses the replies.
+struct Link {
+    stream: std::net::TcpStream,
+    parser: redis::Parser,
+}
+
+impl Link {
+    fn open(info: &redis::ConnectionInfo, deadline: Instant) -> redis::RedisResult<Link> {
+        use std::net::ToSocketAddrs;
+        let redis::ConnectionAddr::Tcp(host, port) = &info.addr else {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "only redis:// over TCP is supported",
+            )));
+        };
+        let addr = (host.as_str(), *port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| {
+                redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "no address"))
+            })?;
+        let stream = std::net::TcpStream::connect_timeout(&addr, remaining(deadline)?)?;
+        stream.set_nodelay(true)?;
+        let mut link = Link {
+            stream,
+            parser: redis::Parser::new(),
+        };
+        let mut hello = Vec::new();
+        let mut replies = 0;
+        if let Some(password) = &info.redis.password {
+            let mut auth = redis::cmd("AUTH");
+            if let Some(user) = &info.redis.username {
+                auth.arg(user);
+            }
+            auth.arg(password);
+            hello.extend(auth.get_packed_command());
+            replies += 1;
+        }
+        if info.redis.db != 0 {
+            hello.extend(redis::cmd("SELECT").arg(info.redis.db).get_packed_command());
+            replies += 1;
+        }
+        for reply in link.query(&hello, replies, deadline)? {
+            if !matches!(reply, redis::Value::Okay | redis::Value::SimpleString(_)) {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::AuthenticationFailed,
+                    "AUTH or SELECT refused",
+                )));
+            }
+        }
+        Ok(link)
+    }
+
+    /// Sends `packed` commands and reads `replies` replies, all before `deadline`.
+    fn query(
+        &mut self,
+        packed: &[u8],
+        replies: usize,
+        deadline: Instant,
+    ) -> redis::RedisResult<Vec<redis::Value>> {
+        use std::io::Write;
+        if replies == 0 {
+            return Ok(Vec::new());
+        }
+        self.stream.set_write_timeout(Some(remaining(deadline)?))?;
+        (&self.stream).write_all(packed)?;
+        let mut out = Vec::with_capacity(replies);
+        for _ in 0..replies {
+            let reader = DeadlineReader {
+                stream: &self.stream,
+                deadline,
+            };
+            let value = self.parser.parse_value(reader)?;
+            if let redis::Value::ServerError(e) = value {
+                return Err(redis::RedisError::from(e));
+            }
+            out.push(value);
+        }
+        Ok(out)
+    }
+}
+
+fn remaining(deadline: Instant) -> std::io::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "Redis did not answer in time",
+        ))
+    } else {
+        Ok(left)
+    }
+}
+
+/// Reads that all end by one deadline.
+struct DeadlineReader<'a> {
+    stream: &'a std::net::TcpStream,
+    deadline: Instant,
+}
+
+impl std::io::Read for DeadlineReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.stream
+            .set_read_timeout(Some(remaining(self.deadline)?))?;
+        let mut stream = self.stream;
+        stream.read(buf)
     }
 }

@@ -18,10 +18,20 @@ pub struct Usage {
     pub window: u64,
 }
 
+/// What kind of usage a batch carries: a receiver whose policy of that name now counts in
+/// another way (a reload changed it) ignores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageKind {
+    Admissions,
+    WindowCounts,
+    InFlight,
+}
+
 /// One policy's usage in a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyUsage {
     pub name: Arc<str>,
+    pub kind: UsageKind,
     /// A `scope = "cluster"` policy (also goes to Redis).
     pub cluster: bool,
     /// How long usage matters (a fixed window's period; for GCRA the time a full bucket

@@ -524,6 +524,15 @@ impl RequestHead {
             .map(|f| &buf[f.value.clone()])
     }
 
+    /// Whether more than one field is named `name` (any case).
+    pub fn is_repeated(&self, buf: &[u8], name: &[u8]) -> bool {
+        self.fields
+            .iter()
+            .filter(|f| buf[f.name.clone()].eq_ignore_ascii_case(name))
+            .nth(1)
+            .is_some()
+    }
+
     /// The value of cookie `name` from any `Cookie` field.
     pub fn cookie<'b>(&self, buf: &'b [u8], name: &[u8]) -> Option<&'b [u8]> {
         self.fields

@@ -88,8 +88,10 @@ impl Algorithm {
                 let cost = interval_us.saturating_mul(weight);
                 let next = start.saturating_add(cost);
                 // Admitted while the cell's debt after this request stays within the
-                // tolerance plus one interval (the request itself).
-                let ceiling = tolerance_us.saturating_add(interval_us);
+                // tolerance plus the request itself. A weighted request (a node taking its
+                // share of a cluster limit) costs `weight` intervals: the rate divides, the
+                // burst (in time) stays.
+                let ceiling = tolerance_us.saturating_add(cost);
                 let allowed = next - now.mono_us <= ceiling;
                 if allowed {
                     *tat = next;
@@ -107,9 +109,10 @@ impl Algorithm {
                 }
             }
             (Algorithm::FixedWindow { limit, period_us }, Cell::Window { window, count }) => {
-                let allowed = count.saturating_add(weight) <= limit;
+                // Weighted: a node's share is limit / weight, rounded up (never zero).
+                let allowed = *count < limit;
                 if allowed {
-                    *count += weight;
+                    *count = count.saturating_add(weight);
                 }
                 let end = (*window + 1) * period_us;
                 let left = end.saturating_sub(now.unix_us);
@@ -296,7 +299,20 @@ mod tests {
         let n = (0..10)
             .filter(|_| a.check(&mut cell, at(0.0), 3).allowed)
             .count();
-        assert_eq!(n, 3);
+        assert_eq!(n, 4, "a third of 10, rounded up");
+        // A share smaller than one request still admits one per interval of the share.
+        let strict = gcra(10, 1, 0);
+        let mut cell = strict.empty(at(0.0));
+        assert!(strict.check(&mut cell, at(0.0), 2).allowed);
+        assert!(!strict.check(&mut cell, at(0.1), 2).allowed);
+        assert!(strict.check(&mut cell, at(0.2), 2).allowed);
+        let quota = Algorithm::FixedWindow {
+            limit: 1,
+            period_us: 60 * SEC,
+        };
+        let mut cell = quota.empty(at(0.0));
+        assert!(quota.check(&mut cell, at(0.0), 3).allowed);
+        assert!(!quota.check(&mut cell, at(0.0), 3).allowed);
     }
 
     #[test]

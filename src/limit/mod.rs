@@ -16,7 +16,7 @@
 pub mod gcra;
 pub mod table;
 
-use crate::gossip::usage::{PolicyUsage, Usage, UsageBatch};
+use crate::gossip::usage::{PolicyUsage, Usage, UsageBatch, UsageKind};
 use crate::http::RequestHead;
 use gcra::{Algorithm, Cell as LimitCell, Clocks, Verdict};
 use std::cell::{Cell, RefCell};
@@ -285,6 +285,20 @@ impl ShardLimits {
         }
     }
 
+    /// The first `header:NAME` key among `route_policies` that the request sends more than
+    /// once: which copy names the bucket would be the client's choice, so it is refused.
+    pub fn ambiguous_key(&self, route_policies: &[usize], input: &KeyInput) -> Option<Box<[u8]>> {
+        route_policies.iter().find_map(|&p| {
+            let state = self.policies[p].borrow();
+            match &state.spec.key {
+                KeySource::Header(name) if input.head.is_repeated(input.buf, name) => {
+                    Some(name.clone())
+                }
+                _ => None,
+            }
+        })
+    }
+
     pub fn set_mode(&self, mode: ClusterMode) {
         self.mode.set(mode);
     }
@@ -400,6 +414,7 @@ impl ShardLimits {
             if !entries.is_empty() {
                 batch.policies.push(PolicyUsage {
                     name: state.spec.name.clone(),
+                    kind: usage_kind(&algorithm),
                     cluster: state.spec.scope == Scope::Cluster,
                     period_us: match algorithm {
                         Algorithm::Gcra {
@@ -426,7 +441,10 @@ impl ShardLimits {
             let state = &mut *state;
             let algorithm = state.spec.algorithm;
             let cluster = state.spec.scope == Scope::Cluster;
-            if state.spec.scope == Scope::Shard || cluster != usage.cluster {
+            if state.spec.scope == Scope::Shard
+                || cluster != usage.cluster
+                || usage_kind(&algorithm) != usage.kind
+            {
                 continue;
             }
             for u in &usage.entries {
@@ -441,6 +459,14 @@ impl ShardLimits {
 impl Default for ShardLimits {
     fn default() -> Self {
         ShardLimits::new()
+    }
+}
+
+fn usage_kind(algorithm: &Algorithm) -> UsageKind {
+    match algorithm {
+        Algorithm::Gcra { .. } => UsageKind::Admissions,
+        Algorithm::FixedWindow { .. } => UsageKind::WindowCounts,
+        Algorithm::Concurrency { .. } => UsageKind::InFlight,
     }
 }
 

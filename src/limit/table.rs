@@ -181,7 +181,9 @@ impl Table {
     /// kept here (it has no key the others would know).
     pub fn take_usage(&mut self, mut out: impl FnMut(u64, i64, &Cell)) {
         for s in self.dirty.drain(..) {
-            let slot = &mut self.slots[s as usize];
+            let Some(slot) = self.slots.get_mut(s as usize) else {
+                continue;
+            };
             if slot.unpublished != 0 {
                 out(slot.key, slot.unpublished, &slot.cell);
                 slot.unpublished = 0;
@@ -250,6 +252,8 @@ impl Table {
                     *d = slot;
                 }
             }
+        } else {
+            self.dirty.retain(|&d| d != last);
         }
         self.slots.pop();
     }
@@ -382,5 +386,32 @@ mod tests {
             assert!(admit(&mut t, key, at(60)).1);
         }
         assert!(admit(&mut t, 50, at(100)).1);
+    }
+
+    #[test]
+    fn trimming_keys_still_on_the_dirty_list_keeps_it_sound() {
+        // A reload lowering max_keys while a key's usage netted to zero (a concurrency slot
+        // taken and given back) leaves it on the dirty list though it may be evicted: the
+        // evicted slots must leave the list, and moved ones must keep their usage.
+        let mut t = Table::new(8, &ONE_PER_10S, at(0));
+        for key in 0..8 {
+            let (place, _) = admit(&mut t, key, at(0));
+            t.note_usage(place, 1);
+            if key < 7 {
+                t.note_usage(place, -1);
+            }
+        }
+        t.set_max_keys(1);
+        t.trim(&ONE_PER_10S, at(60));
+        assert_eq!(t.len(), 1, "only the key with usage to publish stays");
+        assert!(t.index.contains_key(&7));
+        let mut published = Vec::new();
+        t.take_usage(|k, n, _| published.push((k, n)));
+        assert_eq!(published, vec![(7, 1)]);
+        let (place, _) = admit(&mut t, 99, at(100));
+        t.note_usage(place, 1);
+        let mut again = Vec::new();
+        t.take_usage(|k, n, _| again.push((k, n)));
+        assert_eq!(again, vec![(99, 1)]);
     }
 }

@@ -140,6 +140,13 @@ pub fn admit(
             buf: req.buf,
             head: req.head,
         };
+        if let Some(name) = p.limits.ambiguous_key(&spec.rate_limits, &input) {
+            return Err(Refused {
+                reject: Reject::repeated_key_header(&name),
+                route: Some(route),
+                denial: None,
+            });
+        }
         let now = crate::limit::gcra::Clocks::now();
         p.limits
             .admit(&spec.rate_limits, &input, now, held)

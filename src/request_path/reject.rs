@@ -60,6 +60,15 @@ impl Reject {
         reject
     }
 
+    /// A request sending a rate-limit key header more than once (names are from the
+    /// config, checked to be a header token at load).
+    pub fn repeated_key_header(name: &[u8]) -> Reject {
+        Reject {
+            message: format!("more than one {} header", String::from_utf8_lossy(name)).into(),
+            ..Reject::new(400, "invalid_request", "")
+        }
+    }
+
     /// The same answer, closing the connection after it.
     pub const fn closing(mut self) -> Reject {
         self.closes = true;

@@ -88,7 +88,6 @@ fn algorithm(
     scope: Scope,
 ) -> Option<(Algorithm, Box<str>)> {
     let period_us = p.period.0.as_micros() as u64;
-    let window_secs = p.period.0.as_secs_f64().ceil() as u64;
     match (p.rate, p.concurrency) {
         (Some(_), Some(_)) | (None, None) => {
             c.problem(key, "give either rate (per period) or concurrency");
@@ -123,7 +122,7 @@ fn algorithm(
                 );
                 return None;
             }
-            let item = crate::limit::policy_item(key_name(key), rate, Some(window_secs.max(1)));
+            let item = rate_item(key_name(key), rate, period_us);
             match p.algorithm {
                 LimitAlgorithm::Gcra => {
                     let interval_us = period_us / rate;
@@ -153,6 +152,16 @@ fn algorithm(
             }
         }
     }
+}
+
+/// A rate's `RateLimit-Policy` item. The field counts windows in whole seconds, so a period
+/// that is not a whole number of seconds is shown as the same rate over the next whole
+/// number of seconds (5 per 500ms: `q=10;w=1`).
+fn rate_item(name: &str, rate: u64, period_us: u64) -> Box<str> {
+    const SECOND_US: u64 = 1_000_000;
+    let window = period_us.div_ceil(SECOND_US).max(1);
+    let quota = (rate as u128 * (window * SECOND_US) as u128 / period_us.max(1) as u128).max(1);
+    crate::limit::policy_item(name, quota.min(u64::MAX as u128) as u64, Some(window))
 }
 
 fn key_name(key: &str) -> &str {
@@ -232,4 +241,21 @@ pub(super) fn route_limits(
     }
     out.truncate(crate::limit::MAX_POLICIES_PER_ROUTE);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rate_item;
+
+    #[test]
+    fn policy_items_count_whole_seconds() {
+        assert_eq!(&*rate_item("a", 100, 60_000_000), "\"a\";q=100;w=60");
+        assert_eq!(&*rate_item("a", 5, 500_000), "\"a\";q=10;w=1");
+        assert_eq!(&*rate_item("a", 3, 1_500_000), "\"a\";q=4;w=2");
+        assert_eq!(
+            &*rate_item("a", 1, 10_000_000_000_000),
+            "\"a\";q=1;w=10000000"
+        );
+        assert_eq!(&*rate_item("a", 1, 2_500_000), "\"a\";q=1;w=3");
+    }
 }
