@@ -165,3 +165,35 @@ fn version_names_the_commit_the_build_date_and_the_io_driver() {
     assert!(text.contains(", built 20"), "{text}");
     assert!(text.contains("io_uring"), "{text}");
 }
+
+#[test]
+fn check_reports_every_problem_in_file_order() {
+    let dir = temp_dir("check-all");
+    let path = dir.join("five.toml");
+    std::fs::write(
+        &path,
+        "[server]\nworkers = \"two\"\n\n[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:1\"\nbogus = 1\n\n[[upstreams]]\nname = \"u\"\ntargets = [\"127.0.0.1:9\"]\nlb = \"sideways\"\n\n[[routes]]\nname = \"r\"\nupstream = \"nowhere\"\npath_prefix = \"/a\"\n\n[[routes]]\nname = \"s\"\nupstream = \"u\"\npath_prefix = \"/b\"\ntimeout = 5\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    let expected = [
+        (":2: server.workers:", "\"two\""),
+        (":7: listeners[0].bogus:", "unknown field"),
+        (":12: upstreams[0].lb:", "unknown field"),
+        (":16: routes[0].upstream:", "\"nowhere\""),
+        (":23: routes[1].timeout:", "unknown field"),
+    ];
+    assert_eq!(lines.len(), expected.len(), "{err}");
+    for (line, (place, what)) in lines.iter().zip(expected) {
+        assert!(
+            line.contains(place) && line.contains(what),
+            "{line:?} should name {place} and {what}\n{err}"
+        );
+    }
+}
