@@ -34,6 +34,10 @@ enum Command {
     Check {
         #[arg(long, short)]
         config: PathBuf,
+        /// Fail (exit 1) on warnings too: risky or useless settings such as an upstream no
+        /// route uses or `tls_verify = false`.
+        #[arg(long)]
+        strict: bool,
     },
     /// Run the gateway on the demo config with built-in echo origins on loopback.
     Demo {
@@ -89,7 +93,7 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(e),
         },
-        Command::Check { config } => check(&config),
+        Command::Check { config, strict } => check(&config, strict),
         Command::Demo { config } => demo(config),
         Command::Top {
             admin,
@@ -140,6 +144,10 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 }
 
 fn run(snapshot: Arc<Snapshot>) -> ExitCode {
+    observe::log::set_format(snapshot.source.server.log_format);
+    for line in snapshot.warning_lines() {
+        observe::warn(&line);
+    }
     let running = match control::start(&snapshot) {
         Ok(r) => r,
         Err(e) => return fail(e),
@@ -161,9 +169,20 @@ fn run(snapshot: Arc<Snapshot>) -> ExitCode {
     }
 }
 
-fn check(path: &Path) -> ExitCode {
+fn check(path: &Path, strict: bool) -> ExitCode {
     match config::load(path) {
         Ok(s) => {
+            for line in s.warning_lines() {
+                eprintln!("warning: {line}");
+            }
+            if strict && !s.warnings.is_empty() {
+                eprintln!(
+                    "{}: {} warnings (--strict)",
+                    path.display(),
+                    s.warnings.len()
+                );
+                return ExitCode::FAILURE;
+            }
             println!(
                 "{}: ok: {} listeners, {} upstreams, {} routes, {} workers",
                 path.display(),

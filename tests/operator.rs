@@ -197,3 +197,47 @@ fn check_reports_every_problem_in_file_order() {
         );
     }
 }
+
+#[test]
+fn check_warns_about_risky_configs_and_fails_on_them_when_strict() {
+    let dir = temp_dir("check-warn");
+    let path = dir.join("warn.toml");
+    let config = "[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:1\"\n\n[[upstreams]]\nname = \"u\"\ntargets = [\"127.0.0.1:9\"]\ntls = true\ntls_verify = false\n\n[[upstreams]]\nname = \"spare\"\ntargets = [\"127.0.0.1:10\"]\n\n[[routes]]\nname = \"r\"\nupstream = \"u\"\n";
+    std::fs::write(&path, config).unwrap();
+    let check = |strict: bool| {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.args(["check", "--config", path.to_str().unwrap()]);
+        if strict {
+            cmd.arg("--strict");
+        }
+        cmd.output().unwrap()
+    };
+    let out = check(false);
+    assert!(out.status.success(), "warnings alone pass");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning: ")).collect();
+    assert_eq!(warnings.len(), 2, "{err}");
+    assert!(
+        warnings[0].contains(":9: upstreams[0].tls_verify:"),
+        "{err}"
+    );
+    assert!(
+        warnings[1].contains(":11: upstreams[1]:") && warnings[1].contains("used by no route"),
+        "{err}"
+    );
+    assert!(!check(true).status.success(), "--strict fails on warnings");
+
+    // An admin address that is a listener's is a problem, with its line.
+    std::fs::write(
+        &path,
+        format!("[admin]\nbind = \"127.0.0.1:1\"\n\n{config}"),
+    )
+    .unwrap();
+    let out = check(false);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(":2: admin.bind:") && err.contains("listeners[0]"),
+        "{err}"
+    );
+}

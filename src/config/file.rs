@@ -124,6 +124,19 @@ pub struct ServerConfig {
     /// is believed, read right to left. Empty: the peer is always the client.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// The gateway's own log lines on stderr: `"text"` (`TIME LEVEL message`) or `"json"`
+    /// (one object a line: `time`, `level`, `message`). Applies from the next line after a
+    /// reload.
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -153,6 +166,7 @@ impl Default for ServerConfig {
             gossip_interval: default_gossip_interval(),
             path_escaped_slashes: EscapedSlashes::Reject,
             trusted_proxies: Vec::new(),
+            log_format: LogFormat::Text,
         }
     }
 }

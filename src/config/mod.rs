@@ -65,6 +65,19 @@ impl fmt::Display for ConfigError {
     }
 }
 
+impl Snapshot {
+    /// Each warning as `FILE:LINE: KEY: message`.
+    pub fn warning_lines(&self) -> impl Iterator<Item = String> + '_ {
+        self.warnings.iter().map(|w| {
+            ConfigError {
+                file: self.file.clone(),
+                problems: vec![w.clone()],
+            }
+            .to_string()
+        })
+    }
+}
+
 /// Reads, parses, validates and compiles a config file.
 pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {

@@ -13,6 +13,10 @@ use std::time::Duration;
 #[derive(Debug)]
 pub struct Snapshot {
     pub file: PathBuf,
+    /// Legal but risky or useless settings (`check` shows them; `run` logs them).
+    pub warnings: Vec<crate::config::Problem>,
+    /// Where `admin.bind` is written, for bind failures at run time.
+    pub admin_line: Option<usize>,
     pub workers: usize,
     pub pin_cores: bool,
     pub drain_timeout: Duration,

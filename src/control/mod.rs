@@ -6,6 +6,7 @@ pub mod jwks;
 pub mod limits;
 pub mod reload;
 mod secrets;
+pub mod targets;
 
 pub use reload::{ControlPlane, Trigger};
 
@@ -29,9 +30,10 @@ pub enum StartError {
     Runtime { shard: usize, error: std::io::Error },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
-    #[error("{file}: admin.bind: cannot bind {addr}: {error}")]
+    #[error("{file}{line}: admin.bind: cannot bind {addr}: {error}")]
     Admin {
         file: String,
+        line: String,
         addr: std::net::SocketAddr,
         error: std::io::Error,
     },
@@ -62,6 +64,10 @@ pub fn start(snapshot: &Arc<Snapshot>) -> Result<Running, StartError> {
     if let Some(addr) = snapshot.admin {
         crate::admin::start(addr, plane.clone()).map_err(|error| StartError::Admin {
             file: snapshot.file.display().to_string(),
+            line: snapshot
+                .admin_line
+                .map(|l| format!(":{l}"))
+                .unwrap_or_default(),
             addr,
             error,
         })?;
@@ -79,6 +85,7 @@ pub fn start(snapshot: &Arc<Snapshot>) -> Result<Running, StartError> {
     jwks::start(plane.clone()).map_err(StartError::Signals)?;
     secrets::start(plane.clone()).map_err(StartError::Signals)?;
     limits::start(plane.clone()).map_err(StartError::Signals)?;
+    targets::start(plane.clone()).map_err(StartError::Signals)?;
     let running = Running { threads, plane };
     for _ in 0..snapshot.workers {
         let failure = match rx.recv() {

@@ -211,6 +211,10 @@ impl ControlPlane {
             }]));
         }
         let mut new = config::load(&old.file)?;
+        observe::log::set_format(new.source.server.log_format);
+        for line in new.warning_lines() {
+            observe::warn(&line);
+        }
         let problems = restart_only_changes(old, &new);
         if !problems.is_empty() {
             return Err(refuse(problems));

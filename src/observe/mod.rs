@@ -1,22 +1,23 @@
-//! Operator-facing output. For now: start-up and shutdown lines on stderr, written only from
-//! the control thread or at shard start/stop, never per request (a full pipe must not stall a
-//! shard). Per-exchange records and per-shard counters in [`exchange`]; Prometheus metrics in
-//! [`metrics`].
+//! Operator-facing output: the gateway's own log lines ([`log`]: start-up, reloads, target
+//! state changes; never per request, and never written in place by a shard). Per-exchange
+//! records and per-shard counters in [`exchange`]; Prometheus metrics in [`metrics`].
 
 pub mod access_log;
 pub mod audit;
 pub mod exchange;
+pub mod log;
 pub mod metrics;
 
 pub use exchange::{ExchangeRecord, ShardStats};
 
-/// One line on stderr, prefixed with the program name.
+/// One `INFO` line of the gateway's own log (see [`log`]).
 pub fn info(message: &str) {
-    eprintln!("ringgate: {message}");
+    log::line(log::Level::Info, message);
 }
 
+/// One `WARN` line of the gateway's own log (see [`log`]).
 pub fn warn(message: &str) {
-    eprintln!("ringgate: WARNING {message}");
+    log::line(log::Level::Warn, message);
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).

@@ -63,7 +63,10 @@ pub fn spawn_shards(
                     shard_thread(core, first, parts)
                 })
                 .unwrap_or_else(|e| {
-                    eprintln!("ringgate: cannot start shard thread {id}: {e}");
+                    observe::log::line(
+                        observe::log::Level::Error,
+                        &format!("cannot start shard thread {id}: {e}"),
+                    );
                     std::process::exit(1);
                 })
         })
@@ -86,6 +89,7 @@ pub(super) fn shard_thread(
     let id = parts.id;
     // Pinning applies to the calling thread only, so it must happen here, not in the spawner.
     let pinned = core.is_some_and(core_affinity::set_for_current);
+    observe::log::mark_shard_thread();
     let entries = first.snapshot.io_uring_entries;
     let describe = |driver: &str| {
         let pin = match (core, pinned) {
@@ -411,13 +415,18 @@ async fn probe_loop(shard: Rc<Shard>, slot: usize) {
         let Some(health) = config.snapshot.upstreams[u].health.clone() else {
             break;
         };
-        let passed = probe_once(&config.upstreams, u, t, &health).await;
+        // A disabled target is in maintenance: not checked until it is enabled again.
+        if config.upstreams.view(u, t).admin() == crate::gossip::AdminState::Disabled {
+            counts = ProbeCounts::default();
+            continue;
+        }
+        let result = probe_once(&config.upstreams, u, t, &health).await;
         drop(config);
         // A reload may have removed the check while the probe ran: then no verdict.
         let Some((config, _, _)) = shard.probed_target(slot) else {
             break;
         };
-        judge(&config.upstreams, slot, &health, &mut counts, passed);
+        judge(&config.upstreams, slot, &health, &mut counts, result);
     }
     shard.probing.borrow_mut().remove(&slot);
 }

@@ -7,6 +7,7 @@ mod limits;
 mod listeners;
 mod routes;
 mod upstreams;
+mod warnings;
 
 use super::source::KeyLines;
 use crate::config::file::*;
@@ -142,6 +143,7 @@ pub fn compile(file: &Path, config: &Config, lines: &KeyLines) -> Result<Snapsho
         format: AccessLogFormat::Json,
     });
     let listeners = compile_listeners(&mut c, config, base);
+    warnings::check_admin_clash(&mut c, admin, &listeners);
     let upstreams = compile_upstreams(&mut c, config, base);
     let auth = auth::compile_auth(&mut c, config, base);
     let trusted_proxies = cidrs(
@@ -166,8 +168,11 @@ pub fn compile(file: &Path, config: &Config, lines: &KeyLines) -> Result<Snapsho
             None
         }
     };
+    let warnings = warnings::warnings(&c, config);
     match router {
         Some(router) if c.problems.is_empty() => Ok(Snapshot {
+            warnings,
+            admin_line: lines.line("admin.bind"),
             file: file.to_path_buf(),
             workers,
             pin_cores: config.server.pin_cores,
