@@ -1,10 +1,12 @@
 //! The admin listener: `GET /healthz`, `GET /readyz` (every shard serving), `GET /upstreams`
-//! (every target's state as every shard sees it), `GET /shards`, `GET /config` (effective,
-//! redacted) and `POST /reload`. Runs off the shards, on its own thread with its own small
+//! (every target's process-wide state, weight and counters, and its state as every shard
+//! sees it), `GET /shards`, `GET /config` (effective, redacted), `POST /reload` and
+//! `POST /upstreams/NAME/targets/ADDR/drain|disable|enable`. Runs off the shards, on its own thread with its own small
 //! event loop (epoll): a task per connection (at most [`MAX_ADMIN_CONNECTIONS`]), one request
 //! per connection, its head read within [`REQUEST_DEADLINE`], so a slow client holds only its
 //! own task. It only reads the shards' atomic views and must not write shard state (a reload
-//! goes through the control plane and the shards' inboxes). With `token`, POST endpoints (and every
+//! goes through the control plane and the shards' inboxes; an operator state through the
+//! gossip state words). With `token`, POST endpoints (and every
 //! endpoint when it listens beyond loopback) need `Authorization: Bearer`, compared in
 //! constant time; keep it on loopback or a private network all the same.
 
@@ -13,7 +15,7 @@ pub mod top;
 use crate::config::Snapshot;
 use crate::control::reload::Current;
 use crate::control::{ControlPlane, Trigger};
-use crate::gossip::now_ms;
+use crate::gossip::{AdminState, now_ms};
 use crate::upstream::Cluster;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
@@ -142,6 +144,7 @@ async fn serve(
             return write_within(respond_as(&mut stream, 200, PROMETHEUS, "", &body)).await;
         }
         (b"POST", b"/reload") => reload(plane, peer).await,
+        (b"POST", p) if p.starts_with(b"/upstreams/") => target_action(snapshot, cluster, p),
         _ => (404, r#"{"error":"not found","status":404}"#.to_string()),
     };
     write_within(respond(&mut stream, status, "", &body)).await
@@ -424,7 +427,22 @@ pub fn upstreams_json(snapshot: &Snapshot, cluster: &Cluster, epoch_ms: u64) -> 
                 out.push(',');
             }
             let slot = t.slot;
-            let _ = write!(out, r#"{{"addr":{},"shards":["#, json_string(&t.label));
+            let state = cluster.gossip.read(slot);
+            let totals =
+                crate::observe::metrics::target_totals(&cluster.shard_metrics, &u.name, &t.label);
+            let _ = write!(
+                out,
+                r#"{{"addr":{},"weight":{},"state":"{}","admin":"{}","reason":{},"requests":{},"responses_5xx":{},"failures":{},"retries":{},"shards":["#,
+                json_string(&t.label),
+                t.weight,
+                crate::control::targets::state_name(&state, now),
+                state.admin.name(),
+                json_string(&crate::gossip::describe_change(state.reason, state.fault)),
+                totals.responses,
+                totals.responses_5xx,
+                totals.failures,
+                totals.retried,
+            );
             for (shard, views) in cluster.views.iter().enumerate() {
                 let v = &views[slot];
                 if shard > 0 {
@@ -433,7 +451,7 @@ pub fn upstreams_json(snapshot: &Snapshot, cluster: &Cluster, epoch_ms: u64) -> 
                 let changed = v.changed_ms.load(Relaxed);
                 let _ = write!(
                     out,
-                    r#"{{"shard":{shard},"state":"{}","consecutive_failures":{},"ejections":{},"in_flight":{},"ewma_ms":{:.3},"generation":{},"last_change":{},"reason":"{}"}}"#,
+                    r#"{{"shard":{shard},"state":"{}","consecutive_failures":{},"ejections":{},"in_flight":{},"ewma_ms":{:.3},"generation":{},"last_change":{},"reason":{}}}"#,
                     v.state_name(now),
                     v.consecutive_failures.load(Relaxed),
                     v.ejections.load(Relaxed),
@@ -445,7 +463,7 @@ pub fn upstreams_json(snapshot: &Snapshot, cluster: &Cluster, epoch_ms: u64) -> 
                     } else {
                         format!("\"{}\"", rfc3339(epoch_ms + changed))
                     },
-                    v.reason()
+                    json_string(&v.reason())
                 );
             }
             out.push_str("]}");
@@ -454,6 +472,87 @@ pub fn upstreams_json(snapshot: &Snapshot, cluster: &Cluster, epoch_ms: u64) -> 
     }
     out.push_str("]}");
     out
+}
+
+/// `POST /upstreams/NAME/targets/ADDR/drain|disable|enable`: sets the target's operator
+/// state for every shard (through the gossip state word; each shard applies it on its next
+/// tick). ADDR is the target as written in the config; either part may be percent-encoded.
+fn target_action(snapshot: &Snapshot, cluster: &Cluster, path: &[u8]) -> (u16, String) {
+    let not_found = |what: String| {
+        (
+            404,
+            format!(r#"{{"error":{},"status":404}}"#, json_string(&what)),
+        )
+    };
+    let parts: Vec<String> = path
+        .strip_prefix(b"/upstreams/")
+        .unwrap_or_default()
+        .split(|&b| b == b'/')
+        .map(percent_decode)
+        .collect();
+    let [name, targets, addr, action] = parts.as_slice() else {
+        return not_found("expected /upstreams/NAME/targets/ADDR/drain|disable|enable".into());
+    };
+    let admin = match action.as_str() {
+        "drain" => AdminState::Draining,
+        "disable" => AdminState::Disabled,
+        "enable" => AdminState::Enabled,
+        _ if targets == "targets" => {
+            return not_found(format!(
+                "unknown action {action:?}: drain, disable or enable"
+            ));
+        }
+        _ => return not_found("expected /upstreams/NAME/targets/ADDR/drain|disable|enable".into()),
+    };
+    let Some(upstream) = snapshot.upstreams.iter().find(|u| &u.name == name) else {
+        return not_found(format!("no upstream named {name:?}"));
+    };
+    let Some(target) = upstream.targets.iter().find(|t| &t.label == addr) else {
+        return not_found(format!("upstream {name:?} has no target {addr:?}"));
+    };
+    let changed = cluster.set_admin(target.slot, admin);
+    if changed {
+        let state = cluster.gossip.read(target.slot);
+        let now = now_ms();
+        crate::observe::info(&crate::control::targets::change_line(
+            name,
+            addr,
+            &state,
+            crate::control::targets::state_name(&state, now),
+            now,
+        ));
+    }
+    (
+        200,
+        format!(
+            r#"{{"upstream":{},"target":{},"admin":"{}","changed":{changed}}}"#,
+            json_string(name),
+            json_string(addr),
+            admin.name()
+        ),
+    )
+}
+
+/// `%XX` escapes decoded (invalid ones kept as written); the result is lossy UTF-8.
+fn percent_decode(part: &[u8]) -> String {
+    let mut out = Vec::with_capacity(part.len());
+    let mut i = 0;
+    while i < part.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if part[i] == b'%'
+            && let (Some(Some(h)), Some(Some(l))) = (
+                part.get(i + 1).map(|&b| hex(b)),
+                part.get(i + 2).map(|&b| hex(b)),
+            )
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(part[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn json_string(s: &str) -> String {

@@ -18,7 +18,7 @@ pub mod usage;
 
 use crossbeam_queue::ArrayQueue;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
 /// Milliseconds since the process started: a clock every thread can compare.
@@ -36,6 +36,8 @@ pub enum Reason {
     ActiveCheckFailed = 2,
     ConsecutiveFailures = 3,
     EjectionEnded = 4,
+    /// `POST /upstreams/.../drain|disable|enable`.
+    Operator = 5,
 }
 
 impl Reason {
@@ -45,6 +47,7 @@ impl Reason {
             2 => Reason::ActiveCheckFailed,
             3 => Reason::ConsecutiveFailures,
             4 => Reason::EjectionEnded,
+            5 => Reason::Operator,
             _ => Reason::Initial,
         }
     }
@@ -56,7 +59,81 @@ impl Reason {
             Reason::ActiveCheckFailed => "active check failed",
             Reason::ConsecutiveFailures => "consecutive failures",
             Reason::EjectionEnded => "ejection ended",
+            Reason::Operator => "set by an operator",
         }
+    }
+}
+
+/// What went wrong, precisely, when a target was found failing (shown in logs and
+/// `/upstreams`; not part of the state word, so it may lag the state by an instant).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Fault {
+    #[default]
+    None,
+    ConnectRefused,
+    ConnectTimedOut,
+    /// Any other connect error (unreachable, reset during connect).
+    ConnectFailed,
+    Tls,
+    /// The connection closed or reset before a response head arrived.
+    NoResponse,
+    ResponseTimedOut,
+    /// An unexpected status (a health check's), or a 5xx (passive detection).
+    Status(u16),
+    /// Not a parseable HTTP response.
+    BadResponse,
+}
+
+impl Fault {
+    pub fn packed(self) -> u32 {
+        let (kind, status) = match self {
+            Fault::None => (0, 0),
+            Fault::ConnectRefused => (1, 0),
+            Fault::ConnectTimedOut => (2, 0),
+            Fault::ConnectFailed => (3, 0),
+            Fault::Tls => (4, 0),
+            Fault::NoResponse => (5, 0),
+            Fault::ResponseTimedOut => (6, 0),
+            Fault::Status(s) => (7, s),
+            Fault::BadResponse => (8, 0),
+        };
+        (kind << 16) | u32::from(status)
+    }
+
+    pub fn from_packed(v: u32) -> Fault {
+        match v >> 16 {
+            1 => Fault::ConnectRefused,
+            2 => Fault::ConnectTimedOut,
+            3 => Fault::ConnectFailed,
+            4 => Fault::Tls,
+            5 => Fault::NoResponse,
+            6 => Fault::ResponseTimedOut,
+            7 => Fault::Status(v as u16),
+            8 => Fault::BadResponse,
+            _ => Fault::None,
+        }
+    }
+
+    pub fn describe(self) -> String {
+        match self {
+            Fault::None => String::new(),
+            Fault::ConnectRefused => "connection refused".into(),
+            Fault::ConnectTimedOut => "connect timed out".into(),
+            Fault::ConnectFailed => "connect failed".into(),
+            Fault::Tls => "TLS handshake failed".into(),
+            Fault::NoResponse => "closed before answering".into(),
+            Fault::ResponseTimedOut => "response timed out".into(),
+            Fault::Status(s) => format!("status {s}"),
+            Fault::BadResponse => "not an HTTP response".into(),
+        }
+    }
+}
+
+/// The reason a state change is shown with: `active check failed (connection refused)`.
+pub fn describe_change(reason: Reason, fault: Fault) -> String {
+    match fault {
+        Fault::None => reason.describe().to_string(),
+        f => format!("{} ({})", reason.describe(), f.describe()),
     }
 }
 
@@ -74,6 +151,42 @@ pub struct TargetState {
     pub ejected_until_ms: u64,
     /// When the change happened ([`now_ms`]).
     pub changed_ms: u64,
+    /// What failed, when the change is a failure (display only).
+    pub fault: Fault,
+    /// What an operator set: in service, draining or disabled.
+    pub admin: AdminState,
+}
+
+/// A target's operator state (`POST /upstreams/NAME/targets/ADDR/drain|disable|enable`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(u8)]
+pub enum AdminState {
+    /// Takes requests by its health.
+    #[default]
+    Enabled = 0,
+    /// No new requests, except those a sticky cookie pins to it; in-flight ones finish;
+    /// health checks go on (so it can be seen healthy before it is enabled again).
+    Draining = 1,
+    /// No requests at all and no health checks (maintenance).
+    Disabled = 2,
+}
+
+impl AdminState {
+    pub fn from_u8(v: u8) -> AdminState {
+        match v {
+            1 => AdminState::Draining,
+            2 => AdminState::Disabled,
+            _ => AdminState::Enabled,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AdminState::Enabled => "enabled",
+            AdminState::Draining => "draining",
+            AdminState::Disabled => "disabled",
+        }
+    }
 }
 
 impl TargetState {
@@ -83,25 +196,28 @@ impl TargetState {
 }
 
 // The state word holds the whole state, so one compare-and-swap publishes it atomically:
-// generation (16) | reason (8) | ejections (7) | unhealthy (1) | ejected until (32, in
-// tenths of a second since the process started: 13 years).
+// generation (16) | operator state (2) | reason (6) | ejections (7) | unhealthy (1) |
+// ejected until (32, in tenths of a second since the process started: 13 years).
 fn pack(s: &TargetState) -> u64 {
     let until_ds = s.ejected_until_ms.div_ceil(100).min(u64::from(u32::MAX));
     (u64::from(s.generation & 0xffff) << 48)
-        | (u64::from(s.reason as u8) << 40)
+        | (u64::from(s.admin as u8 & 0x3) << 46)
+        | (u64::from(s.reason as u8 & 0x3f) << 40)
         | (u64::from(s.ejections & 0x7f) << 33)
         | (u64::from(s.unhealthy) << 32)
         | until_ds
 }
 
-fn unpack(word: u64, changed_ms: u64) -> TargetState {
+fn unpack(word: u64, changed_ms: u64, fault: Fault) -> TargetState {
     TargetState {
         generation: (word >> 48) as u32,
-        reason: Reason::from_u8((word >> 40) as u8),
+        admin: AdminState::from_u8(((word >> 46) & 0x3) as u8),
+        reason: Reason::from_u8(((word >> 40) & 0x3f) as u8),
         ejections: ((word >> 33) & 0x7f) as u8,
         unhealthy: (word >> 32) & 1 == 1,
         ejected_until_ms: (word & 0xffff_ffff) * 100,
         changed_ms,
+        fault,
     }
 }
 
@@ -110,6 +226,7 @@ fn unpack(word: u64, changed_ms: u64) -> TargetState {
 struct Slot {
     word: AtomicU64,
     changed_ms: AtomicU64,
+    fault: AtomicU32,
 }
 
 /// A notice that target `slot` changed; the receiver reads the slot for the (current) state,
@@ -139,6 +256,7 @@ impl Gossip {
                 .map(|_| Slot {
                     word: AtomicU64::new(0),
                     changed_ms: AtomicU64::new(0),
+                    fault: AtomicU32::new(0),
                 })
                 .collect(),
             inboxes: (0..shards)
@@ -160,6 +278,7 @@ impl Gossip {
         unpack(
             s.word.load(Ordering::Acquire),
             s.changed_ms.load(Ordering::Relaxed),
+            Fault::from_packed(s.fault.load(Ordering::Relaxed)),
         )
     }
 
@@ -175,17 +294,22 @@ impl Gossip {
         let s = &self.slots[slot];
         loop {
             let current_word = s.word.load(Ordering::Acquire);
-            let current = unpack(current_word, s.changed_ms.load(Ordering::Relaxed));
+            let current = unpack(
+                current_word,
+                s.changed_ms.load(Ordering::Relaxed),
+                Fault::from_packed(s.fault.load(Ordering::Relaxed)),
+            );
             let mut next = change(&current)?;
             next.generation = (current.generation + 1) & 0xffff;
             next.changed_ms = now_ms();
             let next_word = pack(&next);
-            next = unpack(next_word, next.changed_ms); // as readers will see it (rounded)
+            next = unpack(next_word, next.changed_ms, next.fault); // as readers will see it (rounded)
             if s.word
                 .compare_exchange(current_word, next_word, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
                 s.changed_ms.store(next.changed_ms, Ordering::Relaxed);
+                s.fault.store(next.fault.packed(), Ordering::Relaxed);
                 self.notify(from_shard, slot, next.generation);
                 return Some(next);
             }
@@ -273,8 +397,18 @@ mod tests {
             reason: Reason::ActiveCheckFailed,
             ejected_until_ms: 123_456_700,
             changed_ms: 9,
+            fault: Fault::Status(503),
+            admin: AdminState::Disabled,
         };
-        assert_eq!(unpack(pack(&s), 9), s);
+        assert_eq!(unpack(pack(&s), 9, Fault::from_packed(s.fault.packed())), s);
+        for f in [
+            Fault::None,
+            Fault::ConnectRefused,
+            Fault::Status(0),
+            Fault::BadResponse,
+        ] {
+            assert_eq!(Fault::from_packed(f.packed()), f);
+        }
     }
 
     #[test]

@@ -154,6 +154,46 @@ impl RouteMetrics {
 pub struct TargetMetrics {
     /// Response heads from the origin, by their status.
     pub responses: CodeCounts,
+    /// Tries that failed without a response head (connect error, reset, timeout).
+    pub failures: Counter,
+    /// Tries that were followed by another try (at this target or another).
+    pub retried: Counter,
+}
+
+/// A target's counters summed over every shard, for `/upstreams`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TargetTotals {
+    pub responses: u64,
+    pub responses_5xx: u64,
+    pub failures: u64,
+    pub retried: u64,
+}
+
+/// The totals of target `target` of `upstream` over `shards`.
+pub fn target_totals(shards: &[ShardMetrics], upstream: &str, target: &str) -> TargetTotals {
+    let key = (upstream.to_string(), target.to_string());
+    let mut totals = TargetTotals::default();
+    for shard in shards {
+        let map = shard.targets.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(m) = map.get(&key) else { continue };
+        for (slot, counter) in m.responses.0.iter().enumerate() {
+            let n = counter.get();
+            totals.responses += n;
+            if slot_is_5xx(slot) {
+                totals.responses_5xx += n;
+            }
+        }
+        totals.failures += m.failures.get();
+        totals.retried += m.retried.get();
+    }
+    totals
+}
+
+fn slot_is_5xx(slot: usize) -> bool {
+    match CODES.get(slot) {
+        Some(&code) => code >= 500,
+        None => CLASSES[slot - CODES.len()] == "5xx",
+    }
 }
 
 /// One listener's series on one shard.

@@ -6,6 +6,7 @@ use super::proxy::*;
 use super::transform::*;
 use super::*;
 use crate::config::RouteSpec;
+use crate::gossip::Fault;
 use crate::http::body::{BodyLimits, stream_body};
 use crate::http::io::{ReadError, write_all_buf, write_all_within};
 use crate::http::{Framing, ResponseHead, Version};
@@ -84,9 +85,14 @@ impl TryFailure {
     pub(super) fn outcome(&self) -> Outcome {
         match self {
             TryFailure::Connect(ConnectError::Overloaded) => Outcome::Neutral,
-            TryFailure::Connect(_) => Outcome::Failed,
+            TryFailure::Connect(e) => Outcome::Failed(e.fault()),
             TryFailure::Response(ResponseFailure::Bad(_)) => Outcome::Neutral,
-            TryFailure::Response(_) => Outcome::Failed,
+            TryFailure::Response(ResponseFailure::TimedOut) => {
+                Outcome::Failed(Fault::ResponseTimedOut)
+            }
+            TryFailure::Response(ResponseFailure::NothingReceived) => {
+                Outcome::Failed(Fault::NoResponse)
+            }
         }
     }
 
@@ -166,7 +172,10 @@ pub(super) async fn send_replayable<'s>(
             end
         };
         match attempts.retry(end).await {
-            Some(next) => target = next,
+            Some(next) => {
+                cfg.upstreams.count_retry(upstream, target);
+                target = next;
+            }
             None => {
                 c.down.out = out;
                 return Err(match failure {
@@ -403,7 +412,7 @@ mod tests {
         let table = [
             (
                 TryFailure::Connect(ConnectError::TimedOut),
-                Outcome::Failed,
+                Outcome::Failed(Fault::ConnectTimedOut),
                 TryEnd::ConnectFailed,
             ),
             (
@@ -413,12 +422,12 @@ mod tests {
             ),
             (
                 TryFailure::Response(ResponseFailure::NothingReceived),
-                Outcome::Failed,
+                Outcome::Failed(Fault::NoResponse),
                 TryEnd::NothingReceived,
             ),
             (
                 TryFailure::Response(ResponseFailure::TimedOut),
-                Outcome::Failed,
+                Outcome::Failed(Fault::ResponseTimedOut),
                 TryEnd::TimedOut,
             ),
             (

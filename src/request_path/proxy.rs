@@ -353,7 +353,9 @@ pub(super) async fn streamed_exchange(
             status: c.down.resp.status,
             micros: head_micros.get(),
         },
-        Some(Err(UpstreamFailure::TimedOut)) => Outcome::Failed,
+        Some(Err(UpstreamFailure::TimedOut)) => {
+            Outcome::Failed(crate::gossip::Fault::ResponseTimedOut)
+        }
         _ => Outcome::Neutral,
     };
     drop(flight);

@@ -3,7 +3,7 @@
 //! the others. Every change goes through [`Gossip::update`], so all shards converge.
 
 use crate::config::{PassiveSpec, UpstreamSpec};
-use crate::gossip::{Gossip, Reason, TargetState, now_ms};
+use crate::gossip::{AdminState, Fault, Gossip, Reason, TargetState, now_ms};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 
 /// One target as one shard sees it. Atomics only so the admin thread can read them; the
@@ -15,6 +15,10 @@ pub struct TargetView {
     pub ejected_until_ms: AtomicU64,
     pub ejections: AtomicU32,
     pub reason: AtomicU8,
+    /// [`Fault`], packed.
+    pub fault: AtomicU32,
+    /// [`AdminState`].
+    pub admin: AtomicU8,
     pub changed_ms: AtomicU64,
     pub consecutive_failures: AtomicU32,
     pub in_flight: AtomicU32,
@@ -25,8 +29,18 @@ pub struct TargetView {
 }
 
 impl TargetView {
+    /// Takes new requests: healthy, not ejected, and enabled.
     pub fn usable(&self, now_ms: u64) -> bool {
+        self.admin() == AdminState::Enabled && self.healthy(now_ms)
+    }
+
+    /// Healthy and not ejected, whatever an operator set.
+    pub fn healthy(&self, now_ms: u64) -> bool {
         !self.unhealthy.load(Relaxed) && self.ejected_until_ms.load(Relaxed) <= now_ms
+    }
+
+    pub fn admin(&self) -> AdminState {
+        AdminState::from_u8(self.admin.load(Relaxed))
     }
 
     /// When the target became usable again: after a recovery, or when its last ejection ran
@@ -42,7 +56,9 @@ impl TargetView {
     }
 
     pub fn state_name(&self, now_ms: u64) -> &'static str {
-        if self.ejected_until_ms.load(Relaxed) > now_ms {
+        if self.admin() != AdminState::Enabled {
+            self.admin().name()
+        } else if self.ejected_until_ms.load(Relaxed) > now_ms {
             "ejected"
         } else if self.unhealthy.load(Relaxed) {
             "unhealthy"
@@ -51,15 +67,17 @@ impl TargetView {
         }
     }
 
-    pub fn reason(&self) -> &'static str {
-        match self.reason.load(Relaxed) {
+    /// Why the state last changed, with what failed: `active check failed (status 503)`.
+    pub fn reason(&self) -> String {
+        let reason = match self.reason.load(Relaxed) {
             1 => Reason::ActiveCheckPassed,
             2 => Reason::ActiveCheckFailed,
             3 => Reason::ConsecutiveFailures,
             4 => Reason::EjectionEnded,
+            5 => Reason::Operator,
             _ => Reason::Initial,
-        }
-        .describe()
+        };
+        crate::gossip::describe_change(reason, Fault::from_packed(self.fault.load(Relaxed)))
     }
 
     /// Takes a cluster-wide state if it is newer than what this shard has.
@@ -79,6 +97,8 @@ impl TargetView {
         self.ejected_until_ms.store(s.ejected_until_ms, Relaxed);
         self.ejections.store(u32::from(s.ejections), Relaxed);
         self.reason.store(s.reason as u8, Relaxed);
+        self.fault.store(s.fault.packed(), Relaxed);
+        self.admin.store(s.admin as u8, Relaxed);
         self.changed_ms.store(s.changed_ms, Relaxed);
         if !s.is_ejected(now_ms()) {
             self.consecutive_failures.store(0, Relaxed);
@@ -153,6 +173,8 @@ impl Cluster {
                 ejections: 0,
                 reason: Reason::Initial,
                 ejected_until_ms: 0,
+                fault: Fault::None,
+                admin: AdminState::Enabled,
                 ..*s
             };
             (fresh != *s).then_some(fresh)
@@ -166,9 +188,25 @@ impl Cluster {
             s.unhealthy.then_some(TargetState {
                 unhealthy: false,
                 reason: Reason::Initial,
+                fault: Fault::None,
                 ..*s
             })
         });
+    }
+
+    /// An operator's drain, disable or enable: every shard hears of it on its next tick.
+    /// Returns false when the target already was in that state.
+    pub fn set_admin(&self, slot: usize, admin: AdminState) -> bool {
+        self.gossip
+            .update(usize::MAX, slot, |s| {
+                (s.admin != admin).then_some(TargetState {
+                    admin,
+                    reason: Reason::Operator,
+                    fault: Fault::None,
+                    ..*s
+                })
+            })
+            .is_some()
     }
 
     /// The shard that actively probes `slot`: exactly one per target.
@@ -183,7 +221,7 @@ pub enum Outcome {
     /// A response head arrived (its status, and how long it took).
     Answered { status: u16, micros: u64 },
     /// Connect error, reset before any response byte, or response timeout.
-    Failed,
+    Failed(Fault),
     /// Neither (the client went away, or the request was refused before sending).
     Neutral,
 }
@@ -218,18 +256,18 @@ impl ShardHealth<'_> {
     pub fn record(&self, spec: &UpstreamSpec, target: usize, outcome: Outcome) {
         let slot = spec.targets[target].slot;
         let view = self.view(slot);
-        let failed = match outcome {
+        let fault = match outcome {
             Outcome::Answered { status, micros } => {
                 view.record_latency(micros);
-                spec.passive.on_5xx && status >= 500
+                (spec.passive.on_5xx && status >= 500).then_some(Fault::Status(status))
             }
-            Outcome::Failed => true,
+            Outcome::Failed(fault) => Some(fault),
             Outcome::Neutral => return,
         };
-        if !failed {
+        let Some(fault) = fault else {
             view.consecutive_failures.store(0, Relaxed);
             return;
-        }
+        };
         let failures = view.consecutive_failures.load(Relaxed) + 1;
         view.consecutive_failures.store(failures, Relaxed);
         let passive = &spec.passive;
@@ -247,6 +285,7 @@ impl ShardHealth<'_> {
                 ejections: earlier.saturating_add(1).min(127),
                 ejected_until_ms: now + ejection_ms(passive, earlier),
                 reason: Reason::ConsecutiveFailures,
+                fault,
                 ..*s
             })
         });
@@ -263,7 +302,7 @@ impl ShardHealth<'_> {
     }
 
     /// An active probe's verdict after the thresholds: `true` healthy, `false` unhealthy.
-    pub fn probe_verdict(&self, slot: usize, healthy: bool) {
+    pub fn probe_verdict(&self, slot: usize, healthy: bool, fault: Fault) {
         let now = now_ms();
         self.publish(slot, |s| {
             let ends_ejection = healthy && s.is_ejected(now);
@@ -278,6 +317,7 @@ impl ShardHealth<'_> {
                     (true, _) => Reason::ActiveCheckPassed,
                     (false, _) => Reason::ActiveCheckFailed,
                 },
+                fault: if healthy { Fault::None } else { fault },
                 ..*s
             })
         });
@@ -318,6 +358,8 @@ mod tests {
             reason: Reason::ConsecutiveFailures,
             ejected_until_ms: 1_000_000,
             changed_ms: 0,
+            fault: Fault::None,
+            admin: AdminState::Enabled,
         };
         assert_eq!(earlier_ejections(&s, &p, 1_000_000 + 299_999), 3);
         assert_eq!(earlier_ejections(&s, &p, 1_000_000 + 300_000), 0);

@@ -15,7 +15,7 @@ pub mod probe;
 pub use health::{Cluster, Outcome, ShardHealth, TargetView};
 
 use crate::config::{Balance, Snapshot, UpstreamSpec};
-use crate::gossip::now_ms;
+use crate::gossip::{AdminState, now_ms};
 use crate::http::io::{BufConn, BufPool};
 use crate::observe::metrics::TargetMetrics;
 use crate::tls::{ConnRead, ConnWrite};
@@ -134,6 +134,21 @@ pub enum ConnectError {
     Tls(crate::tls::HandshakeError),
     #[error("too many connections being opened to the upstream (max_pending)")]
     Overloaded,
+}
+
+impl ConnectError {
+    /// What to show for it in a target's state.
+    pub fn fault(&self) -> crate::gossip::Fault {
+        use crate::gossip::Fault;
+        match self {
+            ConnectError::TimedOut => Fault::ConnectTimedOut,
+            ConnectError::Failed(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                Fault::ConnectRefused
+            }
+            ConnectError::Failed(_) | ConnectError::Overloaded => Fault::ConnectFailed,
+            ConnectError::Tls(_) => Fault::Tls,
+        }
+    }
 }
 
 /// Why no target was picked.
@@ -276,7 +291,7 @@ impl ShardUpstreams {
         &self.parts.cluster
     }
 
-    fn view(&self, upstream: usize, target: usize) -> &TargetView {
+    pub fn view(&self, upstream: usize, target: usize) -> &TargetView {
         &self.parts.cluster.views[self.parts.shard][self.spec(upstream).targets[target].slot]
     }
 
@@ -331,6 +346,15 @@ impl ShardUpstreams {
     ) -> Result<usize, PickError> {
         let now = now_ms();
         let n = self.spec(upstream).targets.len();
+        // A draining target still takes what its sticky cookie pins to it.
+        if let Some(t) = affinity.sticky
+            && t < n
+            && !tried.has(t)
+            && self.view(upstream, t).admin() == AdminState::Draining
+            && self.view(upstream, t).healthy(now)
+        {
+            return Ok(t);
+        }
         let healthy = |t: usize| !tried.has(t) && self.view(upstream, t).usable(now);
         if let Some(t) = self
             .pick_by_affinity(upstream, affinity, &healthy)
@@ -343,7 +367,9 @@ impl ShardUpstreams {
             return Err(PickError::Exhausted);
         }
         if self.spec(upstream).panic_mode {
-            let untried = |t: usize| !tried.has(t);
+            // Health is ignored; what an operator took out stays out.
+            let untried =
+                |t: usize| !tried.has(t) && self.view(upstream, t).admin() == AdminState::Enabled;
             return self
                 .pick_by_affinity(upstream, affinity, &untried)
                 .or_else(|| self.pick_among(upstream, &untried))
@@ -465,6 +491,11 @@ impl ShardUpstreams {
         }
     }
 
+    /// Counts a try at `target` that is followed by another.
+    pub fn count_retry(&self, upstream: usize, target: usize) {
+        self.groups[upstream].metrics[target].retried.add(1);
+    }
+
     /// Marks a request to `target` as in flight until the returned guard is dropped.
     pub fn begin(&self, upstream: usize, target: usize) -> InFlight<'_> {
         let view = self.view(upstream, target);
@@ -500,8 +531,10 @@ impl Drop for InFlight<'_> {
         shared
             .in_flight
             .set(shared.in_flight.get().saturating_sub(1));
-        if let Outcome::Answered { status, .. } = self.outcome {
-            group.metrics[self.target].responses.count(status);
+        match self.outcome {
+            Outcome::Answered { status, .. } => group.metrics[self.target].responses.count(status),
+            Outcome::Failed(_) => group.metrics[self.target].failures.add(1),
+            Outcome::Neutral => {}
         }
         u.health()
             .record(u.spec(self.upstream), self.target, self.outcome);

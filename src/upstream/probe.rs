@@ -8,6 +8,7 @@
 
 use super::{ShardUpstreams, UpstreamConn};
 use crate::config::HealthSpec;
+use crate::gossip::Fault;
 use crate::http::ResponseHead;
 use crate::http::io::write_all_buf;
 use std::sync::atomic::Ordering::Relaxed;
@@ -19,13 +20,14 @@ pub struct ProbeCounts {
     failures: u32,
 }
 
-/// Probes `target` of `upstream` once, within the check's `timeout`.
+/// Probes `target` of `upstream` once, within the check's `timeout`: `Ok` when it answered
+/// an expected status, else what went wrong.
 pub async fn probe_once(
     upstreams: &ShardUpstreams,
     upstream: usize,
     target: usize,
     health: &HealthSpec,
-) -> bool {
+) -> Result<(), Fault> {
     let label = &upstreams.snapshot.upstreams[upstream].targets[target].label;
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {label}\r\nUser-Agent: ringgate-health-check\r\nConnection: close\r\n\r\n",
@@ -37,21 +39,30 @@ pub async fn probe_once(
             mut reader,
             mut writer,
             ..
-        } = upstreams.connect(upstream, target).await.ok()?;
+        } = upstreams
+            .connect(upstream, target)
+            .await
+            .map_err(|e| e.fault())?;
         let (written, _) = write_all_buf(&mut writer, request).await;
-        written.ok()?;
+        written.map_err(|_| Fault::NoResponse)?;
         let mut head = ResponseHead::default();
         loop {
-            if head.parse(reader.buffered(), false, 16 * 1024).ok()? {
-                return Some(health.expected.contains(&head.status));
+            match head.parse(reader.buffered(), false, 16 * 1024) {
+                Ok(true) if health.expected.contains(&head.status) => return Ok(()),
+                Ok(true) => return Err(Fault::Status(head.status)),
+                Ok(false) => {}
+                Err(_) => return Err(Fault::BadResponse),
             }
-            reader.fill().await.ok()?;
+            match reader.fill().await {
+                Ok(_) => {}
+                Err(crate::http::io::ReadError::BufferFull) => return Err(Fault::BadResponse),
+                Err(_) => return Err(Fault::NoResponse),
+            }
         }
     };
-    matches!(
-        monoio::time::timeout(health.timeout, attempt).await,
-        Ok(Some(true))
-    )
+    monoio::time::timeout(health.timeout, attempt)
+        .await
+        .unwrap_or(Err(Fault::ResponseTimedOut))
 }
 
 /// Counts a probe's result and publishes a verdict once a threshold is crossed: unhealthy
@@ -62,8 +73,9 @@ pub fn judge(
     slot: usize,
     health: &HealthSpec,
     counts: &mut ProbeCounts,
-    passed: bool,
+    result: Result<(), Fault>,
 ) {
+    let passed = result.is_ok();
     if passed {
         counts.passes += 1;
         counts.failures = 0;
@@ -74,10 +86,10 @@ pub fn judge(
     let view = upstreams.health();
     let target_view = view.view(slot);
     let unhealthy = target_view.unhealthy.load(Relaxed);
-    let ejected = !unhealthy && !target_view.usable(crate::gossip::now_ms());
+    let ejected = !unhealthy && !target_view.healthy(crate::gossip::now_ms());
     if passed && ((unhealthy && counts.passes >= health.healthy_threshold) || ejected) {
-        view.probe_verdict(slot, true);
+        view.probe_verdict(slot, true, Fault::None);
     } else if !passed && !unhealthy && counts.failures >= health.unhealthy_threshold {
-        view.probe_verdict(slot, false);
+        view.probe_verdict(slot, false, result.err().unwrap_or_default());
     }
 }
