@@ -24,6 +24,7 @@ const QUEUED_CHUNKS: usize = 64;
 const OFF_SHARD_LINES: usize = 4096;
 /// How often the writer looks for chunks when it found none.
 const WRITER_IDLE: Duration = Duration::from_millis(5);
+const WRITER_IDLE_MAX: Duration = Duration::from_millis(50);
 
 /// What one exchange's line says.
 pub struct Line<'a> {
@@ -357,6 +358,9 @@ impl LogPipe {
 
     fn write_forever(&self) {
         let mut sink: Option<Box<dyn Write + Send>> = None;
+        // Quiet spells back off from WRITER_IDLE to WRITER_IDLE_MAX: an idle gateway should
+        // not wake a thread 200 times a second; the first chunk brings the short wait back.
+        let mut idle = WRITER_IDLE;
         loop {
             if self.reopen.swap(false, Ordering::AcqRel) {
                 if let Some(mut old) = sink.take() {
@@ -372,6 +376,7 @@ impl LogPipe {
                 }
             }
             if wrote {
+                idle = WRITER_IDLE;
                 if let Some(out) = sink.as_mut() {
                     let _ = out.flush();
                 }
@@ -379,7 +384,8 @@ impl LogPipe {
                 self.closed.store(true, Ordering::Release);
                 return;
             } else {
-                std::thread::sleep(WRITER_IDLE);
+                std::thread::sleep(idle);
+                idle = (idle * 2).min(WRITER_IDLE_MAX);
             }
         }
     }

@@ -57,9 +57,16 @@ fn queue() -> &'static ArrayQueue<Vec<u8>> {
         let _ = std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(|| {
+                // Shard lines are rare (start, stop, a panic): the wait backs off when quiet.
+                let mut wait = Duration::from_millis(20);
                 loop {
-                    std::thread::sleep(Duration::from_millis(50));
-                    flush_queued(&mut std::io::stderr().lock());
+                    std::thread::sleep(wait);
+                    let wrote = flush_queued(&mut std::io::stderr().lock());
+                    wait = if wrote {
+                        Duration::from_millis(20)
+                    } else {
+                        (wait * 2).min(Duration::from_millis(500))
+                    };
                 }
             });
         ArrayQueue::new(QUEUE_LINES)
@@ -94,13 +101,17 @@ pub fn line(level: Level, message: &str) {
     let _ = err.write_all(&formatted);
 }
 
-fn flush_queued(out: &mut impl Write) {
+/// Writes what shards queued; true when there was something.
+fn flush_queued(out: &mut impl Write) -> bool {
     let Some(q) = QUEUE.get() else {
-        return;
+        return false;
     };
+    let mut wrote = false;
     while let Some(line) = q.pop() {
         let _ = out.write_all(&line);
+        wrote = true;
     }
+    wrote
 }
 
 fn format_line(level: Level, message: &str, unix_ms: u64, json: bool) -> Vec<u8> {

@@ -11,6 +11,7 @@ use monoio::net::TcpListener;
 use monoio::time::{Duration, Instant};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::future::Future;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -19,6 +20,8 @@ use std::sync::mpsc;
 
 /// The longest a shard goes without looking at its inbox, gossip and drain.
 pub(super) const TICK: Duration = Duration::from_millis(5);
+/// The longest tick of a shard with no connection (an accept wakes it at once).
+const IDLE_TICK: Duration = Duration::from_millis(250);
 
 /// Idle connections are reaped this often: idle timeouts are that precise.
 pub(super) const REAP_EVERY: Duration = Duration::from_millis(250);
@@ -292,6 +295,8 @@ impl Shard {
 pub(super) async fn accept_loop(shard: Rc<Shard>, state: Rc<ListenerState>, listener: TcpListener) {
     loop {
         let accepted = listener.accept().await;
+        // First: a reload that waited in the inbox may retire this very listener.
+        shard.wake_from_idle();
         if shard.draining.get() || DRAIN.load(Ordering::Acquire) || state.retired.get() {
             break;
         }
@@ -466,21 +471,29 @@ impl Shard {
 /// `drain_timeout` while idle connections are closed.
 pub(super) async fn tick_loop(shard: &Rc<Shard>) {
     let mut last_reap = Instant::now();
+    let mut idle_tick = None;
     while !DRAIN.load(Ordering::Acquire) {
-        shard.take_commands();
+        shard.catch_up();
         shard.flush_log();
-        shard.exchange_usage();
         let config = shard.config();
-        config.upstreams.health().drain_gossip();
         let now = Instant::now();
         if now.duration_since(last_reap) >= REAP_EVERY {
             last_reap = now;
             shard.close_idle_connections(Some(now));
             config.upstreams.close_stale();
         }
-        let tick = config.gossip_interval.min(TICK);
+        let busy_tick = config.gossip_interval.min(TICK);
         drop(config);
-        monoio::time::sleep(tick).await;
+        // With no connection, nothing here is urgent: the tick doubles up to IDLE_TICK, and
+        // an accept catches up at once (so what it serves is as fresh as on a busy shard).
+        idle_tick = if shard.open_connections() == 0 {
+            Some(idle_tick.map_or(busy_tick, |t: Duration| (t * 2).min(IDLE_TICK)))
+        } else {
+            None
+        };
+        let tick = idle_tick.unwrap_or(busy_tick);
+        shard.idle.set(tick > busy_tick);
+        sleep_unless_woken(shard, tick).await;
     }
     shard.draining.set(true);
     let config = shard.config();
@@ -501,6 +514,44 @@ pub(super) async fn tick_loop(shard: &Rc<Shard>) {
         shard.id,
         shard.open_connections()
     ));
+}
+
+/// Sleeps `tick`; an idle shard's longer sleep ends early when an accept wakes it
+/// ([`Shard::wake_from_idle`]).
+async fn sleep_unless_woken(shard: &Shard, tick: Duration) {
+    if !shard.idle.get() {
+        monoio::time::sleep(tick).await;
+        return;
+    }
+    let mut sleep = std::pin::pin!(monoio::time::sleep(tick));
+    std::future::poll_fn(|cx| {
+        if !shard.idle.get() {
+            return std::task::Poll::Ready(());
+        }
+        shard.ticker.set(Some(cx.waker().clone()));
+        sleep.as_mut().poll(cx)
+    })
+    .await;
+    shard.ticker.set(None);
+}
+
+impl Shard {
+    /// The tick's inbound work: commands, rate-limit usage, backend news.
+    pub(super) fn catch_up(self: &Rc<Self>) {
+        self.take_commands();
+        self.exchange_usage();
+        self.config().upstreams.health().drain_gossip();
+    }
+
+    /// A connection arrived on an idle shard: apply what waited, and tick at full rate again.
+    pub(super) fn wake_from_idle(self: &Rc<Self>) {
+        if self.idle.replace(false) {
+            self.catch_up();
+            if let Some(waker) = self.ticker.take() {
+                waker.wake();
+            }
+        }
+    }
 }
 
 /// Handles of every (route, consumer, secret) injection counter of a config, resolved once

@@ -53,6 +53,10 @@ pub struct Shard {
     /// Usage batches an inbox had no room for: (destination, batch), sent again next tick
     /// (`None`: the cluster sync thread).
     usage_unsent: RefCell<Vec<(Option<usize>, Arc<crate::gossip::usage::UsageBatch>)>>,
+    /// The tick backs off while the shard holds no connection (an idle gateway should not
+    /// wake every core 200 times a second); the next accept catches up and wakes it.
+    pub(super) idle: Cell<bool>,
+    pub(super) ticker: Cell<Option<std::task::Waker>>,
 }
 
 /// Batches kept for full inboxes at most (about a second of ticks for every peer): beyond
@@ -468,6 +472,8 @@ impl Shard {
             audit_lines: LineBuffer::default(),
             jwks: RefCell::new(Default::default()),
             usage_unsent: RefCell::new(Vec::new()),
+            idle: Cell::new(false),
+            ticker: Cell::new(None),
             secret_files: RefCell::new(Default::default()),
         }
     }
