@@ -1,22 +1,29 @@
 //! `ringgate echo`: a tiny, fast origin for demos, tests and benchmarks.
 //!
 //! - `GET /bytes/N` answers N bytes (streamed, so any size works with flat memory)
-//! - `GET /headers` answers the request head it received, as text
+//! - `GET /headers` answers the request head it received, as text, after an `x-origin` line
+//!   naming this origin (every answer also carries an `x-origin` header: which origin
+//!   answered shows how a gateway balances)
 //! - `GET /delay/MS` answers after MS milliseconds (at most 60000)
 //! - a request with a body gets the same body back (chunked stays chunked)
 //! - anything else gets a short fixed text
 //!
-//! Owns its own threads and runtimes; shares only the HTTP parser with the gateway.
+//! Plain HTTP, or TLS with a self-signed certificate ([`self_signed`]) for demos of TLS
+//! upstreams. Owns its own threads and runtimes; shares only the HTTP parser and the TLS
+//! stream with the gateway.
 
 use crate::http::body::{BodyLimits, stream_body};
 use crate::http::io::{BufConn, write_all_buf};
 use crate::http::{Framing, HeadLimits, RequestHead, push_decimal};
+use crate::tls::{ConnRead, ConnWrite};
 use monoio::buf::{IoBuf, IoVecBuf};
-use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::{ListenerOpts, TcpListener, TcpStream};
 use monoio::time::{Duration, Instant};
 use std::net::SocketAddr;
-use std::sync::mpsc;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::{Arc, mpsc};
 
 const HELLO: &[u8] = b"hello from ringgate echo\n";
 const LIMITS: HeadLimits = HeadLimits {
@@ -26,19 +33,22 @@ const LIMITS: HeadLimits = HeadLimits {
 };
 const IDLE: Duration = Duration::from_secs(120);
 
-/// Binds `addr` on `workers` threads and returns once all are listening.
+/// Binds `addr` on `workers` threads and returns once all are listening; with `tls`, every
+/// connection starts with a TLS handshake.
 pub fn spawn(
     addr: SocketAddr,
     workers: usize,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     let (tx, rx) = mpsc::channel();
     let mut threads = Vec::new();
     for i in 0..workers.max(1) {
         let tx = tx.clone();
+        let tls = tls.clone();
         threads.push(
             std::thread::Builder::new()
                 .name(format!("echo-{i}"))
-                .spawn(move || echo_thread(addr, tx))?,
+                .spawn(move || echo_thread(addr, tls, tx))?,
         );
     }
     drop(tx);
@@ -52,7 +62,53 @@ pub fn spawn(
     Ok(threads)
 }
 
-fn echo_thread(addr: SocketAddr, ready: mpsc::Sender<std::io::Result<()>>) {
+/// A self-signed certificate and key for `names` (DNS names or IP addresses; `localhost`,
+/// 127.0.0.1 and ::1 are always included), written as `echo-cert.pem` and `echo-key.pem`
+/// in `dir`. Returns (certificate, key) paths: the certificate is its own CA.
+pub fn self_signed(dir: &Path, names: &[String]) -> Result<(PathBuf, PathBuf), String> {
+    let mut all: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    for n in names {
+        if !all.contains(n) {
+            all.push(n.clone());
+        }
+    }
+    let cert = rcgen::generate_simple_self_signed(all)
+        .map_err(|e| format!("cannot make a certificate: {e}"))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let cert_path = dir.join("echo-cert.pem");
+    let key_path = dir.join("echo-key.pem");
+    std::fs::write(&cert_path, cert.cert.pem())
+        .and_then(|()| std::fs::write(&key_path, cert.signing_key.serialize_pem()))
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok((cert_path, key_path))
+}
+
+/// A TLS server config for the echo origin from a certificate and key.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+    let settings = crate::tls::ServerTlsSettings {
+        certificates: vec![(cert, key)],
+        allow_tls12: true,
+        client_ca: None,
+        client_cert_required: false,
+        alpn: &[],
+        handshake_timeout: Duration::from_secs(10),
+    };
+    crate::tls::server_tls(&settings, Path::new("."))
+        .map(|t| t.config)
+        .map_err(|problems| {
+            problems
+                .iter()
+                .map(|p| p.message.clone())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+}
+
+fn echo_thread(
+    addr: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    ready: mpsc::Sender<std::io::Result<()>>,
+) {
     let runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .build();
@@ -73,10 +129,11 @@ fn echo_thread(addr: SocketAddr, ready: mpsc::Sender<std::io::Result<()>>) {
             }
         };
         let _ = ready.send(Ok(()));
+        let name: Rc<str> = addr.to_string().into();
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    monoio::spawn(serve(stream));
+                    monoio::spawn(serve(stream, tls.clone(), name.clone()));
                 }
                 Err(_) => monoio::time::sleep(Duration::from_millis(10)).await,
             }
@@ -84,8 +141,8 @@ fn echo_thread(addr: SocketAddr, ready: mpsc::Sender<std::io::Result<()>>) {
     });
 }
 
-type EchoReader = BufConn<OwnedReadHalf<TcpStream>>;
-type EchoWriter = OwnedWriteHalf<TcpStream>;
+type EchoReader = BufConn<ConnRead>;
+type EchoWriter = ConnWrite;
 
 /// One echo connection: split so an echoed body streams back while it arrives.
 struct EchoConn {
@@ -93,16 +150,34 @@ struct EchoConn {
     writer: EchoWriter,
     out: Vec<u8>,
     scratch: Vec<u8>,
+    /// This origin's address, in `x-origin`.
+    name: Rc<str>,
 }
 
-async fn serve(stream: TcpStream) {
+async fn serve(stream: TcpStream, tls: Option<Arc<rustls::ServerConfig>>, name: Rc<str>) {
     let _ = stream.set_nodelay(true);
-    let (reader, writer) = stream.into_split();
+    let (reader, writer) = match tls {
+        None => {
+            let (r, w) = stream.into_split();
+            (ConnRead::Plain(r), ConnWrite::Plain(w))
+        }
+        Some(config) => {
+            let Ok(session) = rustls::ServerConnection::new(config) else {
+                return;
+            };
+            let handshake = crate::tls::handshake(stream, session, true, Vec::new());
+            match monoio::time::timeout(Duration::from_secs(10), handshake).await {
+                Ok(Ok((r, w))) => (ConnRead::Tls(Box::new(r)), ConnWrite::Tls(Box::new(w))),
+                _ => return,
+            }
+        }
+    };
     let mut c = EchoConn {
         reader: BufConn::new(reader, Vec::with_capacity(64 * 1024)),
         writer,
         out: Vec::with_capacity(4096),
         scratch: Vec::new(),
+        name,
     };
     let mut head = RequestHead::default();
     loop {
@@ -133,8 +208,10 @@ async fn serve(stream: TcpStream) {
     }
 }
 
-fn push_head(out: &mut Vec<u8>, framing: Framing, keep_alive: bool) {
-    out.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n");
+fn push_head(out: &mut Vec<u8>, name: &str, framing: Framing, keep_alive: bool) {
+    out.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-origin: ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\r\n");
     match framing {
         Framing::Length(n) => {
             out.extend_from_slice(b"content-length: ");
@@ -161,30 +238,38 @@ async fn respond(c: &mut EchoConn, head: &RequestHead) -> std::io::Result<bool> 
     let delay = path.strip_prefix(b"/delay/").and_then(parse_number);
     if path == b"/headers" {
         let text = &buf[..head.len];
-        push_head(&mut c.out, Framing::Length(text.len() as u64), keep_alive);
+        let origin_line = format!("x-origin: {}\r\n", c.name);
+        let len = (origin_line.len() + text.len()) as u64;
+        push_head(&mut c.out, &c.name, Framing::Length(len), keep_alive);
+        c.out.extend_from_slice(origin_line.as_bytes());
         c.out.extend_from_slice(text);
     }
     c.reader.consume(head.len);
     if let Some(n) = bytes {
         skip_body(&mut c.reader, framing, &mut c.scratch).await?;
-        push_head(&mut c.out, Framing::Length(n), keep_alive);
+        push_head(&mut c.out, &c.name, Framing::Length(n), keep_alive);
         send_bytes(c, if head_method { 0 } else { n }).await?;
         return Ok(keep_alive);
     }
     if let Some(ms) = delay {
         skip_body(&mut c.reader, framing, &mut c.scratch).await?;
         monoio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
-        push_head(&mut c.out, Framing::Length(3), keep_alive);
+        push_head(&mut c.out, &c.name, Framing::Length(3), keep_alive);
         c.out.extend_from_slice(b"ok\n");
     } else if !c.out.is_empty() {
         skip_body(&mut c.reader, framing, &mut c.scratch).await?;
     } else if framing != Framing::None {
-        push_head(&mut c.out, framing, keep_alive);
+        push_head(&mut c.out, &c.name, framing, keep_alive);
         flush_out(c).await?;
         echo_body(&mut c.reader, &mut c.writer, framing, &mut c.scratch).await?;
         return Ok(keep_alive);
     } else {
-        push_head(&mut c.out, Framing::Length(HELLO.len() as u64), keep_alive);
+        push_head(
+            &mut c.out,
+            &c.name,
+            Framing::Length(HELLO.len() as u64),
+            keep_alive,
+        );
         if !head_method {
             c.out.extend_from_slice(HELLO);
         }

@@ -1,7 +1,7 @@
 //! The `ringgate` command line (DESIGN.md §5).
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use ringgate::config::{self, Snapshot};
+use ringgate::config::{self, RouteAction, Snapshot};
 use ringgate::route::PathMatch;
 use ringgate::{control, echo, observe};
 use std::net::SocketAddr;
@@ -39,6 +39,22 @@ enum Command {
         #[arg(long)]
         strict: bool,
     },
+    /// A reverse proxy with no config file, like `caddy reverse-proxy`.
+    ///
+    /// Every request on FROM goes to the TO targets (round robin, passive health):
+    /// `ringgate proxy --from 127.0.0.1:8080 --to 127.0.0.1:9001,127.0.0.1:9002`.
+    /// `https://HOST:PORT` targets are reached over TLS (verified against the system roots).
+    Proxy {
+        /// Address to listen on, e.g. 0.0.0.0:8080.
+        #[arg(long)]
+        from: String,
+        /// Comma-separated targets: HOST:PORT, http://HOST:PORT or https://HOST:PORT.
+        #[arg(long, value_delimiter = ',', required = true)]
+        to: Vec<String>,
+        /// An admin listener (loopback), e.g. 127.0.0.1:9901.
+        #[arg(long)]
+        admin: Option<String>,
+    },
     /// Run the gateway on the demo config with built-in echo origins on loopback.
     Demo {
         /// Use this config instead of the built-in config/demo.toml; every loopback upstream
@@ -46,8 +62,10 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// A terminal view of a running gateway (requests/s, 5xx rate, p50/p99 per route, target
-    /// health), read from its admin `/metrics`. Uses $RINGGATE_ADMIN_TOKEN when set.
+    /// A live terminal view of a running gateway, from its admin `/metrics`.
+    ///
+    /// Requests/s, 5xx rate, p50/p99 per route and target health. Uses
+    /// $RINGGATE_ADMIN_TOKEN when set.
     Top {
         /// The gateway's admin address, e.g. 127.0.0.1:9901.
         #[arg(long)]
@@ -68,6 +86,14 @@ enum Command {
         #[arg(long)]
         id: Option<String>,
     },
+    /// Write the man pages (ringgate.1 and one per subcommand), generated from this
+    /// command line's own definition, into DIR (docs/man in the repository).
+    #[command(hide = true)]
+    Man {
+        /// Folder to write the pages into.
+        #[arg(long, default_value = "docs/man")]
+        dir: PathBuf,
+    },
     /// Run a tiny fast origin: echoes bodies, `/bytes/N`, `/headers`, `/delay/MS`.
     Echo {
         /// Address to listen on, e.g. 127.0.0.1:9001.
@@ -76,6 +102,10 @@ enum Command {
         /// Threads, each with its own SO_REUSEPORT listener.
         #[arg(long, default_value_t = 1)]
         workers: usize,
+        /// Speak TLS with a new self-signed certificate for localhost and 127.0.0.1 (its
+        /// path is printed: give it to a gateway upstream as `tls_ca_file`).
+        #[arg(long)]
+        tls: bool,
     },
 }
 
@@ -95,6 +125,13 @@ fn main() -> ExitCode {
         },
         Command::Check { config, strict } => check(&config, strict),
         Command::Demo { config } => demo(config),
+        Command::Proxy { from, to, admin } => match proxy_config(&from, &to, admin.as_deref()) {
+            Ok(text) => match config::load_str(Path::new("ringgate proxy"), &text) {
+                Ok(snapshot) => run(Arc::new(snapshot)),
+                Err(e) => fail(e),
+            },
+            Err(e) => fail(format!("proxy: {e}")),
+        },
         Command::Top {
             admin,
             interval,
@@ -108,16 +145,100 @@ fn main() -> ExitCode {
             }
         }
         Command::Keygen { consumer, id } => keygen(&consumer, id),
-        Command::Echo { bind, workers } => match echo::spawn(bind, workers) {
-            Ok(threads) => {
-                println!("ringgate echo listening on http://{bind}");
-                for t in threads {
-                    let _ = t.join();
-                }
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(format!("echo: cannot bind {bind}: {e}")),
+        Command::Echo { bind, workers, tls } => echo_command(bind, workers, tls),
+        Command::Man { dir } => match write_man_pages(&dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(format!("man: {}: {e}", dir.display())),
         },
+    }
+}
+
+/// `ringgate.1` and `ringgate-SUB.1` for every visible subcommand. No date and the plain
+/// package version: the pages change only when the command line does.
+fn write_man_pages(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let top = Cli::command();
+    let mut page = Vec::new();
+    clap_mangen::Man::new(top.clone()).render(&mut page)?;
+    std::fs::write(dir.join("ringgate.1"), page)?;
+    for sub in top.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name: &'static str = format!("ringgate-{}", sub.get_name()).leak();
+        let mut page = Vec::new();
+        let sub = sub.clone().name(name).version(env!("CARGO_PKG_VERSION"));
+        clap_mangen::Man::new(sub).render(&mut page)?;
+        std::fs::write(dir.join(format!("{name}.1")), page)?;
+    }
+    Ok(())
+}
+
+/// The config `ringgate proxy` runs: one listener, one upstream, one catch-all route. Every
+/// value is checked by the config loader afterwards; here only the scheme is taken apart.
+fn proxy_config(from: &str, to: &[String], admin: Option<&str>) -> Result<String, String> {
+    let quote = |v: &str| serde_json::to_string(v).unwrap_or_default();
+    let mut tls = None;
+    let mut targets = Vec::new();
+    for target in to.iter().map(|t| t.trim()).filter(|t| !t.is_empty()) {
+        let (is_tls, addr) = match target.split_once("://") {
+            Some(("http", rest)) => (false, rest),
+            Some(("https", rest)) => (true, rest),
+            Some((scheme, _)) => {
+                return Err(format!(
+                    "--to {target}: scheme {scheme:?} is not http or https"
+                ));
+            }
+            None => (false, target),
+        };
+        let addr = addr.trim_end_matches('/');
+        if addr.contains('/') {
+            return Err(format!(
+                "--to {target}: a target is HOST:PORT, without a path"
+            ));
+        }
+        if tls.is_some_and(|t| t != is_tls) {
+            return Err("--to: targets must all be http or all https".into());
+        }
+        tls = Some(is_tls);
+        targets.push(quote(addr));
+    }
+    if targets.is_empty() {
+        return Err("--to: at least one target".into());
+    }
+    let admin = admin
+        .map(|a| format!("[admin]\nbind = {}\n\n", quote(a)))
+        .unwrap_or_default();
+    Ok(format!(
+        "{admin}[[listeners]]\nname = \"proxy\"\nbind = {}\n\n[[upstreams]]\nname = \"to\"\ntargets = [{}]\ntls = {}\n\n[[routes]]\nname = \"all\"\npath_prefix = \"/\"\nupstream = \"to\"\n",
+        quote(from),
+        targets.join(", "),
+        tls.unwrap_or(false)
+    ))
+}
+
+fn echo_command(bind: SocketAddr, workers: usize, tls: bool) -> ExitCode {
+    let config = if tls {
+        let dir = std::env::temp_dir().join(format!("ringgate-echo-{}", std::process::id()));
+        let made = echo::self_signed(&dir, &[bind.ip().to_string()])
+            .and_then(|(cert, key)| echo::server_config(&cert, &key).map(|c| (cert, c)));
+        match made {
+            Ok((cert, config)) => {
+                println!("ringgate echo: self-signed certificate {}", cert.display());
+                Some(config)
+            }
+            Err(e) => return fail(format!("echo: {e}")),
+        }
+    } else {
+        None
+    };
+    let scheme = if tls { "https" } else { "http" };
+    match echo::spawn(bind, workers, config) {
+        Ok(threads) => {
+            println!("ringgate echo listening on {scheme}://{bind}");
+            for t in threads {
+                let _ = t.join();
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!("echo: cannot bind {bind}: {e}")),
     }
 }
 
@@ -202,23 +323,34 @@ fn demo(path: Option<PathBuf>) -> ExitCode {
         Some(p) => config::load(p),
         None => config::load_str(Path::new("config/demo.toml"), DEMO_CONFIG),
     };
-    let snapshot = match loaded {
-        Ok(s) => Arc::new(s),
+    let mut snapshot = match loaded {
+        Ok(s) => s,
         Err(e) => return fail(e),
     };
-    let mut origins: Vec<SocketAddr> = Vec::new();
+    // Every loopback target gets an echo origin; a TLS upstream's speak TLS.
+    let mut origins: Vec<(SocketAddr, bool)> = Vec::new();
     for u in &snapshot.upstreams {
         for t in &u.targets {
-            if t.addr.ip().is_loopback() && !origins.contains(&t.addr) {
-                origins.push(t.addr);
+            if t.addr.ip().is_loopback() && !origins.iter().any(|(a, _)| *a == t.addr) {
+                origins.push((t.addr, u.tls.is_some()));
             }
         }
     }
-    for addr in &origins {
-        if let Err(e) = echo::spawn(*addr, 1) {
+    let tls = if origins.iter().any(|&(_, tls)| tls) {
+        match demo_tls(&mut snapshot) {
+            Ok(config) => Some(config),
+            Err(e) => return fail(format!("demo: TLS origins: {e}")),
+        }
+    } else {
+        None
+    };
+    for &(addr, is_tls) in &origins {
+        let config = if is_tls { tls.clone() } else { None };
+        if let Err(e) = echo::spawn(addr, 1, config) {
             return fail(format!("demo: cannot start the echo origin on {addr}: {e}"));
         }
     }
+    let snapshot = Arc::new(snapshot);
     let running = match control::start(&snapshot) {
         Ok(r) => r,
         Err(e) => return fail(e),
@@ -230,31 +362,110 @@ fn demo(path: Option<PathBuf>) -> ExitCode {
     }
 }
 
-fn print_demo_help(snapshot: &Snapshot, origins: &[SocketAddr]) {
+/// A self-signed certificate for the demo's TLS origins, which every TLS upstream that does
+/// not name its own CA (and verifies) is made to trust. Returns the origins' server config.
+fn demo_tls(snapshot: &mut Snapshot) -> Result<Arc<rustls::ServerConfig>, String> {
+    // The name each TLS upstream checks (as the config loader chose it), by index.
+    let server_names: Vec<Option<String>> = (0..snapshot.upstreams.len())
+        .map(|i| {
+            let u = &snapshot.upstreams[i];
+            let first = u.targets.first().filter(|_| u.tls.is_some())?;
+            Some(
+                snapshot.source.upstreams[i]
+                    .tls_server_name
+                    .clone()
+                    .unwrap_or_else(|| {
+                        let label = first.label.as_str();
+                        let host = label.rsplit_once(':').map_or(label, |(h, _)| h);
+                        host.trim_start_matches('[')
+                            .trim_end_matches(']')
+                            .to_string()
+                    }),
+            )
+        })
+        .collect();
+    let names: Vec<String> = server_names.iter().flatten().cloned().collect();
+    let dir = std::env::temp_dir().join(format!("ringgate-demo-{}", std::process::id()));
+    let (cert, key) = echo::self_signed(&dir, &names)?;
+    let base = snapshot
+        .file
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    for (i, name) in server_names.iter().enumerate() {
+        let source = &snapshot.source.upstreams[i];
+        if let Some(name) = name
+            && source.tls_verify
+            && source.tls_ca_file.is_none()
+        {
+            let client =
+                ringgate::tls::client_tls(name, Some(&cert), true, &base).map_err(|p| p.message)?;
+            snapshot.upstreams[i].tls = Some(Arc::new(client));
+        }
+    }
+    echo::server_config(&cert, &key)
+}
+
+fn print_demo_help(snapshot: &Snapshot, origins: &[(SocketAddr, bool)]) {
     let Some(listener) = snapshot.listeners.first() else {
         return;
     };
-    let base = format!("http://{}", listener.addr);
-    let origins: Vec<String> = origins.iter().map(|o| o.to_string()).collect();
+    let (scheme, insecure) = match listener.tls {
+        Some(_) => ("https", "-k "),
+        None => ("http", ""),
+    };
+    let base = format!("{scheme}://{}", listener.addr);
+    let origins: Vec<String> = origins
+        .iter()
+        .map(|(a, tls)| format!("{}://{a}", if *tls { "https" } else { "http" }))
+        .collect();
     println!(
         "ringgate demo: gateway on {base}, echo origins on {}",
         origins.join(", ")
     );
     println!("Try:");
+    let mut echo_path = None;
     for route in &snapshot.routes {
         let host = route
             .host
             .as_ref()
             .map(|h| format!("-H 'Host: {}' ", h.replace('*', "demo")))
             .unwrap_or_default();
+        let proxied = matches!(route.action, RouteAction::Proxy { .. });
         let path = match &route.path {
             PathMatch::Exact(p) => p.clone(),
-            PathMatch::Prefix(p) => format!("{}/headers", p.trim_end_matches('/')),
+            PathMatch::Prefix(p) if proxied => format!("{}/headers", p.trim_end_matches('/')),
+            PathMatch::Prefix(p) => p.clone(),
         };
-        println!("  curl -i {host}{base}{path}    # route {:?}", route.name);
+        if proxied
+            && route.host.is_none()
+            && echo_path.is_none()
+            && let PathMatch::Prefix(p) = &route.path
+        {
+            echo_path = Some(format!("{}/echo", p.trim_end_matches('/')));
+        }
+        println!(
+            "  curl -i {insecure}{host}{base}{path}    # route {:?}",
+            route.name
+        );
     }
-    println!("  curl -i -X POST --data 'hello' {base}/api/echo    # the origin echoes the body");
-    println!("  curl -i {base}/nope    # no route: 404 with a JSON error");
+    if let Some(p) = echo_path {
+        println!(
+            "  curl -i {insecure}-X POST --data 'hello' {base}{p}    # the origin echoes the body"
+        );
+    }
+    let catch_all = snapshot
+        .routes
+        .iter()
+        .any(|r| r.host.is_none() && matches!(&r.path, PathMatch::Prefix(p) if p == "/"));
+    if !catch_all {
+        println!("  curl -i {insecure}{base}/nope    # no route: 404 with a JSON error");
+    }
+    if let Some(admin) = snapshot.admin {
+        println!(
+            "  curl -s http://{admin}/upstreams    # which origin is healthy and how many requests each answered (x-origin says which answered)"
+        );
+    }
     println!("Stop with Ctrl-C (in-flight requests finish first).");
 }
 

@@ -245,7 +245,8 @@ fn demo_answers_with_its_echo_origins() {
         .unwrap()
         .replace("127.0.0.1:8080", &format!("127.0.0.1:{gw_port}"))
         .replace("127.0.0.1:9101", &format!("127.0.0.1:{o1}"))
-        .replace("127.0.0.1:9102", &format!("127.0.0.1:{o2}"));
+        .replace("127.0.0.1:9102", &format!("127.0.0.1:{o2}"))
+        .replace("127.0.0.1:9901", &format!("127.0.0.1:{}", free_port()));
     let path = dir.join("demo.toml");
     std::fs::write(&path, demo).unwrap();
     let proc = spawn_bin(&dir, &["demo", "--config", path.to_str().unwrap()]);
@@ -265,11 +266,19 @@ fn demo_answers_with_its_echo_origins() {
     assert_eq!(r.text(), "hello from ringgate\n");
     let r = gw.get("/api/headers");
     assert_eq!(r.status, 200);
+    // The echo origin names itself first (the demo balances over two of them).
+    let origin = r.header("x-origin").expect("x-origin").to_string();
+    let (first, head) = r
+        .text()
+        .split_once("\r\n")
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .unwrap();
+    assert_eq!(first, format!("x-origin: {origin}"));
     assert!(
-        r.text().starts_with("GET /headers HTTP/1.1"),
-        "{}",
-        r.text()
+        [format!("127.0.0.1:{o1}"), format!("127.0.0.1:{o2}")].contains(&origin),
+        "{origin}"
     );
+    assert!(head.starts_with("GET /headers HTTP/1.1"), "{}", r.text());
     assert!(
         r.text()
             .to_ascii_lowercase()

@@ -241,3 +241,198 @@ fn check_warns_about_risky_configs_and_fails_on_them_when_strict() {
         "{err}"
     );
 }
+
+#[test]
+fn proxy_needs_no_config_file() {
+    let a = Origin::echo_path();
+    let b = Origin::echo_path();
+    let listen: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = temp_dir("proxy-cmd");
+    let proc = spawn_bin(
+        &dir,
+        &[
+            "proxy",
+            "--from",
+            &listen.to_string(),
+            "--to",
+            &format!("{},http://{}", a.addr, b.addr),
+        ],
+    );
+    assert!(
+        wait_for_port(listen, std::time::Duration::from_secs(15)),
+        "{}",
+        proc.stderr()
+    );
+    let gw = Gateway { proc, listen, dir };
+    for i in 0..10 {
+        let r = gw.get(&format!("/p/{i}"));
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), format!("path=/p/{i}"));
+    }
+    assert!(
+        !a.received().is_empty() && !b.received().is_empty(),
+        "round robin over both"
+    );
+
+    // A bad target is refused with what was wrong.
+    let out = std::process::Command::new(BIN)
+        .args([
+            "proxy",
+            "--from",
+            "127.0.0.1:1",
+            "--to",
+            "ftp://127.0.0.1:2",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"ftp\" is not http or https"));
+}
+
+#[test]
+fn demo_starts_tls_origins_for_tls_upstreams_and_names_them() {
+    let dir = temp_dir("demo-tls");
+    let (listen_port, origin_port) = (free_port(), free_port());
+    let path = dir.join("demo.toml");
+    std::fs::write(
+        &path,
+        format!("[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:{listen_port}\"\n\n[[upstreams]]\nname = \"secure\"\ntargets = [\"127.0.0.1:{origin_port}\"]\ntls = true\n\n[[routes]]\nname = \"s\"\npath_prefix = \"/s\"\nstrip_prefix = true\nupstream = \"secure\"\n"),
+    )
+    .unwrap();
+    let proc = spawn_bin(&dir, &["demo", "--config", path.to_str().unwrap()]);
+    let listen: std::net::SocketAddr = format!("127.0.0.1:{listen_port}").parse().unwrap();
+    assert!(
+        wait_for_port(listen, std::time::Duration::from_secs(15)),
+        "{}",
+        proc.stderr()
+    );
+    let gw = Gateway {
+        proc,
+        listen,
+        dir: dir.clone(),
+    };
+    let r = gw.get("/s/headers");
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), gw.proc.stderr());
+    assert_eq!(
+        r.header("x-origin"),
+        Some(format!("127.0.0.1:{origin_port}").as_str())
+    );
+    assert!(r.text().starts_with(&format!(
+        "x-origin: 127.0.0.1:{origin_port}\r\nGET /headers "
+    )));
+    assert!(wait_until(std::time::Duration::from_secs(5), || {
+        std::fs::read_to_string(dir.join("stdout.log")).is_ok_and(|out| {
+            out.contains(&format!("https://127.0.0.1:{origin_port}")) && out.contains("/s/headers")
+        })
+    }));
+}
+
+/// Makes the io_uring syscalls fail with ENOSYS in the child, as Docker's default seccomp
+/// profile does.
+#[cfg(target_arch = "x86_64")]
+fn without_io_uring(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+    const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+    let stmt = |code: u16, k: u32| libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jump = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    };
+    let load = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
+    let program: Vec<libc::sock_filter> = vec![
+        stmt(load, 4), // seccomp_data.arch
+        jump(AUDIT_ARCH_X86_64, 1, 0),
+        stmt(ret, SECCOMP_RET_ALLOW),
+        stmt(load, 0),   // seccomp_data.nr
+        jump(425, 2, 0), // io_uring_setup
+        jump(426, 1, 0), // io_uring_enter
+        jump(427, 0, 1), // io_uring_register
+        stmt(ret, SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
+        stmt(ret, SECCOMP_RET_ALLOW),
+    ];
+    let program = Box::leak(program.into_boxed_slice());
+    let fprog = Box::leak(Box::new(libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr(),
+    }));
+    // The address only: the closure must be Send + Sync, a raw pointer is neither.
+    let fprog = fprog as *const libc::sock_fprog as usize;
+    // SAFETY: only prctl (async-signal-safe) runs between fork and exec, on data leaked above.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    fprog as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn where_seccomp_forbids_io_uring_shards_fall_back_to_epoll_and_say_so() {
+    let origin = Origin::echo_path();
+    let listen: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = temp_dir("no-uring");
+    let path = dir.join("ringgate.toml");
+    std::fs::write(
+        &path,
+        format!("[server]\nworkers = 2\n\n[[listeners]]\nname = \"l\"\nbind = \"{listen}\"\n\n[[upstreams]]\nname = \"o\"\ntargets = [\"{}\"]\n\n[[routes]]\nname = \"r\"\nupstream = \"o\"\n", origin.addr),
+    )
+    .unwrap();
+    let mut version = std::process::Command::new(BIN);
+    version.arg("--version");
+    without_io_uring(&mut version);
+    let out = version.output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("io_uring unavailable here: epoll fallback"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let stderr_path = dir.join("stderr.log");
+    let mut command = std::process::Command::new(BIN);
+    command
+        .args(["run", "--config", path.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap());
+    without_io_uring(&mut command);
+    let proc = Proc {
+        child: command.spawn().unwrap(),
+        stderr_path,
+    };
+    assert!(
+        wait_for_port(listen, std::time::Duration::from_secs(15)),
+        "{}",
+        proc.stderr()
+    );
+    let gw = Gateway { proc, listen, dir };
+    for i in 0..5 {
+        assert_eq!(gw.get(&format!("/{i}")).text(), format!("path=/{i}"));
+    }
+    let log = gw.proc.stderr();
+    for shard in 0..2 {
+        assert!(
+            log.contains(&format!(
+                "shard {shard}: io_uring is not available (old kernel or seccomp); falling back to epoll"
+            )) && log.contains(&format!("shard {shard}: epoll driver")),
+            "{log}"
+        );
+    }
+}
