@@ -220,3 +220,71 @@ fn drain_disable_and_enable_reach_every_shard() {
         "{body}"
     );
 }
+
+#[test]
+fn host_name_targets_follow_the_hosts_file_and_close_the_old_address_pool() {
+    // One port on two loopback addresses: the name moves from one origin to the other.
+    let port = free_port();
+    let old = Origin::start_on(format!("127.0.0.1:{port}").parse().unwrap(), |_| ok(b"old"));
+    let new = Origin::start_on(format!("127.0.0.2:{port}").parse().unwrap(), |_| ok(b"new"));
+    let hosts = temp_dir("hosts-file").join("hosts");
+    std::fs::write(&hosts, "# test resolver\n127.0.0.1 api.test\n").unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let gw = Gateway::start(&format!(
+        "[server]\nworkers = 2\nhosts_file = \"{}\"\n\n[admin]\nbind = \"{admin}\"\n\n[[listeners]]\nname = \"main\"\nbind = \"{{listen}}\"\n\n[[upstreams]]\nname = \"api\"\ntargets = [\"api.test:{port}\"]\nresolve_interval = \"200ms\"\n\n[[routes]]\nname = \"all\"\nupstream = \"api\"\n",
+        hosts.display()
+    ));
+    assert!(wait_for_port(admin, Duration::from_secs(10)));
+    for _ in 0..6 {
+        assert_eq!(gw.get("/x").text(), "old");
+    }
+    assert!(
+        old.open_count() >= 1,
+        "pooled connections to the old address"
+    );
+    assert_eq!(target(admin, 0)["addr"], format!("api.test:{port}"));
+    assert_eq!(target(admin, 0)["resolved"], format!("127.0.0.1:{port}"));
+
+    std::fs::write(&hosts, "127.0.0.2 api.test\n").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            (0..4).all(|_| gw.get("/x").text() == "new")
+        }),
+        "{}",
+        gw.proc.stderr()
+    );
+    // Every shard let go of the old address's pool.
+    assert!(
+        wait_until(Duration::from_secs(10), || old.open_count() == 0),
+        "{} connections to the old address still open",
+        old.open_count()
+    );
+    let before = old.received().len();
+    for _ in 0..6 {
+        assert_eq!(gw.get("/x").text(), "new");
+    }
+    assert_eq!(old.received().len(), before);
+    assert!(!new.received().is_empty());
+    assert_eq!(target(admin, 0)["resolved"], format!("127.0.0.2:{port}"));
+    assert!(
+        gw.proc.stderr().contains(&format!(
+            "target api.test:{port}: now 127.0.0.2:{port} (was 127.0.0.1:{port})"
+        )),
+        "{}",
+        gw.proc.stderr()
+    );
+
+    // A lookup that fails keeps the last address, with one warning naming the file.
+    std::fs::remove_file(&hosts).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            gw.proc.stderr().contains(&format!(
+                "target api.test:{port}: {}: No such file or directory (os error 2); keeping 127.0.0.2:{port}",
+                hosts.display()
+            ))
+        }),
+        "{}",
+        gw.proc.stderr()
+    );
+    assert_eq!(gw.get("/x").text(), "new");
+}

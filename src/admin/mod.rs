@@ -432,8 +432,9 @@ pub fn upstreams_json(snapshot: &Snapshot, cluster: &Cluster, epoch_ms: u64) -> 
                 crate::observe::metrics::target_totals(&cluster.shard_metrics, &u.name, &t.label);
             let _ = write!(
                 out,
-                r#"{{"addr":{},"weight":{},"state":"{}","admin":"{}","reason":{},"requests":{},"responses_5xx":{},"failures":{},"retries":{},"shards":["#,
+                r#"{{"addr":{},"resolved":"{}","weight":{},"state":"{}","admin":"{}","reason":{},"requests":{},"responses_5xx":{},"failures":{},"retries":{},"shards":["#,
                 json_string(&t.label),
+                t.addr,
                 t.weight,
                 crate::control::targets::state_name(&state, now),
                 state.admin.name(),

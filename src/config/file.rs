@@ -129,6 +129,9 @@ pub struct ServerConfig {
     /// reload.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// An `/etc/hosts`-format file consulted before the system resolver for targets given
+    /// as host names (read again at every lookup): names a deployment pins, or a test's.
+    pub hosts_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -167,6 +170,7 @@ impl Default for ServerConfig {
             path_escaped_slashes: EscapedSlashes::Reject,
             trusted_proxies: Vec::new(),
             log_format: LogFormat::Text,
+            hosts_file: None,
         }
     }
 }
@@ -494,6 +498,10 @@ pub struct UpstreamConfig {
     /// A target that comes back (health check passed, ejection over) gets a share of its
     /// picks that ramps linearly from 10 % to 100 % over this time. Off unless set.
     pub slow_start: Option<ConfigDuration>,
+    /// How often targets given as host names are looked up again (off the shards); a new
+    /// address takes the target's place and the old one's pooled connections are closed.
+    #[serde(default = "default_resolve_interval")]
+    pub resolve_interval: ConfigDuration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -840,6 +848,10 @@ fn default_response_timeout() -> ConfigDuration {
 
 fn default_max_idle_connections() -> usize {
     64
+}
+
+fn default_resolve_interval() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(30))
 }
 
 fn default_upstream_idle_timeout() -> ConfigDuration {

@@ -14,6 +14,7 @@ pub mod file;
 mod file_identity;
 mod file_limits;
 pub mod reload;
+pub mod resolve;
 mod secret;
 pub mod snapshot;
 mod source;

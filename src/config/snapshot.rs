@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The compiled, read-only config every shard shares through an `Arc`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Snapshot {
     pub file: PathBuf,
     /// Legal but risky or useless settings (`check` shows them; `run` logs them).
@@ -25,7 +25,7 @@ pub struct Snapshot {
     pub listeners: Vec<ListenerSpec>,
     pub upstreams: Vec<UpstreamSpec>,
     pub routes: Vec<RouteSpec>,
-    pub router: Router,
+    pub router: Arc<Router>,
     pub gossip_interval: Duration,
     pub admin: Option<SocketAddr>,
     /// `[admin] token`: the bearer token admin requests must carry (see `admin`).
@@ -41,13 +41,15 @@ pub struct Snapshot {
     /// The file as parsed, defaults filled in: what admin `/config` shows (secrets redacted).
     pub source: Config,
     /// Consumers, API keys, JWT providers.
-    pub auth: crate::auth::AuthSpec,
+    pub auth: Arc<crate::auth::AuthSpec>,
     /// `[server] trusted_proxies`.
     pub trusted_proxies: Vec<crate::perimeter::Cidr>,
     /// `[rate_limits.NAME]`, in name order (routes refer to them by index).
     pub rate_limits: Vec<Arc<crate::limit::PolicySpec>>,
     /// `[cluster]`.
     pub cluster: Option<ClusterSpec>,
+    /// `[server] hosts_file`, against the config's folder.
+    pub hosts_file: Option<PathBuf>,
 }
 
 /// `[cluster]` compiled: the Redis URL (a secret: it may hold a password).
@@ -125,6 +127,8 @@ pub struct UpstreamSpec {
     /// How connections to the targets are made (TLS settings): a reload keeps a target's
     /// pooled connections only when this is unchanged.
     pub connection_key: String,
+    /// How often its host-name targets are looked up again (`None`: every target is an IP).
+    pub resolve_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,6 +204,8 @@ pub struct TargetSpec {
     pub label: String,
     pub addr: SocketAddr,
     pub weight: u32,
+    /// Written as a host name (looked up again every `resolve_interval`).
+    pub host_name: bool,
     /// Its gossip slot and health-view index: stable for the same upstream name and target
     /// across reloads (see [`super::reload::SlotMap`]).
     pub slot: usize,

@@ -5,6 +5,7 @@
 pub mod jwks;
 pub mod limits;
 pub mod reload;
+pub mod resolve;
 mod secrets;
 pub mod targets;
 
@@ -86,6 +87,7 @@ pub fn start(snapshot: &Arc<Snapshot>) -> Result<Running, StartError> {
     secrets::start(plane.clone()).map_err(StartError::Signals)?;
     limits::start(plane.clone()).map_err(StartError::Signals)?;
     targets::start(plane.clone()).map_err(StartError::Signals)?;
+    resolve::start(plane.clone()).map_err(StartError::Signals)?;
     let running = Running { threads, plane };
     for _ in 0..snapshot.workers {
         let failure = match rx.recv() {

@@ -235,7 +235,24 @@ impl ControlPlane {
         // Reopened on every reload (a moved file is picked up; a new path applies).
         self.cluster.access_log.retarget(new.access_log.clone());
         self.cluster.audit_log.retarget(new.audit_log.clone());
-        let snapshot = Arc::new(new);
+        let workers = new.workers;
+        let generation = self.publish(Arc::new(new), plans, &current);
+        drop(slots);
+        Ok(Reloaded {
+            generation,
+            shards_applied: self.wait_applied(generation),
+            workers,
+        })
+    }
+
+    /// Hands `snapshot` to every shard as the generation after `current`'s and makes it the
+    /// running config. The caller holds the reload lock.
+    fn publish(
+        &self,
+        snapshot: Arc<Snapshot>,
+        plans: Vec<Vec<ListenerPlan>>,
+        current: &Current,
+    ) -> u64 {
         let generation = current.generation + 1;
         for (shard, listeners) in plans.into_iter().enumerate() {
             let command = Command::Apply(Box::new(Reconfigure {
@@ -245,18 +262,60 @@ impl ControlPlane {
             }));
             self.send(shard, command);
         }
-        let workers = snapshot.workers;
         *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = Current {
             snapshot,
             generation,
             loaded_unix_ms: unix_ms(),
         };
+        generation
+    }
+
+    /// Targets whose host names now resolve elsewhere ([`super::resolve`]): the running
+    /// config with those addresses, applied like a reload that binds nothing. A shard keeps
+    /// a target's pool only while its address stays, so the old address's connections close.
+    pub fn move_targets(&self, moved: &[super::resolve::Moved]) {
+        let slots = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        if crate::shard::DRAIN.load(Ordering::Acquire) {
+            return;
+        }
+        let current = self.current();
+        let mut next = (*current.snapshot).clone();
+        let mut fresh = Vec::new();
+        for (upstream, label, addr) in moved {
+            let target = next
+                .upstreams
+                .iter_mut()
+                .filter(|u| &u.name == upstream)
+                .flat_map(|u| u.targets.iter_mut())
+                .find(|t| &t.label == label && t.addr != *addr);
+            if let Some(t) = target {
+                observe::info(&format!(
+                    "upstream {upstream:?} target {label}: now {addr} (was {})",
+                    t.addr
+                ));
+                t.addr = *addr;
+                fresh.push(t.slot);
+            }
+        }
+        if fresh.is_empty() {
+            return;
+        }
+        for slot in fresh {
+            self.cluster.forget_health(slot);
+        }
+        let keep_every_listener = || {
+            let listeners = next.listeners.iter().enumerate();
+            listeners
+                .map(|(index, l)| ListenerPlan::Keep {
+                    index,
+                    running_name: l.name.clone(),
+                })
+                .collect()
+        };
+        let plans = (0..next.workers).map(|_| keep_every_listener()).collect();
+        let generation = self.publish(Arc::new(next), plans, &current);
         drop(slots);
-        Ok(Reloaded {
-            generation,
-            shards_applied: self.wait_applied(generation),
-            workers,
-        })
+        self.wait_applied(generation);
     }
 
     /// Queues a command, waiting while the shard's inbox is full (it drains every tick): a

@@ -167,6 +167,16 @@ impl Cluster {
     /// A target that enters (or re-enters) the config starts healthy and never ejected,
     /// whatever its slot last held; every shard hears of it on its next tick.
     pub fn reset_slot(&self, slot: usize) {
+        self.fresh_health(slot, Some(AdminState::Enabled));
+    }
+
+    /// A target now at another address: its health starts afresh, and an operator's drain
+    /// or disable stays.
+    pub fn forget_health(&self, slot: usize) {
+        self.fresh_health(slot, None);
+    }
+
+    fn fresh_health(&self, slot: usize, admin: Option<AdminState>) {
         self.gossip.update(usize::MAX, slot, |s| {
             let fresh = TargetState {
                 unhealthy: false,
@@ -174,7 +184,7 @@ impl Cluster {
                 reason: Reason::Initial,
                 ejected_until_ms: 0,
                 fault: Fault::None,
-                admin: AdminState::Enabled,
+                admin: admin.unwrap_or(s.admin),
                 ..*s
             };
             (fresh != *s).then_some(fresh)

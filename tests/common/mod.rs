@@ -396,7 +396,15 @@ pub struct Origin {
 
 impl Origin {
     pub fn start(handler: impl Fn(&Received) -> Action + Send + Sync + 'static) -> Origin {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind origin");
+        Origin::start_on("127.0.0.1:0".parse().unwrap(), handler)
+    }
+
+    /// An origin on this address (another loopback address, a chosen port).
+    pub fn start_on(
+        addr: SocketAddr,
+        handler: impl Fn(&Received) -> Action + Send + Sync + 'static,
+    ) -> Origin {
+        let listener = TcpListener::bind(addr).expect("bind origin");
         let addr = listener.local_addr().unwrap();
         let origin = Origin {
             addr,

@@ -2,10 +2,10 @@
 
 use super::*;
 use crate::config::file::*;
+use crate::config::resolve::{is_host_name, resolve_target};
 use crate::config::snapshot::*;
 use crate::tls::ClientTls;
-use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Each target's sticky cookie value: a keyed hash of its address.
@@ -25,6 +25,7 @@ pub(super) fn compile_upstreams(
         "upstreams",
         config.upstreams.iter().map(|u| u.name.as_str()),
     );
+    let hosts_file = hosts_file(c, config, base);
     let mut out = Vec::new();
     let mut next_slot = 0;
     for (i, u) in config.upstreams.iter().enumerate() {
@@ -52,11 +53,12 @@ pub(super) fn compile_upstreams(
             if t.weight() == 0 || t.weight() > 10_000 {
                 c.problem(&key, "weight must be between 1 and 10000");
             }
-            match resolve(t.addr()) {
+            match resolve_target(t.addr(), hosts_file.as_deref(), None) {
                 Ok(addr) => targets.push(TargetSpec {
                     label: t.addr().to_string(),
                     addr,
                     weight: t.weight(),
+                    host_name: is_host_name(t.addr()),
                     slot: next_slot + j,
                 }),
                 Err(message) => c.problem(&key, message),
@@ -114,6 +116,12 @@ pub(super) fn compile_upstreams(
                 generated_key,
             }
         });
+        if u.resolve_interval.0 < std::time::Duration::from_millis(100) {
+            c.problem(
+                format!("upstreams[{i}].resolve_interval"),
+                "must be at least 100ms",
+            );
+        }
         if u.slow_start.is_some_and(|d| d.0.is_zero()) {
             c.problem(
                 format!("upstreams[{i}].slow_start"),
@@ -139,11 +147,15 @@ pub(super) fn compile_upstreams(
             ),
             name: u.name.clone(),
             balance: u.balance,
-            targets,
             connect_timeout: u.connect_timeout.0,
             response_timeout: u.response_timeout.0,
             max_idle_connections: u.max_idle_connections,
             idle_timeout: u.idle_timeout.0,
+            resolve_interval: targets
+                .iter()
+                .any(|t| t.host_name)
+                .then_some(u.resolve_interval.0),
+            targets,
         });
     }
     out
@@ -297,23 +309,13 @@ pub(super) fn upstream_tls(
     }
 }
 
-/// Resolves once at load: shards never do DNS on the request path.
-pub(super) fn resolve(addr: &str) -> Result<SocketAddr, String> {
-    if let Ok(a) = addr.parse() {
-        return Ok(a);
+/// `[server] hosts_file` against the config's folder, checked readable at load.
+pub(super) fn hosts_file(c: &mut Checker, config: &Config, base: &Path) -> Option<PathBuf> {
+    let path = base.join(config.server.hosts_file.as_ref()?);
+    if let Err(e) = crate::config::resolve::read_hosts_file(&path) {
+        c.problem("server.hosts_file", e);
     }
-    let (host, port) = addr.rsplit_once(':').ok_or_else(|| {
-        format!("bad address {addr:?}: expected HOST:PORT such as \"127.0.0.1:9001\"")
-    })?;
-    if host.is_empty() || port.parse::<u16>().is_err() {
-        return Err(format!(
-            "bad address {addr:?}: expected HOST:PORT such as \"127.0.0.1:9001\""
-        ));
-    }
-    addr.to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {addr:?}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("cannot resolve {addr:?}: no addresses"))
+    Some(path)
 }
 
 /// Points per unit of weight on the ring: enough for an even spread with few targets.
