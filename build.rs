@@ -24,6 +24,8 @@ fn main() {
         if dirty { "-dirty" } else { "" }
     );
     println!("cargo:rustc-env=RINGGATE_BUILD_DATE={date}");
+    // Not on .git/index: a new commit would then rebuild every target of the crate (tests
+    // included). A fresh clone (CI, `cargo install`) stamps the right commit; a work tree
+    // stamps the one it was first built at until build.rs or HEAD's branch changes.
     println!("cargo:rerun-if-changed=.git/HEAD");
-    println!("cargo:rerun-if-changed=.git/index");
 }
