@@ -36,6 +36,7 @@ end
 
 # name -> (path, connections, extra lua, description)
 SCENARIOS = {
+    "get-8": ("/", 8, "", "small GET, keep-alive, 8 connections (light load: latency)"),
     "get-64": ("/", 64, "", "small GET, keep-alive, 64 connections"),
     "get-256": ("/", 256, "", "small GET, keep-alive, 256 connections"),
     "get-4k": ("/bytes/4096", 64, "", "4 KiB response, 64 connections"),
@@ -209,6 +210,46 @@ http {{
 """
 
 
+def nginx_origin_conf(workdir, port, workers):
+    """A neutral origin: nginx answering from memory (`return`) and static files for the
+    body-size scenarios, with its usual response headers."""
+    www = os.path.join(workdir, "origin-www")
+    os.makedirs(os.path.join(www, "bytes"), exist_ok=True)
+    # nginx's workers run as an unprivileged user: they must be able to read the files.
+    for d in (workdir, www, os.path.join(www, "bytes")):
+        os.chmod(d, 0o755)
+    for size in (4096, 65536):
+        with open(os.path.join(www, "bytes", str(size)), "wb") as f:
+            f.write(b"x" * size)
+    return f"""
+daemon off;
+master_process on;
+worker_processes {workers};
+pid {workdir}/origin-nginx.pid;
+error_log {workdir}/origin-nginx-error.log warn;
+events {{ worker_connections 16384; }}
+http {{
+  access_log off;
+  client_body_temp_path {workdir}/origin-body;
+  proxy_temp_path {workdir}/origin-proxy;
+  fastcgi_temp_path {workdir}/origin-fcgi;
+  uwsgi_temp_path {workdir}/origin-uwsgi;
+  scgi_temp_path {workdir}/origin-scgi;
+  keepalive_requests 1000000;
+  client_max_body_size 10m;
+  server {{
+    listen 127.0.0.1:{port} reuseport;
+    location = / {{ return 200 "hello from nginx\n"; }}
+    location = /bytes/2 {{ return 200 "xx"; }}
+    location /bytes/ {{ root {www}; }}
+    location /jwt/ {{ return 200 "ok\n"; }}
+    location /key/ {{ return 200 "ok\n"; }}
+    location / {{ return 200 "ok\n"; }}
+  }}
+}}
+"""
+
+
 def haproxy_conf(port, origin_port, workers, tls_port, combined_pem, rules=""):
     return f"""
 global
@@ -261,6 +302,9 @@ upstream = "origin"
 
 # Keys, tokens and scripts of the gateway-auth scenarios (set in start_each).
 AUTH = None
+# The origin every proxy forwards to: "echo" (`ringgate echo`) or "nginx" (`return 200`, a
+# neutral origin with nginx's usual response headers). Set from --origin.
+ORIGIN = "echo"
 
 
 def start_all(workdir, workers, wanted):
@@ -280,8 +324,16 @@ def start_each(workdir, workers, servers, wanted):
     global AUTH
     AUTH = gateway_auth.prepare(workdir)
     origin_port = ports["direct"]
-    servers["direct"] = Server("origin", [RINGGATE, "echo", "--bind", f"127.0.0.1:{origin_port}",
-                                           "--workers", str(workers)], origin_port, workdir)
+    if ORIGIN == "nginx":
+        conf = os.path.join(workdir, "origin-nginx.conf")
+        with open(conf, "w") as f:
+            f.write(nginx_origin_conf(workdir, origin_port, workers))
+        servers["direct"] = Server("origin", ["nginx", "-c", conf, "-p", workdir], origin_port,
+                                   workdir)
+    else:
+        servers["direct"] = Server("origin", [RINGGATE, "echo", "--bind",
+                                              f"127.0.0.1:{origin_port}", "--workers",
+                                              str(workers)], origin_port, workdir)
     rg_conf = os.path.join(workdir, "ringgate.toml")
     with open(rg_conf, "w") as f:
         f.write(ringgate_conf(ports["ringgate"], origin_port, workers,
@@ -423,7 +475,14 @@ def main():
     parser.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS + [FIXED_RATE]))
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--json", help="also write the medians as JSON here")
+    parser.add_argument("--origin", choices=["echo", "nginx"], default="echo",
+                        help="the origin: ringgate echo, or nginx answering `return 200`")
+    parser.add_argument("--loadgen-threads", type=int,
+                        help="wrk threads (default: --workers)")
     args = parser.parse_args()
+    global ORIGIN
+    ORIGIN = args.origin
+    loadgen_threads = args.loadgen_threads or args.workers
     duration = args.duration or (1 if args.quick else 8)
     scenarios = [s for s in args.scenarios.split(",") if s]
     wanted = set(args.targets.split(","))
@@ -432,7 +491,8 @@ def main():
     targets = [t for t in TARGETS + list(BALANCE_TARGETS) + ["rg-before"] + LOG_TARGETS
                if t in servers and t in wanted]
     print(f"# {time.strftime('%Y-%m-%d %H:%M:%S')}  nproc={os.cpu_count()}  "
-          f"duration={duration}s rounds={args.rounds} workers={args.workers} targets={','.join(targets)}",
+          f"duration={duration}s rounds={args.rounds} workers={args.workers} "
+          f"loadgen_threads={loadgen_threads} origin={ORIGIN} targets={','.join(targets)}",
           flush=True)
     table = {}
     try:
@@ -455,7 +515,8 @@ def main():
                     if scenario == FIXED_RATE:
                         fn = lambda: run_oha(server.port, rate, duration, 64)
                     else:
-                        fn = lambda: run_wrk(server, scenario, duration, args.workers, workdir)
+                        fn = lambda: run_wrk(server, scenario, duration, loadgen_threads,
+                                             workdir)
                     result = measure(server, fn)
                     raw[target].append(result)
                     print(f"# {scenario} round {rnd + 1} {target}: {result['rps']:.0f} req/s, "

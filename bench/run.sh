@@ -3,6 +3,7 @@
 #   bench/run.sh            # full table (under 20 minutes)
 #   bench/run.sh --quick    # short runs (about 3 minutes)
 # Other options: --rounds N --duration S --workers N --scenarios a,b --targets x,y --json FILE
+#   --origin echo|nginx (nginx `return 200` as a neutral origin) --loadgen-threads N (wrk threads)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
