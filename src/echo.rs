@@ -63,9 +63,12 @@ pub fn spawn(
 }
 
 /// A self-signed certificate and key for `names` (DNS names or IP addresses; `localhost`,
-/// 127.0.0.1 and ::1 are always included), written as `echo-cert.pem` and `echo-key.pem`
-/// in `dir`. Returns (certificate, key) paths: the certificate is its own CA.
-pub fn self_signed(dir: &Path, names: &[String]) -> Result<(PathBuf, PathBuf), String> {
+/// 127.0.0.1 and ::1 are always included), written as `cert.pem` and `key.pem` (0600) in a
+/// new private folder (0700, an unpredictable name) under the temporary directory. Returns
+/// (certificate, key) paths: the certificate is its own CA.
+pub fn self_signed(purpose: &str, names: &[String]) -> Result<(PathBuf, PathBuf), String> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let mut all: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
     for n in names {
         if !all.contains(n) {
@@ -74,12 +77,29 @@ pub fn self_signed(dir: &Path, names: &[String]) -> Result<(PathBuf, PathBuf), S
     }
     let cert = rcgen::generate_simple_self_signed(all)
         .map_err(|e| format!("cannot make a certificate: {e}"))?;
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let cert_path = dir.join("echo-cert.pem");
-    let key_path = dir.join("echo-key.pem");
-    std::fs::write(&cert_path, cert.cert.pem())
-        .and_then(|()| std::fs::write(&key_path, cert.signing_key.serialize_pem()))
+    let mut nonce = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+        .map_err(|_| "no randomness for a folder name".to_string())?;
+    let suffix: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    let dir = std::env::temp_dir().join(format!("ringgate-{purpose}-{suffix}"));
+    // create, not create_dir_all: the folder must be new (nobody else's, no symlink).
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
         .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let write = |name: &str, text: String| -> Result<PathBuf, String> {
+        let path = dir.join(name);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(path)
+    };
+    let cert_path = write("cert.pem", cert.cert.pem())?;
+    let key_path = write("key.pem", cert.signing_key.serialize_pem())?;
     Ok((cert_path, key_path))
 }
 

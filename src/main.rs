@@ -127,7 +127,10 @@ fn main() -> ExitCode {
         Command::Demo { config } => demo(config),
         Command::Proxy { from, to, admin } => match proxy_config(&from, &to, admin.as_deref()) {
             Ok(text) => match config::load_str(Path::new("ringgate proxy"), &text) {
-                Ok(snapshot) => run(Arc::new(snapshot)),
+                Ok(mut snapshot) => {
+                    snapshot.reloadable = false;
+                    run(Arc::new(snapshot))
+                }
                 Err(e) => fail(e),
             },
             Err(e) => fail(format!("proxy: {e}")),
@@ -174,7 +177,12 @@ fn write_man_pages(dir: &Path) -> std::io::Result<()> {
 /// The config `ringgate proxy` runs: one listener, one upstream, one catch-all route. Every
 /// value is checked by the config loader afterwards; here only the scheme is taken apart.
 fn proxy_config(from: &str, to: &[String], admin: Option<&str>) -> Result<String, String> {
-    let quote = |v: &str| serde_json::to_string(v).unwrap_or_default();
+    // JSON string escapes are TOML basic-string escapes, but for DEL, which TOML forbids raw.
+    let quote = |v: &str| {
+        serde_json::to_string(v)
+            .unwrap_or_default()
+            .replace('\u{7f}', "\\u007f")
+    };
     let mut tls = None;
     let mut targets = Vec::new();
     for target in to.iter().map(|t| t.trim()).filter(|t| !t.is_empty()) {
@@ -216,8 +224,7 @@ fn proxy_config(from: &str, to: &[String], admin: Option<&str>) -> Result<String
 
 fn echo_command(bind: SocketAddr, workers: usize, tls: bool) -> ExitCode {
     let config = if tls {
-        let dir = std::env::temp_dir().join(format!("ringgate-echo-{}", std::process::id()));
-        let made = echo::self_signed(&dir, &[bind.ip().to_string()])
+        let made = echo::self_signed("echo", &[bind.ip().to_string()])
             .and_then(|(cert, key)| echo::server_config(&cert, &key).map(|c| (cert, c)));
         match made {
             Ok((cert, config)) => {
@@ -319,11 +326,14 @@ fn check(path: &Path, strict: bool) -> ExitCode {
 }
 
 fn demo(path: Option<PathBuf>) -> ExitCode {
-    let loaded = match &path {
+    let load = || match &path {
         Some(p) => config::load(p),
-        None => config::load_str(Path::new("config/demo.toml"), DEMO_CONFIG),
+        None => config::load_str(Path::new("config/demo.toml"), DEMO_CONFIG).map(|mut s| {
+            s.reloadable = false;
+            s
+        }),
     };
-    let mut snapshot = match loaded {
+    let mut snapshot = match load() {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
@@ -337,10 +347,17 @@ fn demo(path: Option<PathBuf>) -> ExitCode {
         }
     }
     let tls = if origins.iter().any(|&(_, tls)| tls) {
-        match demo_tls(&mut snapshot) {
-            Ok(config) => Some(config),
+        let config = match demo_tls(&snapshot) {
+            Ok(config) => config,
             Err(e) => return fail(format!("demo: TLS origins: {e}")),
-        }
+        };
+        // Compiled again: its TLS upstreams now trust the demo certificate (as every reload's
+        // compile will).
+        snapshot = match load() {
+            Ok(s) => s,
+            Err(e) => return fail(e),
+        };
+        Some(config)
     } else {
         None
     };
@@ -362,47 +379,28 @@ fn demo(path: Option<PathBuf>) -> ExitCode {
     }
 }
 
-/// A self-signed certificate for the demo's TLS origins, which every TLS upstream that does
-/// not name its own CA (and verifies) is made to trust. Returns the origins' server config.
-fn demo_tls(snapshot: &mut Snapshot) -> Result<Arc<rustls::ServerConfig>, String> {
-    // The name each TLS upstream checks (as the config loader chose it), by index.
-    let server_names: Vec<Option<String>> = (0..snapshot.upstreams.len())
-        .map(|i| {
-            let u = &snapshot.upstreams[i];
-            let first = u.targets.first().filter(|_| u.tls.is_some())?;
-            Some(
-                snapshot.source.upstreams[i]
-                    .tls_server_name
-                    .clone()
-                    .unwrap_or_else(|| {
-                        let label = first.label.as_str();
-                        let host = label.rsplit_once(':').map_or(label, |(h, _)| h);
-                        host.trim_start_matches('[')
-                            .trim_end_matches(']')
-                            .to_string()
-                    }),
-            )
+/// A self-signed certificate for the demo's TLS origins, for the names the TLS upstreams
+/// check, trusted from now on by every verifying upstream that names no CA of its own.
+/// Returns the origins' server config.
+fn demo_tls(snapshot: &Snapshot) -> Result<Arc<rustls::ServerConfig>, String> {
+    let names: Vec<String> = snapshot
+        .upstreams
+        .iter()
+        .zip(&snapshot.source.upstreams)
+        .filter(|(u, _)| u.tls.is_some())
+        .filter_map(|(u, source)| {
+            let first = u.targets.first()?;
+            Some(source.tls_server_name.clone().unwrap_or_else(|| {
+                let label = first.label.as_str();
+                let host = label.rsplit_once(':').map_or(label, |(h, _)| h);
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string()
+            }))
         })
         .collect();
-    let names: Vec<String> = server_names.iter().flatten().cloned().collect();
-    let dir = std::env::temp_dir().join(format!("ringgate-demo-{}", std::process::id()));
-    let (cert, key) = echo::self_signed(&dir, &names)?;
-    let base = snapshot
-        .file
-        .parent()
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
-    for (i, name) in server_names.iter().enumerate() {
-        let source = &snapshot.source.upstreams[i];
-        if let Some(name) = name
-            && source.tls_verify
-            && source.tls_ca_file.is_none()
-        {
-            let client =
-                ringgate::tls::client_tls(name, Some(&cert), true, &base).map_err(|p| p.message)?;
-            snapshot.upstreams[i].tls = Some(Arc::new(client));
-        }
-    }
+    let (cert, key) = echo::self_signed("demo", &names)?;
+    ringgate::tls::trust_also(&cert)?;
     echo::server_config(&cert, &key)
 }
 

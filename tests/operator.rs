@@ -273,6 +273,17 @@ fn proxy_needs_no_config_file() {
         !a.received().is_empty() && !b.received().is_empty(),
         "round robin over both"
     );
+    // Nothing to re-read: a reload is refused, and it keeps serving.
+    gw.proc.signal(libc::SIGHUP);
+    assert!(
+        wait_until(std::time::Duration::from_secs(10), || gw
+            .proc
+            .stderr()
+            .contains("there is no file to re-read")),
+        "{}",
+        gw.proc.stderr()
+    );
+    assert_eq!(gw.get("/after").text(), "path=/after");
 
     // A bad target is refused with what was wrong.
     let out = std::process::Command::new(BIN)
@@ -325,6 +336,24 @@ fn demo_starts_tls_origins_for_tls_upstreams_and_names_them() {
             out.contains(&format!("https://127.0.0.1:{origin_port}")) && out.contains("/s/headers")
         })
     }));
+    // A reload compiles the file again: the upstream still trusts the demo's certificate on
+    // new connections (three at once: the pool holds one).
+    gw.proc.signal(libc::SIGHUP);
+    assert!(
+        wait_until(std::time::Duration::from_secs(10), || gw
+            .proc
+            .stderr()
+            .contains("generation 2 applied")),
+        "{}",
+        gw.proc.stderr()
+    );
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let calls: Vec<_> = (0..3)
+            .map(|_| scope.spawn(|| gw.get("/s/delay/300").status))
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    assert_eq!(statuses, vec![200, 200, 200], "{}", gw.proc.stderr());
 }
 
 /// Makes the io_uring syscalls fail with ENOSYS in the child, as Docker's default seccomp
@@ -435,4 +464,107 @@ fn where_seccomp_forbids_io_uring_shards_fall_back_to_epoll_and_say_so() {
             "{log}"
         );
     }
+}
+
+/// Splits a printed shell command into words (single quotes group, as the demo prints them).
+fn shell_words(line: &str) -> Vec<String> {
+    let (mut words, mut word, mut quoted) = (Vec::new(), String::new(), false);
+    for c in line.chars() {
+        match c {
+            '\'' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
+}
+
+#[test]
+fn demo_with_a_tls_listener_and_a_tls_upstream_prints_commands_that_work() {
+    let dir = temp_dir("demo-tls-listener");
+    let ca = Ca::new("demo test ca");
+    let leaf = ca.leaf(&["localhost"], "localhost", &PKCS_ECDSA_P256_SHA256);
+    let certs = [write_leaf(&dir, "gw", &leaf)];
+    let (listen_port, origin_port) = (free_port(), free_port());
+    let path = dir.join("demo.toml");
+    std::fs::write(
+        &path,
+        format!("[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:{listen_port}\"\n{}\n[[upstreams]]\nname = \"secure\"\ntargets = [\"127.0.0.1:{origin_port}\"]\ntls = true\n\n[[routes]]\nname = \"s\"\npath_prefix = \"/s\"\nstrip_prefix = true\nupstream = \"secure\"\n", tls_listener(&certs, "")),
+    )
+    .unwrap();
+    let proc = spawn_bin(&dir, &["demo", "--config", path.to_str().unwrap()]);
+    let listen: std::net::SocketAddr = format!("127.0.0.1:{listen_port}").parse().unwrap();
+    assert!(
+        wait_for_port(listen, std::time::Duration::from_secs(15)),
+        "{}",
+        proc.stderr()
+    );
+    // Stopped (by PID) when dropped.
+    let gw = Gateway {
+        proc,
+        listen,
+        dir: dir.clone(),
+    };
+    let mut commands = Vec::new();
+    assert!(wait_until(std::time::Duration::from_secs(10), || {
+        let out = std::fs::read_to_string(dir.join("stdout.log")).unwrap_or_default();
+        commands = out
+            .lines()
+            .filter(|l| l.trim_start().starts_with("curl "))
+            .map(shell_words)
+            .collect();
+        out.contains("Stop with Ctrl-C")
+    }));
+    // The three the demo prints for this config: the route, a POST echo, a 404.
+    assert_eq!(commands.len(), 3, "{commands:?}");
+    let base = format!("https://127.0.0.1:{listen_port}");
+    let mut answered = Vec::new();
+    for words in &commands {
+        assert!(words.contains(&"-k".to_string()), "{words:?}");
+        let url = words.iter().find(|w| w.starts_with("https://")).unwrap();
+        let path = url.strip_prefix(&base).unwrap_or_else(|| panic!("{url}"));
+        let data = words
+            .iter()
+            .position(|w| w == "--data")
+            .map(|i| words[i + 1].clone());
+        let method = if data.is_some() { "POST" } else { "GET" };
+        let body = data.unwrap_or_default();
+        let mut tls = tls_connect(listen, client_config(&ca, None), "localhost").unwrap();
+        write!(
+            tls,
+            "{method} {path} HTTP/1.1\r\nHost: demo\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let r = ResponseReader::default().read(&mut tls, false);
+        answered.push((path.to_string(), r.status, r.text()));
+    }
+    assert_eq!(answered[0].0, "/s/headers");
+    assert_eq!(answered[0].1, 200, "{answered:?}");
+    assert!(
+        answered[0]
+            .2
+            .starts_with(&format!("x-origin: 127.0.0.1:{origin_port}"))
+    );
+    assert_eq!(
+        (
+            answered[1].0.as_str(),
+            answered[1].1,
+            answered[1].2.as_str()
+        ),
+        ("/s/echo", 200, "hello")
+    );
+    assert_eq!(
+        (answered[2].0.as_str(), answered[2].1),
+        ("/nope", 404),
+        "{}",
+        gw.proc.stderr()
+    );
 }

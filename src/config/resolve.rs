@@ -79,14 +79,15 @@ fn hosts_file_lookup(file: &Path, host: &str) -> Result<Vec<IpAddr>, String> {
 /// A hosts file's text, bounded.
 pub fn read_hosts_file(file: &Path) -> Result<String, String> {
     use std::io::Read;
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     std::fs::File::open(file)
-        .and_then(|f| f.take(MAX_HOSTS_FILE + 1).read_to_string(&mut text))
+        .and_then(|f| f.take(MAX_HOSTS_FILE + 1).read_to_end(&mut bytes))
         .map_err(|e| format!("{}: {e}", file.display()))?;
-    if text.len() as u64 > MAX_HOSTS_FILE {
+    if bytes.len() as u64 > MAX_HOSTS_FILE {
         return Err(format!("{}: larger than 1 MiB", file.display()));
     }
-    Ok(text)
+    // Names and addresses are ASCII; a Latin-1 comment must not make the file unreadable.
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 #[cfg(test)]

@@ -50,6 +50,8 @@ pub struct Snapshot {
     pub cluster: Option<ClusterSpec>,
     /// `[server] hosts_file`, against the config's folder.
     pub hosts_file: Option<PathBuf>,
+    /// Whether a reload may re-read `file` (not for a config made on the command line).
+    pub reloadable: bool,
 }
 
 /// `[cluster]` compiled: the Redis URL (a secret: it may hold a password).

@@ -210,7 +210,15 @@ impl ControlPlane {
                 message: "the gateway is draining; nothing was reloaded".to_string(),
             }]));
         }
+        if !old.reloadable {
+            return Err(refuse(vec![Problem {
+                key: String::new(),
+                line: None,
+                message: "this config was given on the command line (ringgate proxy, or the built-in demo): there is no file to re-read; restart to change it".to_string(),
+            }]));
+        }
         let mut new = config::load(&old.file)?;
+        keep_resolved_addresses(old, &mut new);
         observe::log::set_format(new.source.server.log_format);
         for line in new.warning_lines() {
             observe::warn(&line);
@@ -236,11 +244,14 @@ impl ControlPlane {
         self.cluster.access_log.retarget(new.access_log.clone());
         self.cluster.audit_log.retarget(new.audit_log.clone());
         let workers = new.workers;
+        let moved = moved_slots(old, &new);
         let generation = self.publish(Arc::new(new), plans, &current);
         drop(slots);
+        let shards_applied = self.wait_applied(generation);
+        self.forget_health_of(&moved);
         Ok(Reloaded {
             generation,
-            shards_applied: self.wait_applied(generation),
+            shards_applied,
             workers,
         })
     }
@@ -281,27 +292,25 @@ impl ControlPlane {
         let current = self.current();
         let mut next = (*current.snapshot).clone();
         let mut fresh = Vec::new();
-        for (upstream, label, addr) in moved {
+        for m in moved {
+            // Only from the address the lookup saw: a reload in between resolved afresh.
             let target = next
                 .upstreams
                 .iter_mut()
-                .filter(|u| &u.name == upstream)
+                .filter(|u| u.name == m.upstream)
                 .flat_map(|u| u.targets.iter_mut())
-                .find(|t| &t.label == label && t.addr != *addr);
+                .find(|t| t.label == m.label && t.addr == m.from);
             if let Some(t) = target {
                 observe::info(&format!(
-                    "upstream {upstream:?} target {label}: now {addr} (was {})",
-                    t.addr
+                    "upstream {:?} target {}: now {} (was {})",
+                    m.upstream, m.label, m.to, m.from
                 ));
-                t.addr = *addr;
+                t.addr = m.to;
                 fresh.push(t.slot);
             }
         }
         if fresh.is_empty() {
             return;
-        }
-        for slot in fresh {
-            self.cluster.forget_health(slot);
         }
         let keep_every_listener = || {
             let listeners = next.listeners.iter().enumerate();
@@ -316,6 +325,16 @@ impl ControlPlane {
         let generation = self.publish(Arc::new(next), plans, &current);
         drop(slots);
         self.wait_applied(generation);
+        self.forget_health_of(&fresh);
+    }
+
+    /// Targets now at another address start healthy: after every shard has the new address,
+    /// so nothing learnt of the old one lands on the fresh state (a probe still on its way to
+    /// the old address gives no verdict).
+    fn forget_health_of(&self, slots: &[usize]) {
+        for &slot in slots {
+            self.cluster.forget_health(slot);
+        }
     }
 
     /// Queues a command, waiting while the shard's inbox is full (it drains every tick): a
@@ -420,6 +439,56 @@ fn bind_for_every_shard(
         plans.push(ListenerPlan::Bind { index: i, socket });
     }
     Ok(())
+}
+
+/// A reload resolves every host name afresh: a name that still has the address it runs on
+/// keeps it (a name with several addresses would otherwise move to its first on every
+/// reload).
+fn keep_resolved_addresses(old: &Snapshot, new: &mut Snapshot) {
+    for u in &mut new.upstreams {
+        let Some(running) = old.upstreams.iter().find(|o| o.name == u.name) else {
+            continue;
+        };
+        for t in u.targets.iter_mut().filter(|t| t.host_name) {
+            let kept = running
+                .targets
+                .iter()
+                .find(|o| o.label == t.label && o.addr != t.addr)
+                .and_then(|o| {
+                    crate::config::resolve::resolve_target(
+                        &t.label,
+                        new.hosts_file.as_deref(),
+                        Some(o.addr),
+                    )
+                    .ok()
+                });
+            if let Some(addr) = kept {
+                t.addr = addr;
+            }
+        }
+    }
+}
+
+/// Slots of targets the new config keeps by name at another address.
+fn moved_slots(old: &Snapshot, new: &Snapshot) -> Vec<usize> {
+    let mut slots = Vec::new();
+    for u in &new.upstreams {
+        let Some(running) = old.upstreams.iter().find(|o| o.name == u.name) else {
+            continue;
+        };
+        for t in &u.targets {
+            if let Some(o) = running.targets.iter().find(|o| o.label == t.label)
+                && o.addr != t.addr
+            {
+                observe::info(&format!(
+                    "upstream {:?} target {}: now {} (was {})",
+                    u.name, t.label, t.addr, o.addr
+                ));
+                slots.push(t.slot);
+            }
+        }
+    }
+    slots
 }
 
 /// Slots of targets without active health checks.

@@ -17,8 +17,14 @@ use std::time::{Duration, Instant};
 /// The longest this thread sleeps: a reload that adds host names is seen this soon.
 const AT_MOST: Duration = Duration::from_secs(1);
 
-/// A target that moved: (upstream name, target as written, new address).
-pub type Moved = (String, String, SocketAddr);
+/// A target that moved: upstream name, target as written, the address the lookup replaces
+/// and the new one.
+pub struct Moved {
+    pub upstream: String,
+    pub label: String,
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+}
 
 pub(super) fn start(plane: Arc<ControlPlane>) -> std::io::Result<()> {
     std::thread::Builder::new()
@@ -59,7 +65,12 @@ fn run(plane: &ControlPlane) {
                             ));
                         }
                         if addr != t.addr {
-                            moved.push((u.name.clone(), t.label.clone(), addr));
+                            moved.push(Moved {
+                                upstream: u.name.clone(),
+                                label: t.label.clone(),
+                                from: t.addr,
+                                to: addr,
+                            });
                         }
                     }
                     Err(e) => {

@@ -425,12 +425,19 @@ async fn probe_loop(shard: Rc<Shard>, slot: usize) {
             counts = ProbeCounts::default();
             continue;
         }
+        let probed = config.snapshot.upstreams[u].targets[t].addr;
         let result = probe_once(&config.upstreams, u, t, &health).await;
         drop(config);
         // A reload may have removed the check while the probe ran: then no verdict.
-        let Some((config, _, _)) = shard.probed_target(slot) else {
+        let Some((config, u, t)) = shard.probed_target(slot) else {
             break;
         };
+        // Or moved the target to another address (its name resolves elsewhere): the old
+        // address's answer says nothing about the new one, which starts from scratch.
+        if config.snapshot.upstreams[u].targets[t].addr != probed {
+            counts = ProbeCounts::default();
+            continue;
+        }
         judge(&config.upstreams, slot, &health, &mut counts, result);
     }
     shard.probing.borrow_mut().remove(&slot);
@@ -473,7 +480,7 @@ pub(super) async fn tick_loop(shard: &Rc<Shard>) {
     let mut last_reap = Instant::now();
     let mut idle_tick = None;
     while !DRAIN.load(Ordering::Acquire) {
-        shard.catch_up();
+        let busy = shard.catch_up();
         shard.flush_log();
         let config = shard.config();
         let now = Instant::now();
@@ -486,7 +493,9 @@ pub(super) async fn tick_loop(shard: &Rc<Shard>) {
         drop(config);
         // With no connection, nothing here is urgent: the tick doubles up to IDLE_TICK, and
         // an accept catches up at once (so what it serves is as fresh as on a busy shard).
-        idle_tick = if shard.open_connections() == 0 {
+        // Rate-limit usage still flowing in (other shards serve a global key) is work too:
+        // an inbox drained only every IDLE_TICK would overflow.
+        idle_tick = if shard.open_connections() == 0 && !busy {
             Some(idle_tick.map_or(busy_tick, |t: Duration| (t * 2).min(IDLE_TICK)))
         } else {
             None
@@ -495,6 +504,9 @@ pub(super) async fn tick_loop(shard: &Rc<Shard>) {
         shard.idle.set(tick > busy_tick);
         sleep_unless_woken(shard, tick).await;
     }
+    // From here an accept must not apply what waits in the inbox (a reload's new listener
+    // would start accepting on a draining shard).
+    shard.idle.set(false);
     shard.draining.set(true);
     let config = shard.config();
     for listener in &config.listener_states {
@@ -536,16 +548,18 @@ async fn sleep_unless_woken(shard: &Shard, tick: Duration) {
 }
 
 impl Shard {
-    /// The tick's inbound work: commands, rate-limit usage, backend news.
-    pub(super) fn catch_up(self: &Rc<Self>) {
+    /// The tick's inbound work: commands, rate-limit usage, backend news. True when usage
+    /// is still flowing.
+    pub(super) fn catch_up(self: &Rc<Self>) -> bool {
         self.take_commands();
-        self.exchange_usage();
+        let busy = self.exchange_usage();
         self.config().upstreams.health().drain_gossip();
+        busy
     }
 
     /// A connection arrived on an idle shard: apply what waited, and tick at full rate again.
     pub(super) fn wake_from_idle(self: &Rc<Self>) {
-        if self.idle.replace(false) {
+        if self.idle.replace(false) && !DRAIN.load(Ordering::Acquire) {
             self.catch_up();
             if let Some(waker) = self.ticker.take() {
                 waker.wake();

@@ -68,7 +68,9 @@ impl Shard {
     /// policies goes to every other shard (and the cluster sync thread); what they admitted
     /// is charged to this shard's cells. Never waits: a full inbox keeps the batch here for
     /// the next tick.
-    pub(super) fn exchange_usage(&self) {
+    /// Publishes this shard's usage and charges the others'; true when anything arrived or
+    /// still waits to be sent (the shard then keeps ticking at full rate).
+    pub(super) fn exchange_usage(&self) -> bool {
         let usage = &self.cluster.usage;
         let now = crate::limit::gcra::Clocks::now();
         let config = self.config();
@@ -99,10 +101,13 @@ impl Shard {
             let excess = unsent.len() - MAX_UNSENT_USAGE;
             unsent.drain(..excess);
         }
+        let mut busy = !unsent.is_empty();
         drop(unsent);
         while let Some(batch) = usage.receive(self.id) {
             config.limits.charge(&batch, now);
+            busy = true;
         }
+        busy
     }
 }
 

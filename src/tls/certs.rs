@@ -306,6 +306,19 @@ fn client_verifier(
         .map_err(|e| TlsProblem::new("client_ca", format!("{}: {e}", path.display())))
 }
 
+/// CAs trusted beside the Mozilla roots by every verifying upstream that names no
+/// `tls_ca_file`: set once, by `ringgate demo` for its self-signed origins, so that every
+/// compile of the config (a reload too) trusts them.
+static EXTRA_ROOTS: std::sync::OnceLock<RootCertStore> = std::sync::OnceLock::new();
+
+/// Adds the certificates of a PEM file to [`EXTRA_ROOTS`] (once per process).
+pub fn trust_also(pem: &Path) -> Result<(), String> {
+    let roots = root_store(pem)?;
+    EXTRA_ROOTS
+        .set(roots)
+        .map_err(|_| "extra roots are already set".to_string())
+}
+
 fn root_store(path: &Path) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
     for cert in load_certs(path)? {
@@ -381,9 +394,13 @@ pub fn client_tls(
         let roots = match ca {
             Some(ca) => root_store(&resolve_path(base, ca))
                 .map_err(|m| TlsProblem::new("tls_ca_file", m))?,
-            None => RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            },
+            None => {
+                let mut roots = webpki_roots::TLS_SERVER_ROOTS.to_vec();
+                if let Some(extra) = EXTRA_ROOTS.get() {
+                    roots.extend(extra.roots.iter().cloned());
+                }
+                RootCertStore { roots }
+            }
         };
         builder.with_root_certificates(roots).with_no_client_auth()
     } else {

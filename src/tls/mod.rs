@@ -12,7 +12,9 @@
 mod certs;
 mod stream;
 
-pub use certs::{ClientTls, ServerTls, ServerTlsSettings, TlsProblem, client_tls, server_tls};
+pub use certs::{
+    ClientTls, ServerTls, ServerTlsSettings, TlsProblem, client_tls, server_tls, trust_also,
+};
 pub use stream::{CIPHER_BUF, HandshakeError, TlsReadHalf, TlsWriteHalf, handshake};
 
 use crate::http::io::BufPool;

@@ -196,6 +196,7 @@ pub fn compile(file: &Path, config: &Config, lines: &KeyLines) -> Result<Snapsho
             rate_limits,
             cluster,
             hosts_file: config.server.hosts_file.as_ref().map(|p| base.join(p)),
+            reloadable: true,
         }),
         _ => Err(c.problems),
     }
