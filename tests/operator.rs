@@ -300,17 +300,18 @@ fn proxy_needs_no_config_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("\"ftp\" is not http or https"));
 }
 
-#[test]
-fn demo_starts_tls_origins_for_tls_upstreams_and_names_them() {
-    let dir = temp_dir("demo-tls");
+/// `ringgate demo --config` on a TLS upstream (an echo origin the demo starts on a free
+/// port) behind route `/s`, with `listener_tls` under the listener; returns the gateway
+/// (stopped by PID when dropped) and the origin's port.
+fn demo_with_a_tls_upstream(dir: &std::path::Path, listener_tls: &str) -> (Gateway, u16) {
     let (listen_port, origin_port) = (free_port(), free_port());
     let path = dir.join("demo.toml");
     std::fs::write(
         &path,
-        format!("[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:{listen_port}\"\n\n[[upstreams]]\nname = \"secure\"\ntargets = [\"127.0.0.1:{origin_port}\"]\ntls = true\n\n[[routes]]\nname = \"s\"\npath_prefix = \"/s\"\nstrip_prefix = true\nupstream = \"secure\"\n"),
+        format!("[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:{listen_port}\"\n{listener_tls}\n[[upstreams]]\nname = \"secure\"\ntargets = [\"127.0.0.1:{origin_port}\"]\ntls = true\n\n[[routes]]\nname = \"s\"\npath_prefix = \"/s\"\nstrip_prefix = true\nupstream = \"secure\"\n"),
     )
     .unwrap();
-    let proc = spawn_bin(&dir, &["demo", "--config", path.to_str().unwrap()]);
+    let proc = spawn_bin(dir, &["demo", "--config", path.to_str().unwrap()]);
     let listen: std::net::SocketAddr = format!("127.0.0.1:{listen_port}").parse().unwrap();
     assert!(
         wait_for_port(listen, std::time::Duration::from_secs(15)),
@@ -320,8 +321,15 @@ fn demo_starts_tls_origins_for_tls_upstreams_and_names_them() {
     let gw = Gateway {
         proc,
         listen,
-        dir: dir.clone(),
+        dir: dir.to_path_buf(),
     };
+    (gw, origin_port)
+}
+
+#[test]
+fn demo_starts_tls_origins_for_tls_upstreams_and_names_them() {
+    let dir = temp_dir("demo-tls");
+    let (gw, origin_port) = demo_with_a_tls_upstream(&dir, "");
     let r = gw.get("/s/headers");
     assert_eq!(r.status, 200, "{}\n{}", r.text(), gw.proc.stderr());
     assert_eq!(
@@ -492,26 +500,9 @@ fn demo_with_a_tls_listener_and_a_tls_upstream_prints_commands_that_work() {
     let ca = Ca::new("demo test ca");
     let leaf = ca.leaf(&["localhost"], "localhost", &PKCS_ECDSA_P256_SHA256);
     let certs = [write_leaf(&dir, "gw", &leaf)];
-    let (listen_port, origin_port) = (free_port(), free_port());
-    let path = dir.join("demo.toml");
-    std::fs::write(
-        &path,
-        format!("[[listeners]]\nname = \"l\"\nbind = \"127.0.0.1:{listen_port}\"\n{}\n[[upstreams]]\nname = \"secure\"\ntargets = [\"127.0.0.1:{origin_port}\"]\ntls = true\n\n[[routes]]\nname = \"s\"\npath_prefix = \"/s\"\nstrip_prefix = true\nupstream = \"secure\"\n", tls_listener(&certs, "")),
-    )
-    .unwrap();
-    let proc = spawn_bin(&dir, &["demo", "--config", path.to_str().unwrap()]);
-    let listen: std::net::SocketAddr = format!("127.0.0.1:{listen_port}").parse().unwrap();
-    assert!(
-        wait_for_port(listen, std::time::Duration::from_secs(15)),
-        "{}",
-        proc.stderr()
-    );
-    // Stopped (by PID) when dropped.
-    let gw = Gateway {
-        proc,
-        listen,
-        dir: dir.clone(),
-    };
+    let (gw, origin_port) = demo_with_a_tls_upstream(&dir, &tls_listener(&certs, ""));
+    let listen = gw.listen;
+    let listen_port = listen.port();
     let mut commands = Vec::new();
     assert!(wait_until(std::time::Duration::from_secs(10), || {
         let out = std::fs::read_to_string(dir.join("stdout.log")).unwrap_or_default();
