@@ -19,6 +19,7 @@ import tempfile
 import time
 
 import gateway_auth
+from loopback import free_port, wait_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -78,23 +79,6 @@ RINGGATE_BEFORE = os.environ.get("RINGGATE_BEFORE")
 # Opt-in: ringgate and nginx with their access log on (JSON lines / nginx's combined, to a
 # file in the work directory), to show what logging costs each.
 LOG_TARGETS = ["rg-log", "nginx-log"]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, timeout=15.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return True
-        except OSError:
-            time.sleep(0.05)
-    return False
 
 
 def process_tree(pid):

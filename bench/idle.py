@@ -16,24 +16,9 @@ import subprocess
 import tempfile
 import time
 
+from loopback import free_port, wait_port
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, timeout=15):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port}")
 
 
 def threads(pid):
@@ -82,7 +67,8 @@ path = "{workdir}/access-{port}.log"
     proc = subprocess.Popen([binary, "run", "--config", conf],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_port(port)
+        if not wait_port(port):
+            raise SystemExit(f"nothing listens on {port}")
         # One request, so the connection paths have run once, then quiet.
         with socket.create_connection(("127.0.0.1", port)) as s:
             s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -117,7 +103,8 @@ def main():
     origin = subprocess.Popen([args.binary, "echo", "--bind", f"127.0.0.1:{origin_port}"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_port(origin_port)
+        if not wait_port(origin_port):
+            raise SystemExit(f"nothing listens on {origin_port}")
         runs = [("ringgate", args.binary)]
         if args.before:
             runs.append(("rg-before", args.before))

@@ -20,25 +20,10 @@ import subprocess
 import tempfile
 import time
 
+from loopback import free_port, wait_port
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 RINGGATE = os.path.join(os.path.dirname(HERE), "target", "release", "ringgate")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port}")
 
 
 def read_response(s, buf):
@@ -94,7 +79,8 @@ def counted(pid, port, n, shape, out):
 def start(name, argv, port, workdir):
     log = open(os.path.join(workdir, f"{name}.log"), "w")
     proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
-    wait_port(port)
+    if not wait_port(port):
+        raise SystemExit(f"nothing listens on {port}")
     return proc
 
 
